@@ -1,0 +1,38 @@
+-- toolgate database schema. Applied on first start; PRAGMA user_version records the version.
+-- Every table is STRICT; every value is bound, never formatted into SQL.
+
+-- One row per fact about this database (unit_id, created_at).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+) STRICT;
+
+-- Token-signing keys. The active key has retired_at NULL; retired keys stay published
+-- until not_after so that tokens they signed keep verifying until they expire.
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid        TEXT PRIMARY KEY NOT NULL,
+    alg        TEXT NOT NULL,
+    pkcs8      BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER,
+    not_after  INTEGER
+) STRICT;
+
+-- The tool registry: one store behind /v1/mcp/tools and /v1/tools.
+CREATE TABLE IF NOT EXISTS tools (
+    tool_id               TEXT PRIMARY KEY NOT NULL,
+    name                  TEXT NOT NULL DEFAULT '',
+    description           TEXT NOT NULL DEFAULT '',
+    resource_uri          TEXT NOT NULL,
+    server_id             TEXT NOT NULL DEFAULT '',
+    required_capabilities TEXT NOT NULL DEFAULT '[]',
+    max_blast_radius      TEXT NOT NULL DEFAULT '',
+    requires_execution    INTEGER NOT NULL DEFAULT 0,
+    allowed_operations    TEXT NOT NULL DEFAULT '[]',
+    allowed_targets       TEXT NOT NULL DEFAULT '[]',
+    protocols             TEXT NOT NULL DEFAULT '["mcp"]',
+    registered_at         TEXT NOT NULL,
+    updated_at            TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS tools_by_resource ON tools (resource_uri);

@@ -1,0 +1,145 @@
+//! The daemon's shared state: configuration resolved against the bound address, the store,
+//! the key ring, the registry index and the verifier — built once, shared by every request.
+
+use crate::clock::Clock;
+use crate::config::{AdminToken, Config, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::keys::KeyRing;
+use crate::registry::{Registry, ToolEntry};
+use crate::store::{self, Store, StoreError};
+use crate::verify::{NoRevocations, Verifier};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct App {
+    pub dev: bool,
+    pub issuer: String,
+    pub trust_domain: String,
+    pub token_ttl: i64,
+    pub leeway: i64,
+    pub admin_token: Option<AdminToken>,
+    /// Tool lists may be read without the admin token (dev, or a loopback listener).
+    pub open_reads: bool,
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    pub unit_id: String,
+    pub clock: Arc<dyn Clock>,
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub registry: Arc<RwLock<Registry>>,
+    pub verifier: Verifier,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("issuer", &self.issuer)
+            .field("dev", &self.dev)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Open the database and load everything a request needs. Blocking: run off the async
+    /// workers. The returned thread handle is the database thread.
+    pub fn open(
+        config: &Config,
+        bound: SocketAddr,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(App, JoinHandle<()>), StoreError> {
+        let (store, db_thread) = Store::open(&config.db_path)?;
+        let now = clock.now();
+        let issuer = config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let trust_domain = match (&config.trust_domain, config.dev) {
+            (Some(td), _) => td.clone(),
+            (None, true) => DEV_TRUST_DOMAIN.to_string(),
+            (None, false) => issuer_host(&issuer),
+        };
+        let keys = Arc::new(KeyRing::load_or_create(&store, now)?);
+        let tools = store.call_blocking(|c| store::tools::all(c))?;
+        let unit_id = store.call_blocking(|c| {
+            store::meta::get_or_insert(c, "unit_id", || {
+                crate::exchange::random_id().unwrap_or_else(|| "unknown".into())
+            })
+        })?;
+        let registry = Arc::new(RwLock::new(Registry::from_entries(tools)));
+        let verifier = Verifier::new(
+            issuer.clone(),
+            config.leeway,
+            keys.clone(),
+            registry.clone(),
+            Arc::new(NoRevocations),
+        );
+        let app = App {
+            dev: config.dev,
+            issuer,
+            trust_domain,
+            token_ttl: config.token_ttl,
+            leeway: config.leeway,
+            admin_token: config.admin_token.clone(),
+            open_reads: config.dev || bound.ip().is_loopback(),
+            trusted_issuers: config.trusted_issuers.clone(),
+            unit_id,
+            clock,
+            store,
+            keys,
+            registry,
+            verifier,
+        };
+        Ok((app, db_thread))
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Store a new tool (durable before this returns), then publish it to the index.
+    pub async fn register_tool(&self, entry: ToolEntry) -> Result<Arc<ToolEntry>, StoreError> {
+        let row = entry.clone();
+        self.store
+            .call(move |c| store::tools::insert(c, &row))
+            .await?;
+        let mut registry = self.registry.write().map_err(|_| StoreError::Unavailable)?;
+        registry.insert(entry.clone());
+        registry.get(&entry.tool_id).ok_or(StoreError::Unavailable)
+    }
+
+    /// Delete a tool; `None` if there was none.
+    pub async fn deregister_tool(&self, tool_id: &str) -> Result<Option<Arc<ToolEntry>>, StoreError> {
+        let id = tool_id.to_string();
+        let existed = self.store.call(move |c| store::tools::delete(c, &id)).await?;
+        let mut registry = self.registry.write().map_err(|_| StoreError::Unavailable)?;
+        let removed = registry.remove(tool_id);
+        Ok(if existed { removed } else { None })
+    }
+}
+
+/// The host of an issuer URL, for the default production trust domain.
+fn issuer_host(issuer: &str) -> String {
+    let rest = issuer.split_once("://").map_or(issuer, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase();
+    if host.is_empty() || host.contains(':') {
+        "toolgate.local".to_string()
+    } else {
+        host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn issuer_host_defaults() {
+        assert_eq!(super::issuer_host("https://TG.example.com:8443/x"), "tg.example.com");
+        assert_eq!(super::issuer_host("http://127.0.0.1:8693"), "127.0.0.1");
+        assert_eq!(super::issuer_host("http://[::1]:8693"), "toolgate.local");
+    }
+}

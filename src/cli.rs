@@ -1,0 +1,379 @@
+//! The command line: `serve` runs the daemon; the other subcommands talk HTTP to a running one.
+
+use crate::client::{Client, ClientError};
+use crate::clock::SystemClock;
+use crate::config::{Config, ServeFlags};
+use argh::FromArgs;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// toolgate: bind every MCP tool call to a token minted for exactly that tool.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Serve(ServeCmd),
+    Tool(ToolCmd),
+    Token(TokenCmd),
+    Verify(VerifyCmd),
+}
+
+/// Run the daemon (REST API, signing key, SQLite database).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+struct ServeCmd {
+    /// address to listen on (default 127.0.0.1:8693)
+    #[argh(option)]
+    listen: Option<String>,
+    /// SQLite database file, created on first start (default ./toolgate.db)
+    #[argh(option)]
+    db: Option<PathBuf>,
+    /// the `iss` of minted tokens (default http://<listen address>)
+    #[argh(option)]
+    issuer: Option<String>,
+    /// trust domain of WIMSE subjects (default dev.local in dev mode, else the issuer's host)
+    #[argh(option)]
+    trust_domain: Option<String>,
+    /// development mode: unsigned stub subject tokens, any audience, no admin token; loopback only
+    #[argh(switch)]
+    dev: bool,
+    /// file holding the admin bearer token (required without --dev)
+    #[argh(option)]
+    admin_token_file: Option<PathBuf>,
+    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
+    #[argh(option)]
+    config: Option<PathBuf>,
+}
+
+/// Options shared by the client subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tool")]
+/// Manage the tool registry: add, list, rm.
+struct ToolCmd {
+    #[argh(subcommand)]
+    action: ToolAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum ToolAction {
+    Add(ToolAdd),
+    List(ToolList),
+    Rm(ToolRm),
+}
+
+/// Register a tool with its RFC 8707 resource URI.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+struct ToolAdd {
+    /// tool id (1-128 of A-Z a-z 0-9 . _ : -)
+    #[argh(positional)]
+    tool_id: String,
+    /// the tool's resource URI: tokens for it carry exactly this `aud`
+    #[argh(option)]
+    resource: String,
+    /// display name
+    #[argh(option)]
+    name: Option<String>,
+    /// description
+    #[argh(option)]
+    description: Option<String>,
+    /// the MCP server hosting the tool
+    #[argh(option)]
+    server_id: Option<String>,
+    /// a capability the token must carry (repeatable)
+    #[argh(option)]
+    require_cap: Vec<String>,
+    /// maximum blast radius, level[:scope]
+    #[argh(option)]
+    max_blast_radius: Option<String>,
+    /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
+    #[argh(option)]
+    protocol: Vec<String>,
+    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    url: Option<String>,
+    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// List registered tools.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct ToolList {
+    /// only tools speaking this protocol
+    #[argh(option)]
+    protocol: Option<String>,
+    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    url: Option<String>,
+    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Deregister a tool.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rm")]
+struct ToolRm {
+    /// tool id
+    #[argh(positional)]
+    tool_id: String,
+    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    url: Option<String>,
+    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Tokens: exchange.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "token")]
+struct TokenCmd {
+    #[argh(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum TokenAction {
+    Exchange(TokenExchange),
+}
+
+/// Exchange a subject token for a token bound to one tool's resource (RFC 8693). Prints the
+/// access token alone, or the whole response with --json.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "exchange")]
+struct TokenExchange {
+    /// the tool's resource URI (the token's `aud`)
+    #[argh(option)]
+    audience: String,
+    /// the subject token; "-" reads it from standard input
+    #[argh(option)]
+    subject_token: String,
+    /// subject token type URI (default urn:ietf:params:oauth:token-type:jwt)
+    #[argh(option)]
+    subject_token_type: Option<String>,
+    /// space-separated scopes to request
+    #[argh(option)]
+    scope: Option<String>,
+    /// print the whole JSON response
+    #[argh(switch)]
+    json: bool,
+    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    url: Option<String>,
+}
+
+/// Verify a token for a tool: exit 0 when allowed, 1 when denied (the check is printed).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "verify")]
+struct VerifyCmd {
+    /// the tool id the call is for
+    #[argh(option)]
+    tool_id: String,
+    /// the token; "-" reads it from standard input
+    #[argh(option)]
+    token: String,
+    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    url: Option<String>,
+}
+
+/// Parse arguments and run; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    let runtime = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("toolgate: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Serve(s) => serve(s).await,
+        Command::Tool(t) => match t.action {
+            ToolAction::Add(a) => tool_add(a).await,
+            ToolAction::List(l) => {
+                let path = match &l.protocol {
+                    Some(p) if crate::registry::PROTOCOLS.contains(&p.as_str()) => format!("/v1/tools?protocol={p}"),
+                    Some(_) => return usage("--protocol must be mcp, http or a2a"),
+                    None => "/v1/tools".to_string(),
+                };
+                finish(client(l.url, l.admin_token_file).and_then(|c| Ok((c, path))), |(c, path)| async move {
+                    let (status, body) = c.send(http::Method::GET, &path, None).await?;
+                    if status.is_success() { Ok(body) } else { Err(ClientError::Api { status, body }) }
+                })
+                .await
+            }
+            ToolAction::Rm(r) => {
+                if !crate::registry::valid_id(&r.tool_id) {
+                    return usage("tool id must be 1-128 characters of A-Z a-z 0-9 . _ : -");
+                }
+                let id = r.tool_id;
+                finish(client(r.url, r.admin_token_file), |c| async move { c.deregister_tool(&id).await }).await
+            }
+        },
+        Command::Token(t) => match t.action {
+            TokenAction::Exchange(x) => token_exchange(x).await,
+        },
+        Command::Verify(v) => verify(v).await,
+    }
+}
+
+async fn serve(s: ServeCmd) -> ExitCode {
+    let flags = ServeFlags {
+        listen: s.listen,
+        db: s.db,
+        issuer: s.issuer,
+        trust_domain: s.trust_domain,
+        dev: s.dev,
+        admin_token_file: s.admin_token_file,
+        config: s.config,
+    };
+    let config = match Config::from_flags(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("toolgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.dev {
+        crate::warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
+    }
+    let db = config.db_path.display().to_string();
+    match crate::server::start(config, Arc::new(SystemClock), crate::server::shutdown_signal()).await {
+        Ok(running) => {
+            crate::info!("toolgate {} listening on http://{} (database {db})", crate::app::VERSION, running.addr);
+            match running.wait().await {
+                Ok(()) => {
+                    crate::info!("toolgate stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    crate::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("toolgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("toolgate: {msg}");
+    ExitCode::from(2)
+}
+
+fn client(url: Option<String>, admin_token_file: Option<PathBuf>) -> Result<Client, ClientError> {
+    let url = url
+        .or_else(|| std::env::var("TOOLGATE_URL").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8693".to_string());
+    let mut c = Client::new(&url)?;
+    let file = admin_token_file.or_else(|| std::env::var_os("TOOLGATE_ADMIN_TOKEN_FILE").map(PathBuf::from));
+    if let Some(path) = file {
+        let secret = std::fs::read_to_string(&path)
+            .map_err(|e| ClientError::Url(format!("cannot read admin token file {}: {e}", path.display())))?;
+        c = c.with_admin_token(secret.trim());
+    }
+    Ok(c)
+}
+
+/// Print a JSON result (exit 0) or the error (exit 1 for an API error, 2 otherwise).
+async fn finish<T, F, Fut>(prepared: Result<T, ClientError>, call: F) -> ExitCode
+where
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ClientError>>,
+{
+    let result = match prepared {
+        Ok(p) => call(p).await,
+        Err(e) => Err(e),
+    };
+    report(result, |v| println!("{}", pretty(&v)))
+}
+
+fn report(result: Result<Value, ClientError>, ok: impl FnOnce(Value)) -> ExitCode {
+    match result {
+        Ok(v) => {
+            ok(v);
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Api { status, body }) => {
+            eprintln!("toolgate: HTTP {}", status.as_u16());
+            println!("{}", pretty(&body));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("toolgate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// A secret argument, or standard input for "-" (keeps tokens out of the process list).
+fn secret_arg(value: String) -> Result<String, ClientError> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)
+        .map_err(|e| ClientError::Transport(format!("cannot read standard input: {e}")))?;
+    Ok(s.trim().to_string())
+}
+
+async fn tool_add(a: ToolAdd) -> ExitCode {
+    let mut entry = json!({"tool_id": a.tool_id, "resource_uri": a.resource});
+    if let Some(obj) = entry.as_object_mut() {
+        for (k, v) in [("name", a.name), ("description", a.description), ("server_id", a.server_id), ("max_blast_radius", a.max_blast_radius)] {
+            if let Some(v) = v {
+                obj.insert(k.into(), json!(v));
+            }
+        }
+        if !a.require_cap.is_empty() {
+            obj.insert("required_capabilities".into(), json!(a.require_cap));
+        }
+        if !a.protocol.is_empty() {
+            obj.insert("protocols".into(), json!(a.protocol));
+        }
+    }
+    finish(client(a.url, a.admin_token_file), |c| async move { c.register_tool(&entry).await }).await
+}
+
+async fn token_exchange(x: TokenExchange) -> ExitCode {
+    let prepared = client(x.url, None).and_then(|c| Ok((c, secret_arg(x.subject_token)?)));
+    let token_type = x.subject_token_type.unwrap_or_else(|| crate::exchange::TYPE_JWT.to_string());
+    let result = match prepared {
+        Ok((c, subject)) => c.exchange(&subject, &token_type, &x.audience, x.scope.as_deref()).await,
+        Err(e) => Err(e),
+    };
+    let json_out = x.json;
+    report(result, |v| {
+        if json_out {
+            println!("{}", pretty(&v));
+        } else {
+            println!("{}", v.get("access_token").and_then(Value::as_str).unwrap_or_default());
+        }
+    })
+}
+
+async fn verify(v: VerifyCmd) -> ExitCode {
+    let tool_id = v.tool_id;
+    let prepared = client(v.url, None).and_then(|c| Ok((c, secret_arg(v.token)?)));
+    finish(prepared, |(c, token)| async move { c.verify(&token, &tool_id).await }).await
+}

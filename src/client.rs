@@ -1,0 +1,179 @@
+//! A small typed client for toolgate's REST API (plain HTTP/1.1), used by the CLI and by Rust
+//! agents that want to exchange and verify in two calls.
+
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The base URL is not `http://host:port[/prefix]`.
+    Url(String),
+    /// Could not connect or the exchange failed on the wire.
+    Transport(String),
+    /// The daemon answered with an error status; its JSON body is kept.
+    Api { status: StatusCode, body: Value },
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(u) => write!(f, "invalid toolgate URL: {u}"),
+            Self::Transport(e) => write!(f, "cannot reach toolgate: {e}"),
+            Self::Api { status, body } => write!(f, "toolgate answered {status}: {body}"),
+        }
+    }
+}
+impl std::error::Error for ClientError {}
+
+/// A client bound to one toolgate daemon.
+#[derive(Clone)]
+pub struct Client {
+    authority: String,
+    prefix: String,
+    admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("authority", &self.authority)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Client {
+    /// `base` is `http://host:port` (TLS is for a fronting proxy; the daemon speaks plain HTTP).
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::Url(format!("{base} (only http:// is supported)")))?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(ClientError::Url(base.to_string()));
+        }
+        Ok(Self {
+            authority: authority.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            admin_token: None,
+        })
+    }
+
+    /// Send the admin token as a Bearer credential on every call.
+    pub fn with_admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    /// One request; the status and the JSON body (or `null` for an empty body).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        tokio::time::timeout(TIMEOUT, self.send_inner(method, path, body))
+            .await
+            .map_err(|_| ClientError::Transport("timed out".into()))?
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| t(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| t(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(header::HOST, &self.authority)
+            .header(header::ACCEPT, "application/json");
+        if let Some(token) = &self.admin_token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (content_type, bytes) = body.unwrap_or(("", Vec::new()));
+        if !content_type.is_empty() {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        let req = builder.body(Full::new(Bytes::from(bytes))).map_err(|e| t(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| t(&e))?.to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+        };
+        Ok((status, value))
+    }
+
+    async fn json_call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        let (status, value) = self.send(method, path, body).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(ClientError::Api { status, body: value })
+        }
+    }
+
+    pub async fn register_tool(&self, entry: &Value) -> Result<Value, ClientError> {
+        self.json_call(Method::POST, "/v1/tools", Some(entry)).await
+    }
+
+    pub async fn list_tools(&self) -> Result<Value, ClientError> {
+        self.json_call(Method::GET, "/v1/tools", None).await
+    }
+
+    pub async fn deregister_tool(&self, tool_id: &str) -> Result<Value, ClientError> {
+        self.json_call(Method::DELETE, &format!("/v1/tools/{tool_id}"), None).await
+    }
+
+    /// RFC 8693 exchange; the whole token response.
+    pub async fn exchange(
+        &self,
+        subject_token: &str,
+        subject_token_type: &str,
+        audience: &str,
+        scope: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({
+            "grant_type": crate::exchange::GRANT_TYPE,
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            "audience": audience,
+        });
+        if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
+            obj.insert("scope".into(), json!(scope));
+        }
+        self.json_call(Method::POST, "/v1/exchange/token", Some(&body)).await
+    }
+
+    /// Verify a token for a tool: `Ok` with the 200 body, `Err(Api)` with the denial.
+    pub async fn verify(&self, token: &str, tool_id: &str) -> Result<Value, ClientError> {
+        let body = json!({"token": token, "tool_id": tool_id});
+        self.json_call(Method::POST, "/v1/mcp/verify", Some(&body)).await
+    }
+
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.json_call(Method::GET, "/v1/sys/health", None).await
+    }
+}

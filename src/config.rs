@@ -1,0 +1,331 @@
+//! The daemon's validated configuration: command-line flags over an optional JSON file.
+
+use crate::jose::JwkSet;
+use crate::resource;
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8693";
+pub const DEFAULT_DB: &str = "./toolgate.db";
+pub const DEFAULT_TOKEN_TTL: i64 = 300;
+pub const DEV_TRUST_DOMAIN: &str = "dev.local";
+/// Longest accepted token lifetime: short-lived is the point.
+pub const MAX_TOKEN_TTL: i64 = 24 * 3600;
+
+/// A configuration problem, reported at start-up in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ConfigError {}
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The admin bearer secret. Never printed; compared in constant time.
+#[derive(Clone)]
+pub struct AdminToken(Vec<u8>);
+
+impl AdminToken {
+    pub fn new(secret: &str) -> Result<Self, ConfigError> {
+        let secret = secret.trim();
+        if secret.len() < 16 {
+            return Err(err("the admin token must be at least 16 characters"));
+        }
+        Ok(Self(secret.as_bytes().to_vec()))
+    }
+
+    /// Constant-time comparison: both sides are hashed first, so neither the content nor the
+    /// length of the secret leaks through timing.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use ring::digest::{digest, SHA256};
+        let a = digest(&SHA256, &self.0);
+        let b = digest(&SHA256, presented);
+        let diff = a
+            .as_ref()
+            .iter()
+            .zip(b.as_ref())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        diff == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// An issuer whose JWTs are accepted as subject tokens for exchange.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    pub keys: JwkSet,
+    /// The `aud` the subject token must carry (names toolgate).
+    pub audience: String,
+    pub trust_domain: String,
+}
+
+/// A Security Event Token transmitter (RFC 8935 push), for the revocation signals.
+#[derive(Debug, Clone)]
+pub struct Transmitter {
+    pub issuer: String,
+    pub keys: JwkSet,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub db_path: PathBuf,
+    /// `iss` of every minted token; `None` means `http://<bound address>`.
+    pub issuer: Option<String>,
+    pub trust_domain: Option<String>,
+    pub dev: bool,
+    pub admin_token: Option<AdminToken>,
+    pub token_ttl: i64,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (at most 60).
+    pub leeway: i64,
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    pub transmitters: Vec<Transmitter>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+/// The flags of `toolgate serve`, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct ServeFlags {
+    pub listen: Option<String>,
+    pub db: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub trust_domain: Option<String>,
+    pub dev: bool,
+    pub admin_token_file: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    issuer: Option<String>,
+    trust_domain: Option<String>,
+    token_ttl_seconds: Option<i64>,
+    #[serde(default)]
+    trusted_issuers: Vec<FileTrustedIssuer>,
+    #[serde(default)]
+    transmitters: Vec<FileTransmitter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTrustedIssuer {
+    issuer: String,
+    jwks_file: PathBuf,
+    audience: String,
+    trust_domain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTransmitter {
+    issuer: String,
+    jwks_file: PathBuf,
+}
+
+impl Config {
+    /// Defaults for tests: dev mode off, loopback on an ephemeral port, the given database.
+    pub fn for_test(db_path: &Path) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            db_path: db_path.to_path_buf(),
+            issuer: None,
+            trust_domain: None,
+            dev: false,
+            admin_token: None,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            leeway: 60,
+            trusted_issuers: Vec::new(),
+            transmitters: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Validate flags and the optional config file into a `Config`. Flags win over the file.
+    pub fn from_flags(flags: &ServeFlags) -> Result<Self, ConfigError> {
+        let listen_text = flags.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| err(format!("--listen {listen_text:?} is not an IP:port address")))?;
+        if flags.dev && !listen.ip().is_loopback() {
+            return Err(err(
+                "--dev refuses a non-loopback --listen address: dev mode accepts unsigned tokens",
+            ));
+        }
+        let mut cfg = Self::for_test(flags.db.as_deref().unwrap_or(Path::new(DEFAULT_DB)));
+        cfg.listen = listen;
+        cfg.dev = flags.dev;
+
+        if let Some(path) = &flags.config {
+            cfg.apply_file(path)?;
+        }
+        if flags.issuer.is_some() {
+            cfg.issuer.clone_from(&flags.issuer);
+        }
+        if flags.trust_domain.is_some() {
+            cfg.trust_domain.clone_from(&flags.trust_domain);
+        }
+        if let Some(issuer) = &cfg.issuer {
+            resource::canonicalize(issuer)
+                .map_err(|e| err(format!("issuer: {e}")))
+                .and_then(|c| {
+                    if &c == issuer {
+                        Ok(())
+                    } else {
+                        Err(err(format!("issuer must be written canonically: {c}")))
+                    }
+                })?;
+        }
+        if let Some(td) = &cfg.trust_domain {
+            validate_trust_domain(td)?;
+        }
+        match &flags.admin_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(format!("cannot read --admin-token-file {}: {e}", path.display()))
+                })?;
+                cfg.admin_token = Some(AdminToken::new(&text)?);
+            }
+            None if !cfg.dev => {
+                return Err(err(
+                    "production mode needs --admin-token-file (or run with --dev on loopback)",
+                ))
+            }
+            None => {}
+        }
+        Ok(cfg)
+    }
+
+    fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read --config {}: {e}", path.display())))?;
+        let file: FileConfig = serde_json::from_str(&text)
+            .map_err(|e| err(format!("--config {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        self.issuer = file.issuer;
+        self.trust_domain = file.trust_domain;
+        if let Some(ttl) = file.token_ttl_seconds {
+            if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
+                return Err(err(format!(
+                    "token_ttl_seconds must be between 1 and {MAX_TOKEN_TTL}"
+                )));
+            }
+            self.token_ttl = ttl;
+        }
+        for t in file.trusted_issuers {
+            validate_trust_domain(&t.trust_domain)?;
+            if t.issuer.is_empty() || t.audience.is_empty() {
+                return Err(err("trusted_issuers entries need an issuer and an audience"));
+            }
+            self.trusted_issuers.push(TrustedIssuer {
+                keys: load_jwks(base, &t.jwks_file)?,
+                issuer: t.issuer,
+                audience: t.audience,
+                trust_domain: t.trust_domain,
+            });
+        }
+        for t in file.transmitters {
+            if t.issuer.is_empty() {
+                return Err(err("transmitters entries need an issuer"));
+            }
+            self.transmitters.push(Transmitter {
+                keys: load_jwks(base, &t.jwks_file)?,
+                issuer: t.issuer,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn load_jwks(base: &Path, file: &Path) -> Result<JwkSet, ConfigError> {
+    let path = base.join(file);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| err(format!("cannot read JWKS file {}: {e}", path.display())))?;
+    let set = JwkSet::from_json_bytes(&bytes)
+        .map_err(|e| err(format!("JWKS file {}: {e}", path.display())))?;
+    if set.keys.is_empty() {
+        return Err(err(format!("JWKS file {} has no keys", path.display())));
+    }
+    Ok(set)
+}
+
+/// A trust domain is a DNS-like name: lower-case letters, digits, `.`, `-`, `_`.
+fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
+    let ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "trust domain {td:?} must be lower-case letters, digits, '.', '-' or '_'"
+        )))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_refuses_non_loopback() {
+        let flags = ServeFlags {
+            listen: Some("0.0.0.0:8693".into()),
+            dev: true,
+            ..Default::default()
+        };
+        assert!(Config::from_flags(&flags).unwrap_err().0.contains("loopback"));
+    }
+
+    #[test]
+    fn production_needs_admin_token() {
+        let flags = ServeFlags::default();
+        assert!(Config::from_flags(&flags).unwrap_err().0.contains("admin-token-file"));
+    }
+
+    #[test]
+    fn admin_token_compare() {
+        let t = AdminToken::new("  0123456789abcdef\n").unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        assert!(!t.matches(b"0123456789abcdeF"));
+        assert!(!t.matches(b""));
+        assert!(AdminToken::new("short").is_err());
+        assert_eq!(format!("{t:?}"), "AdminToken(<redacted>)");
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"issuer":"https://t.example","bogus":1}"#).unwrap();
+        let flags = ServeFlags {
+            dev: true,
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(Config::from_flags(&flags).unwrap_err().0.contains("bogus"));
+    }
+}

@@ -1,0 +1,372 @@
+//! RFC 8693 token exchange: a subject token in, a short-lived token bound to exactly one
+//! audience out.
+
+use crate::app::App;
+use crate::claims::{self, Audience};
+use crate::config::TrustedIssuer;
+use crate::jose::{self, b64, json};
+use crate::resource;
+use crate::verify::{self, Denial, TimeClaims};
+use serde_json::{json, Map, Value};
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TYPE_OIDC: &str = "urn:starfly:token-type:oidc";
+pub const TYPE_AGENT_MCP: &str = "urn:starfly:token-type:agent-mcp";
+pub const TYPE_AGENT_A2A: &str = "urn:starfly:token-type:agent-a2a";
+const MAX_SCOPES: usize = 64;
+const MAX_SCOPE_LEN: usize = 128;
+const MAX_SUBJECT_PART: usize = 256;
+
+/// The request fields, whichever encoding they arrived in. `None` means absent.
+#[derive(Debug, Default, Clone)]
+pub struct ExchangeRequest {
+    pub grant_type: Option<String>,
+    pub subject_token: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    pub actor_token: Option<String>,
+    pub actor_token_type: Option<String>,
+}
+
+/// An exchange refusal; each maps to one RFC 6749 / 8693 error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeError {
+    InvalidRequest(&'static str),
+    InvalidTarget(&'static str),
+    UnsupportedGrantType,
+    InvalidClient(&'static str),
+    AccessDenied(&'static str),
+    /// The answer depends on state that cannot be read now (fail closed).
+    Unavailable(&'static str),
+    /// Signing failed.
+    Internal,
+}
+
+/// A minted token and what the audit and the response need to know about it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: i64,
+    pub scope: Option<String>,
+    pub subject: String,
+    pub audience: String,
+    pub jti: String,
+}
+
+/// Who the subject token says the caller is, and what it may be granted.
+struct Subject {
+    id: String,
+    /// Capabilities the subject holds; `None` when the subject token says nothing (dev stubs).
+    caps: Option<Vec<String>>,
+    blast_radius: Option<String>,
+    exp: Option<i64>,
+    jti: Option<String>,
+    /// A toolgate agent token: may be exchanged for tool tokens only.
+    is_agent_token: bool,
+}
+
+pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, ExchangeError> {
+    use ExchangeError::*;
+    if req.grant_type.as_deref() != Some(GRANT_TYPE) {
+        return Err(UnsupportedGrantType);
+    }
+    let token = req
+        .subject_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or(InvalidRequest("subject_token is required"))?;
+    let token_type = req
+        .subject_token_type
+        .as_deref()
+        .ok_or(InvalidRequest("subject_token_type is required"))?;
+    if req.actor_token.is_some() || req.actor_token_type.is_some() {
+        return Err(InvalidRequest("delegation (actor_token) is not supported"));
+    }
+    let audience = target(app, req)?;
+    let requested = requested_scopes(req.scope.as_deref())?;
+
+    let subject = match token_type {
+        TYPE_JWT | TYPE_ACCESS_TOKEN | TYPE_OIDC => external_subject(app, token, now)?,
+        TYPE_AGENT_MCP | TYPE_AGENT_A2A => agent_subject(app, token, now)?,
+        _ => return Err(InvalidRequest("unsupported subject_token_type")),
+    };
+    let is_agent_audience = audience == app.issuer;
+    if is_agent_audience && subject.is_agent_token {
+        return Err(AccessDenied("an agent token cannot be exchanged for another agent token"));
+    }
+    match app
+        .verifier
+        .revocations
+        .is_revoked(&subject.id, subject.jti.as_deref().unwrap_or(""), "", now)
+    {
+        Ok(false) => {}
+        Ok(true) => return Err(AccessDenied("subject is revoked")),
+        Err(_) => return Err(Unavailable("revocation status is unavailable")),
+    }
+
+    let granted: Vec<String> = match (&requested, &subject.caps) {
+        (Some(req), Some(held)) => req.iter().filter(|s| held.contains(s)).cloned().collect(),
+        (Some(req), None) => req.clone(),
+        (None, Some(held)) => held.clone(),
+        (None, None) => Vec::new(),
+    };
+    if requested.as_ref().is_some_and(|r| !r.is_empty()) && granted.is_empty() {
+        return Err(AccessDenied("none of the requested scopes may be granted to this subject"));
+    }
+
+    let mut exp = now.saturating_add(app.token_ttl);
+    if let Some(subject_exp) = subject.exp {
+        exp = exp.min(subject_exp);
+    }
+    if exp <= now {
+        return Err(InvalidClient("subject token has expired"));
+    }
+    let jti = random_id().ok_or(Internal)?;
+    let mut claims = Map::new();
+    claims.insert("iss".into(), json!(app.issuer));
+    claims.insert("sub".into(), json!(subject.id));
+    claims.insert("aud".into(), json!(audience));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("nbf".into(), json!(now));
+    claims.insert("exp".into(), json!(exp));
+    claims.insert("jti".into(), json!(jti));
+    claims.insert("td".into(), json!(app.trust_domain));
+    let scope = (!granted.is_empty()).then(|| granted.join(" "));
+    if let Some(s) = &scope {
+        claims.insert("caps".into(), json!(granted));
+        claims.insert("scope".into(), json!(s));
+    }
+    if let Some(b) = &subject.blast_radius {
+        claims.insert("blast_radius".into(), json!(b));
+    }
+    let access_token = jose::jws::encode_signed(app.keys.active(), &claims).map_err(|_| Internal)?;
+    Ok(Issued {
+        access_token,
+        expires_in: exp - now,
+        scope,
+        subject: subject.id,
+        audience,
+        jti,
+    })
+}
+
+/// The single canonical audience: `audience` or its RFC 8707 synonym `resource`.
+fn target(app: &App, req: &ExchangeRequest) -> Result<String, ExchangeError> {
+    use ExchangeError::*;
+    let raw = match (req.audience.as_deref(), req.resource.as_deref()) {
+        (Some(a), Some(r)) if a != r => {
+            return Err(InvalidTarget("audience and resource name different targets"))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => return Err(InvalidRequest("audience (or resource) is required")),
+    };
+    if raw == "*" || raw.split_ascii_whitespace().count() > 1 {
+        return Err(InvalidTarget("exactly one audience is required"));
+    }
+    let registry = app
+        .registry
+        .read()
+        .map_err(|_| Unavailable("tool registry is unavailable"))?;
+    // A tool registered without a resource_uri is its own audience (its tool_id).
+    if registry.has_resource(raw) {
+        return Ok(raw.to_string());
+    }
+    let canonical = resource::canonicalize(raw).map_err(|_| InvalidTarget("audience must be an absolute URI"))?;
+    if canonical == app.issuer || registry.has_resource(&canonical) || app.dev {
+        Ok(canonical)
+    } else {
+        Err(InvalidTarget("audience is not the resource of a registered tool"))
+    }
+}
+
+fn requested_scopes(scope: Option<&str>) -> Result<Option<Vec<String>>, ExchangeError> {
+    let Some(scope) = scope else { return Ok(None) };
+    let mut out: Vec<String> = Vec::new();
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        if s.len() > MAX_SCOPE_LEN || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            return Err(ExchangeError::InvalidRequest("scope has an invalid scope token"));
+        }
+        if !out.iter().any(|x| x == s) {
+            out.push(s.to_string());
+        }
+    }
+    if out.len() > MAX_SCOPES {
+        return Err(ExchangeError::InvalidRequest("scope names too many scopes"));
+    }
+    Ok(Some(out))
+}
+
+/// A JWT from a configured trusted issuer, a dev stub, or (by `iss`) toolgate's own agent token.
+fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+    use ExchangeError::*;
+    if app.dev {
+        if let Some(claims) = stub_claims(token)? {
+            // Stubs are unsigned, but a stub that says it has expired is still refused.
+            let bad = |_| InvalidClient("stub subject token claims are malformed");
+            let exp = claims::numeric_date(&claims, "exp").map_err(bad)?;
+            let nbf = claims::numeric_date(&claims, "nbf").map_err(bad)?;
+            if exp.is_some_and(|e| now >= e.saturating_add(app.leeway))
+                || nbf.is_some_and(|n| n > now.saturating_add(app.leeway))
+            {
+                return Err(InvalidClient("subject token is expired or not yet valid"));
+            }
+            let mut subject = subject_from(&claims, &app.trust_domain, true)?;
+            subject.exp = exp;
+            return Ok(subject);
+        }
+    }
+    let unverified = jose::decode(token).map_err(|_| InvalidClient("subject token is not a valid JWT"))?;
+    let iss = claims::string(&unverified.claims, "iss")
+        .ok()
+        .flatten()
+        .ok_or(InvalidClient("subject token has no issuer"))?;
+    if iss == app.issuer {
+        return agent_subject(app, token, now);
+    }
+    let trusted: &TrustedIssuer = app
+        .trusted_issuers
+        .iter()
+        .find(|t| t.issuer == iss)
+        .ok_or(InvalidClient("subject token issuer is not trusted"))?;
+    let raw = verify::verify_signature(token, |h| match &h.kid {
+        Some(kid) => trusted.keys.find(kid),
+        None if trusted.keys.keys.len() == 1 => trusted.keys.keys.first(),
+        None => None,
+    })
+    .map_err(|_| InvalidClient("subject token signature is invalid"))?;
+    let times = TimeClaims::read(&raw).map_err(|_| InvalidClient("subject token claims are malformed"))?;
+    times
+        .check(now, app.leeway)
+        .map_err(|_| InvalidClient("subject token is expired or not yet valid"))?;
+    let aud_ok = match claims::audience(&raw) {
+        Audience::One(a) => a == trusted.audience,
+        Audience::Many(list) => list.iter().any(|a| *a == trusted.audience),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(InvalidClient("subject token audience does not name toolgate"));
+    }
+    let mut subject = subject_from(&raw, &trusted.trust_domain, false)?;
+    subject.exp = Some(times.exp);
+    Ok(subject)
+}
+
+/// A toolgate agent identity token: checks 1–5 of the verify pipeline, and an `aud` that is
+/// toolgate itself — never a tool (a tool's token traded for another tool's is the confused
+/// deputy again).
+fn agent_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+    use ExchangeError::*;
+    let claims = app
+        .verifier
+        .check_own_token(token, now)
+        .map_err(|_: Denial| InvalidClient("subject token failed verification"))?;
+    if claims.aud.single() != Some(app.issuer.as_str()) {
+        return Err(InvalidClient("subject token is not an agent token for this toolgate"));
+    }
+    Ok(Subject {
+        id: claims.sub.clone(),
+        caps: claims.raw.contains_key("caps").then(|| claims.caps.clone()),
+        blast_radius: claims.blast_radius.clone(),
+        exp: Some(claims.times.exp),
+        jti: Some(claims.jti.clone()),
+        is_agent_token: true,
+    })
+}
+
+/// The claims of a dev-mode stub, `<b64url header>.<b64url claims>.stub`, read unverified;
+/// `None` if the token is not a stub.
+fn stub_claims(token: &str) -> Result<Option<Map<String, Value>>, ExchangeError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some("stub"), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Ok(None);
+    };
+    let bad = || ExchangeError::InvalidClient("stub subject token is malformed");
+    b64::decode(h).ok().and_then(|b| json::parse_object(&b).ok()).ok_or_else(bad)?;
+    let claims = b64::decode(c).ok().and_then(|b| json::parse_object(&b).ok()).ok_or_else(bad)?;
+    Ok(Some(claims))
+}
+
+fn nested_str<'a>(claims: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
+    let (last, init) = path.split_last()?;
+    let mut obj = claims;
+    for key in init {
+        obj = obj.get(*key)?.as_object()?;
+    }
+    obj.get(*last)?.as_str()
+}
+
+/// `wimse://<td>/ns/<namespace>/sa/<serviceaccount>` from the subject's claims.
+fn subject_from(claims: &Map<String, Value>, trust_domain: &str, dev_stub: bool) -> Result<Subject, ExchangeError> {
+    use ExchangeError::InvalidClient;
+    let sub = claims::string(claims, "sub").map_err(|_| InvalidClient("subject token sub is not a string"))?;
+    let prefix = format!("wimse://{trust_domain}/");
+    let id = match sub {
+        Some(s) if s.starts_with("wimse://") => {
+            if !s.starts_with(&prefix) || !s.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(InvalidClient("subject is outside this issuer's trust domain"));
+            }
+            s.to_string()
+        }
+        _ => {
+            let ns = claims::string(claims, "namespace")
+                .ok()
+                .flatten()
+                .or_else(|| nested_str(claims, &["kubernetes.io.namespace"]))
+                .or_else(|| nested_str(claims, &["kubernetes.io", "namespace"]))
+                .unwrap_or("default");
+            let sa = claims::string(claims, "serviceaccount")
+                .ok()
+                .flatten()
+                .or_else(|| nested_str(claims, &["kubernetes.io.serviceaccount.name"]))
+                .or_else(|| nested_str(claims, &["kubernetes.io", "serviceaccount", "name"]))
+                .or(sub)
+                .unwrap_or("dev-workload");
+            for part in [ns, sa] {
+                let ok = !part.is_empty()
+                    && part.len() <= MAX_SUBJECT_PART
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'+'));
+                if !ok {
+                    return Err(InvalidClient("subject has characters not allowed in a WIMSE identifier"));
+                }
+            }
+            format!("{prefix}ns/{ns}/sa/{sa}")
+        }
+    };
+    let caps = match claims::string_list(claims, "caps") {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => match claims::string(claims, "scope") {
+            Ok(Some(s)) => Some(s.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            Ok(None) if dev_stub => None,
+            Ok(None) => Some(Vec::new()),
+            Err(_) => return Err(InvalidClient("subject token scope is not a string")),
+        },
+        Err(_) => return Err(InvalidClient("subject token caps is not a list of strings")),
+    };
+    let blast_radius = claims::string(claims, "blast_radius")
+        .ok()
+        .flatten()
+        .filter(|b| crate::blast::parse(b).is_some())
+        .map(str::to_string);
+    Ok(Subject {
+        id,
+        caps,
+        blast_radius,
+        exp: None,
+        jti: claims::string(claims, "jti").ok().flatten().map(str::to_string),
+        is_agent_token: false,
+    })
+}
+
+/// 128 random bits, base64url: a token's `jti`.
+pub fn random_id() -> Option<String> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(b64::encode(&bytes))
+}

@@ -1,0 +1,128 @@
+//! Reading request bodies within limits, and decoding JSON and form encodings strictly.
+
+use super::error::ApiError;
+use hyper::body::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A body that has not arrived by then is abandoned.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read the whole body, refusing more than `MAX_BODY_BYTES` (413) before buffering it.
+pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::too_large());
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(ApiError::new(
+            http::StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "request body did not arrive in time",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large()),
+        Ok(Err(_)) => Err(ApiError::invalid_request("request body could not be read")),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// A JSON object body: strict UTF-8 JSON, no duplicate member names.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    crate::jose::json::parse_object(bytes)
+        .map_err(|_| ApiError::invalid_request("body must be a JSON object (no duplicate names)"))
+}
+
+/// An optional string member; any other type is a 400 naming the field.
+pub fn opt_string(obj: &Map<String, Value>, name: &'static str) -> Result<Option<String>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid_request(format!("{name} must be a string"))),
+    }
+}
+
+/// Decode `application/x-www-form-urlencoded` (also query strings) into ordered pairs.
+pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for pair in input.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (pair.get(..i).unwrap_or_default(), pair.get(i + 1..).unwrap_or_default()),
+            None => (pair, &[][..]),
+        };
+        out.push((percent_decode(k)?, percent_decode(v)?));
+    }
+    Ok(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn percent_decode(input: &[u8]) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid_request("form encoding is malformed");
+    let mut out = Vec::with_capacity(input.len());
+    let mut it = input.iter();
+    while let Some(&b) = it.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = it.next().copied().and_then(hex).ok_or_else(bad)?;
+                let lo = it.next().copied().and_then(hex).ok_or_else(bad)?;
+                out.push(hi << 4 | lo);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// The value of `name` in `pairs`: `Ok(None)` if absent, an error if repeated.
+pub fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, usize> {
+    let mut found = pairs.iter().filter(|(k, _)| k == name);
+    let first = found.next().map(|(_, v)| v.as_str());
+    let extra = found.count();
+    if extra > 0 {
+        Err(extra + 1)
+    } else {
+        Ok(first)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_forms() {
+        let p = form_pairs(b"a=1&b=x+y%2Fz&c&&d=%E2%9C%93").unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "x y/z".into()),
+                ("c".into(), "".into()),
+                ("d".into(), "✓".into())
+            ]
+        );
+        assert!(form_pairs(b"a=%4").is_err());
+        assert!(form_pairs(b"a=%zz").is_err());
+        assert!(form_pairs(b"a=%FF").is_err());
+        assert_eq!(single(&p, "a"), Ok(Some("1")));
+        assert_eq!(single(&p, "zz"), Ok(None));
+        let dup = form_pairs(b"a=1&a=2").unwrap();
+        assert_eq!(single(&dup, "a"), Err(2));
+    }
+}

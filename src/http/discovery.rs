@@ -1,0 +1,45 @@
+//! Health, the JWKS, and RFC 8414 authorization-server metadata.
+
+use super::{json_response, Response};
+use crate::app::{App, VERSION};
+use http::StatusCode;
+use serde_json::json;
+
+pub fn health(app: &App) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "initialized": true,
+            "locked": false,
+            "version": VERSION,
+            "unit_id": app.unit_id,
+            "dev_mode": app.dev,
+        }),
+    )
+}
+
+pub fn jwks(app: &App) -> Response {
+    let mut resp = json_response(StatusCode::OK, &app.keys.jwks());
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+pub fn metadata(app: &App) -> Response {
+    let base = app.issuer.trim_end_matches('/');
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "issuer": app.issuer,
+            "token_endpoint": format!("{base}/v1/exchange/token"),
+            "jwks_uri": format!("{base}/v1/identity/jwks"),
+            "grant_types_supported": [crate::exchange::GRANT_TYPE],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "response_types_supported": [],
+            "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+            "authorization_response_iss_parameter_supported": false,
+        }),
+    )
+}

@@ -1,0 +1,120 @@
+//! Every error the API returns, and the one place they become HTTP responses.
+
+use super::{json_response, Response};
+use crate::exchange::ExchangeError;
+use crate::store::StoreError;
+use crate::verify::Denial;
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+use std::borrow::Cow;
+
+/// An API error: status, RFC 6749-style code, one sentence, and for verify the check name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: Cow<'static, str>,
+    pub check: Option<&'static str>,
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            check: None,
+            allow: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        }
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large")
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs the admin token as a Bearer credential")
+    }
+
+    pub fn unavailable(description: &'static str) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
+    }
+
+    pub fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "error_description": self.description});
+        if let (Some(check), Some(obj)) = (self.check, body.as_object_mut()) {
+            obj.insert("check".into(), json!(check));
+        }
+        let mut resp = json_response(self.status, &body);
+        if let Some(allow) = self.allow {
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"toolgate\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", "the resource already exists"),
+            other => {
+                crate::error!("store: {other}");
+                Self::unavailable("storage is unavailable; nothing was changed")
+            }
+        }
+    }
+}
+
+impl From<ExchangeError> for ApiError {
+    fn from(e: ExchangeError) -> Self {
+        use ExchangeError::*;
+        match e {
+            InvalidRequest(d) => Self::invalid_request(d),
+            InvalidTarget(d) => Self::new(StatusCode::BAD_REQUEST, "invalid_target", d),
+            UnsupportedGrantType => Self::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            InvalidClient(d) => Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d),
+            AccessDenied(d) => Self::new(StatusCode::FORBIDDEN, "access_denied", d),
+            Unavailable(d) => Self::unavailable(d),
+            Internal => {
+                crate::error!("exchange: signing failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
+            }
+        }
+    }
+}
+
+impl From<Denial> for ApiError {
+    fn from(d: Denial) -> Self {
+        let status = if d.unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::FORBIDDEN };
+        Self {
+            check: Some(d.check.name()),
+            ..Self::new(status, "verification_failed", d.reason)
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! HTTP: the router, response helpers, and security headers. Handlers only parse, call the
+//! core, and render; errors become responses in `error.rs` alone.
+
+pub mod body;
+pub mod error;
+mod discovery;
+mod tokens;
+mod tools;
+
+use crate::app::App;
+use error::ApiError;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type Response = http::Response<Body>;
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut resp = http::Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serve one request: route, run, and add the headers every response carries.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
+    let mut resp = match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<Response> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["v1", "sys", "health"] => get_only(&method).map(|()| discovery::health(app)),
+        [".well-known", "oauth-authorization-server"] => {
+            get_only(&method).map(|()| discovery::metadata(app))
+        }
+        ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
+        ["v1", "exchange", "token"] => match method {
+            Method::POST => tokens::exchange(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "mcp", "verify"] => match method {
+            Method::POST => tokens::verify(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "mcp", "tools"] => match method {
+            Method::GET | Method::HEAD => tools::list(app, &req),
+            Method::POST => tools::register(app, req).await,
+            Method::DELETE => tools::deregister_by_query(app, &req).await,
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST, DELETE")),
+        },
+        ["v1", "tools"] => match method {
+            Method::GET | Method::HEAD => tools::list(app, &req),
+            Method::POST => tools::register(app, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
+        },
+        ["v1", "tools", tool_id] => match method {
+            Method::GET | Method::HEAD => tools::get(app, &req, tool_id),
+            Method::DELETE => tools::deregister(app, &req, tool_id).await,
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
+        },
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn get_only(method: &Method) -> Result<()> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed("GET, HEAD"))
+    }
+}
+
+/// Admin calls need `Authorization: Bearer <admin token>` outside dev mode.
+pub(crate) fn require_admin(app: &App, headers: &http::HeaderMap) -> Result<()> {
+    if app.dev {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match (&app.admin_token, presented) {
+        (Some(secret), Some(p)) if secret.matches(p) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Reads of the registry are open in dev and on loopback; otherwise they are admin calls.
+pub(crate) fn require_reader(app: &App, headers: &http::HeaderMap) -> Result<()> {
+    if app.open_reads {
+        Ok(())
+    } else {
+        require_admin(app, headers)
+    }
+}

@@ -1,0 +1,518 @@
+//! Compact JWS (RFC 7515 §7.1): strict decoding, algorithm allow-list, signing.
+
+use serde_json::{Map, Value};
+
+use super::{b64, json, JoseError, Jwk, SigningKey};
+
+/// Upper bound on the length of a compact token, checked before anything else.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Header parameters we never honour; their presence rejects the token.
+const FORBIDDEN_HEADERS: [&str; 7] = ["crit", "jku", "x5u", "jwk", "x5c", "b64", "cty"];
+
+/// The only signature algorithms accepted (no `none`, no HMAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    ES256,
+    ES384,
+    EdDSA,
+    RS256,
+    PS256,
+}
+
+impl Algorithm {
+    /// The JWA name, e.g. `"ES256"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::RS256 => "RS256",
+            Algorithm::PS256 => "PS256",
+        }
+    }
+
+    /// Exact, case-sensitive lookup of a JWA name.
+    pub fn from_name(s: &str) -> Option<Algorithm> {
+        match s {
+            "ES256" => Some(Algorithm::ES256),
+            "ES384" => Some(Algorithm::ES384),
+            "EdDSA" => Some(Algorithm::EdDSA),
+            "RS256" => Some(Algorithm::RS256),
+            "PS256" => Some(Algorithm::PS256),
+            _ => None,
+        }
+    }
+}
+
+/// A validated JOSE header.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    /// All header members, as parsed.
+    pub raw: Map<String, Value>,
+}
+
+/// A decoded (not yet verified) compact JWS whose payload is a JSON object.
+#[derive(Debug, Clone)]
+pub struct Compact<'a> {
+    pub header: Header,
+    pub claims: Map<String, Value>,
+    /// `"<b64 header>.<b64 payload>"`, borrowed from the token.
+    pub signing_input: &'a str,
+    pub signature: Vec<u8>,
+}
+
+impl Compact<'_> {
+    /// Check the header `alg` against the key's pinned algorithm, then the signature.
+    pub fn verify_with(&self, key: &Jwk) -> Result<(), JoseError> {
+        if self.header.alg != key.alg {
+            return Err(JoseError::AlgorithmMismatch);
+        }
+        key.verify(self.signing_input.as_bytes(), &self.signature)
+    }
+}
+
+/// Parse a compact JWS. Does NOT verify the signature.
+///
+/// Order: length cap, character set (ASCII, no whitespace), exactly three
+/// non-empty segments, strict base64url, header JSON, `alg`, forbidden
+/// parameters, `kid`/`typ` types, then the payload JSON object.
+pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JoseError::TooLarge);
+    }
+    if !token.is_ascii() || token.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(JoseError::Shape);
+    }
+    let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(JoseError::Shape)?;
+    let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(JoseError::Shape)?;
+    if payload_b64.contains('.')
+        || header_b64.is_empty()
+        || payload_b64.is_empty()
+        || sig_b64.is_empty()
+    {
+        return Err(JoseError::Shape);
+    }
+    let header_bytes = b64::decode(header_b64)?;
+    let payload_bytes = b64::decode(payload_b64)?;
+    let signature = b64::decode(sig_b64)?;
+
+    let header = parse_header(json::parse_object(&header_bytes)?)?;
+    let claims = json::parse_object(&payload_bytes)?;
+    Ok(Compact {
+        header,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+fn parse_header(raw: Map<String, Value>) -> Result<Header, JoseError> {
+    let alg = raw
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Algorithm::from_name)
+        .ok_or(JoseError::UnsupportedAlgorithm)?;
+    if FORBIDDEN_HEADERS.iter().any(|name| raw.contains_key(*name)) {
+        return Err(JoseError::ForbiddenHeader);
+    }
+    let kid = optional_string(&raw, "kid")?;
+    let typ = optional_string(&raw, "typ")?;
+    Ok(Header { alg, kid, typ, raw })
+}
+
+fn optional_string(raw: &Map<String, Value>, name: &str) -> Result<Option<String>, JoseError> {
+    match raw.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(JoseError::Json),
+    }
+}
+
+/// Encode and sign: header `{"alg","typ":"JWT","kid"}` + claims -> compact string.
+///
+/// Fails with `TooLarge` rather than mint a token that [`decode`] would refuse.
+pub fn encode_signed(key: &SigningKey, claims: &Map<String, Value>) -> Result<String, JoseError> {
+    let mut header = Map::new();
+    header.insert("alg".into(), Value::from(key.algorithm().name()));
+    header.insert("typ".into(), Value::from("JWT"));
+    header.insert("kid".into(), Value::from(key.kid()));
+    let header_json = serde_json::to_vec(&header).map_err(|_| JoseError::Json)?;
+    let claims_json = serde_json::to_vec(claims).map_err(|_| JoseError::Json)?;
+    let mut token = b64::encode(&header_json);
+    token.push('.');
+    token.push_str(&b64::encode(&claims_json));
+    let signature = key.sign(token.as_bytes())?;
+    token.push('.');
+    token.push_str(&b64::encode(&signature));
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JoseError::TooLarge);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const RFC7515_A3: &str = include_str!("../../tests/testdata/rfc7515_a3_es256.json");
+    const RFC7515_A2: &str = include_str!("../../tests/testdata/rfc7515_a2_rs256.json");
+
+    fn vector(doc: &str) -> (Jwk, String) {
+        let v: Value = serde_json::from_str(doc).unwrap();
+        let jwk = Jwk::from_json(&v["jwk"]).unwrap();
+        (jwk, v["token"].as_str().unwrap().to_owned())
+    }
+
+    fn seg(v: &Value) -> String {
+        b64::encode(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn raw_seg(s: &str) -> String {
+        b64::encode(s.as_bytes())
+    }
+
+    /// A syntactically valid token with the given raw header/payload JSON text.
+    fn token(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            raw_seg(header),
+            raw_seg(payload),
+            b64::encode(&[1; 64])
+        )
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for alg in [
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ] {
+            assert_eq!(Algorithm::from_name(alg.name()), Some(alg));
+        }
+        for bad in [
+            "es256", "none", "None", "NONE", "HS256", "EDDSA", "ES512", "",
+        ] {
+            assert_eq!(Algorithm::from_name(bad), None);
+        }
+    }
+
+    #[test]
+    fn rfc7515_a3_es256_decodes_and_verifies() {
+        let (jwk, tok) = vector(RFC7515_A3);
+        let c = decode(&tok).unwrap();
+        assert_eq!(c.header.alg, Algorithm::ES256);
+        assert_eq!(c.header.kid, None);
+        assert_eq!(c.claims["iss"], json!("joe"));
+        assert_eq!(c.claims["exp"], json!(1300819380));
+        assert_eq!(c.signature.len(), 64);
+        assert!(tok.starts_with(c.signing_input));
+        c.verify_with(&jwk).unwrap();
+    }
+
+    #[test]
+    fn rfc7515_a2_rs256_decodes_and_verifies() {
+        let (jwk, tok) = vector(RFC7515_A2);
+        let c = decode(&tok).unwrap();
+        assert_eq!(c.header.alg, Algorithm::RS256);
+        assert_eq!(jwk.alg, Algorithm::RS256);
+        c.verify_with(&jwk).unwrap();
+        // ES256 header against the RSA key: mismatch before any crypto.
+        let (_, es_tok) = vector(RFC7515_A3);
+        assert_eq!(
+            decode(&es_tok).unwrap().verify_with(&jwk),
+            Err(JoseError::AlgorithmMismatch)
+        );
+        // RS256 token against a PS256-pinned copy of the same key.
+        let mut ps = jwk.clone();
+        ps.alg = Algorithm::PS256;
+        assert_eq!(c.verify_with(&ps), Err(JoseError::AlgorithmMismatch));
+    }
+
+    #[test]
+    fn tampered_vectors_fail() {
+        let (jwk, tok) = vector(RFC7515_A3);
+        // Flip the last signature character: Q -> A changes the final s byte.
+        let bad = format!("{}A", &tok[..tok.len() - 1]);
+        assert_eq!(
+            decode(&bad).unwrap().verify_with(&jwk),
+            Err(JoseError::BadSignature)
+        );
+        // Different payload, same signature.
+        let (h, rest) = tok.split_once('.').unwrap();
+        let (_, s) = rest.rsplit_once('.').unwrap();
+        let forged = format!("{h}.{}.{s}", seg(&json!({"iss":"joe","admin":true})));
+        assert_eq!(
+            decode(&forged).unwrap().verify_with(&jwk),
+            Err(JoseError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn segment_count_and_emptiness() {
+        let (_, tok) = vector(RFC7515_A3);
+        let parts: Vec<&str> = tok.split('.').collect();
+        let two = format!("{}.{}", parts[0], parts[1]);
+        let four = format!("{tok}.{}", parts[2]);
+        let five = format!("{tok}.{}.{}", parts[1], parts[2]);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "abc",
+            two.as_str(),
+            four.as_str(),
+            five.as_str(),
+            &format!("{two}."),
+            &format!(".{}.{}", parts[1], parts[2]),
+            &format!("{}..{}", parts[0], parts[2]),
+        ] {
+            assert_eq!(decode(bad).err(), Some(JoseError::Shape), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whitespace_and_non_ascii_are_shape_errors() {
+        let (_, tok) = vector(RFC7515_A3);
+        for bad in [
+            format!(" {tok}"),
+            format!("{tok}\n"),
+            format!("{tok}\r\n"),
+            tok.replacen('.', ". ", 1),
+            tok.replacen('.', "\t.", 1),
+            format!("{tok}\u{a0}"),
+            tok.replacen('e', "é", 1),
+        ] {
+            assert_eq!(decode(&bad).err(), Some(JoseError::Shape), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn base64_strictness() {
+        let (_, tok) = vector(RFC7515_A3);
+        let (h, rest) = tok.split_once('.').unwrap();
+        for bad in [
+            format!("{h}=.{rest}"),
+            format!("{tok}=="),
+            tok.replace('-', "+"),
+            tok.replacen('D', "/", 1),
+            format!("{h}.{rest}").replacen("eyJ", "ey!", 1),
+        ] {
+            assert_eq!(decode(&bad).err(), Some(JoseError::Base64), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn length_cap_comes_first() {
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(decode(&big).err(), Some(JoseError::TooLarge));
+        let big_ws = " ".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(decode(&big_ws).err(), Some(JoseError::TooLarge));
+        // Just at the cap is parsed normally.
+        let header = r#"{"alg":"ES256"}"#;
+        let mut n = MAX_TOKEN_BYTES;
+        let at_cap = loop {
+            let t = token(header, &format!(r#"{{"f":"{}"}}"#, "x".repeat(n)));
+            if t.len() <= MAX_TOKEN_BYTES {
+                break t;
+            }
+            n -= 1;
+        };
+        assert!(at_cap.len() > MAX_TOKEN_BYTES - 4);
+        assert!(decode(&at_cap).is_ok());
+    }
+
+    #[test]
+    fn unsupported_algorithms() {
+        for header in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"None"}"#,
+            r#"{"alg":"NONE"}"#,
+            r#"{"alg":"nOnE"}"#,
+            r#"{"alg":"HS256"}"#,
+            r#"{"alg":"es256"}"#,
+            r#"{"alg":"ES512"}"#,
+            r#"{"alg":"ES256 "}"#,
+            r#"{"alg":""}"#,
+            r#"{"alg":null}"#,
+            r#"{"alg":256}"#,
+            r#"{"alg":["ES256"]}"#,
+            r#"{"typ":"JWT"}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(
+                decode(&token(header, "{}")).err(),
+                Some(JoseError::UnsupportedAlgorithm),
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn forbidden_headers() {
+        for name in FORBIDDEN_HEADERS {
+            let header = format!(r#"{{"alg":"ES256","{name}":"x"}}"#);
+            assert_eq!(
+                decode(&token(&header, "{}")).err(),
+                Some(JoseError::ForbiddenHeader),
+                "{name}"
+            );
+        }
+        let crit = r#"{"alg":"ES256","crit":["exp"],"exp":1}"#;
+        assert_eq!(
+            decode(&token(crit, "{}")).err(),
+            Some(JoseError::ForbiddenHeader)
+        );
+    }
+
+    #[test]
+    fn header_member_types() {
+        assert_eq!(
+            decode(&token(r#"{"alg":"ES256","kid":1}"#, "{}")).err(),
+            Some(JoseError::Json)
+        );
+        assert_eq!(
+            decode(&token(r#"{"alg":"ES256","typ":null}"#, "{}")).err(),
+            Some(JoseError::Json)
+        );
+        let tok = token(r#"{"alg":"PS256","kid":"k1","typ":"JWT","x":1}"#, "{}");
+        let c = decode(&tok).unwrap();
+        assert_eq!(c.header.alg, Algorithm::PS256);
+        assert_eq!(c.header.kid.as_deref(), Some("k1"));
+        assert_eq!(c.header.typ.as_deref(), Some("JWT"));
+        assert_eq!(c.header.raw["x"], json!(1));
+    }
+
+    #[test]
+    fn duplicates_rejected() {
+        let dup_header = r#"{"alg":"ES256","alg":"ES256"}"#;
+        assert_eq!(
+            decode(&token(dup_header, "{}")).err(),
+            Some(JoseError::DuplicateName)
+        );
+        // Classic confusion attempt: a second alg that some parsers keep.
+        let dup_alg = r#"{"alg":"ES256","alg":"none"}"#;
+        assert_eq!(
+            decode(&token(dup_alg, "{}")).err(),
+            Some(JoseError::DuplicateName)
+        );
+        let ok_header = r#"{"alg":"ES256"}"#;
+        let dup_claim = r#"{"sub":"a","sub":"b"}"#;
+        assert_eq!(
+            decode(&token(ok_header, dup_claim)).err(),
+            Some(JoseError::DuplicateName)
+        );
+        let nested = r#"{"sub":"a","act":{"sub":"x","sub":"y"}}"#;
+        assert_eq!(
+            decode(&token(ok_header, nested)).err(),
+            Some(JoseError::DuplicateName)
+        );
+    }
+
+    #[test]
+    fn payload_must_be_json_object() {
+        let h = r#"{"alg":"ES256"}"#;
+        for payload in [
+            "[]",
+            "\"claims\"",
+            "1",
+            "null",
+            "not json",
+            "{\"a\":1",
+            "{} {}",
+        ] {
+            assert_eq!(
+                decode(&token(h, payload)).err(),
+                Some(JoseError::Json),
+                "{payload}"
+            );
+        }
+        assert_eq!(decode(&token("[1]", "{}")).err(), Some(JoseError::Json));
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(decode(&token(h, &deep)).err(), Some(JoseError::Json));
+    }
+
+    #[test]
+    fn empty_signature_is_shape() {
+        let h = raw_seg(r#"{"alg":"ES256"}"#);
+        let p = raw_seg("{}");
+        assert_eq!(decode(&format!("{h}.{p}.")).err(), Some(JoseError::Shape));
+    }
+
+    #[test]
+    fn mutations_never_panic_and_never_verify() {
+        let (jwk, tok) = vector(RFC7515_A3);
+        let mut checked = 0;
+        for i in 0..=tok.len() {
+            let truncated = &tok[..i];
+            if let (true, Ok(c)) = (i < tok.len(), decode(truncated)) {
+                assert!(c.verify_with(&jwk).is_err());
+            }
+            for ch in ['.', 'A', '_', '=', ' ', '\0', 'é'] {
+                let mut m = tok.clone();
+                if i < tok.len() {
+                    m.replace_range(i..i + 1, ch.encode_utf8(&mut [0; 4]));
+                } else {
+                    m.push(ch);
+                }
+                if m != tok {
+                    if let Ok(c) = decode(&m) {
+                        assert!(c.verify_with(&jwk).is_err(), "{m}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000);
+    }
+
+    #[test]
+    fn sign_decode_verify_round_trip() {
+        let key = SigningKey::generate().unwrap();
+        let jwk = key.public_jwk();
+        let claims = json!({"iss":"toolgate","sub":"alice","aud":["a","b"],"exp":4102444800u64});
+        let claims = claims.as_object().unwrap().clone();
+        let tok = encode_signed(&key, &claims).unwrap();
+        let c = decode(&tok).unwrap();
+        assert_eq!(c.header.alg, Algorithm::ES256);
+        assert_eq!(c.header.kid.as_deref(), Some(key.kid()));
+        assert_eq!(c.header.typ.as_deref(), Some("JWT"));
+        assert_eq!(c.claims, claims);
+        c.verify_with(&jwk).unwrap();
+
+        // Tampered payload with the original signature.
+        let (h, rest) = tok.split_once('.').unwrap();
+        let (_, s) = rest.rsplit_once('.').unwrap();
+        let forged = format!("{h}.{}.{s}", seg(&json!({"sub":"mallory"})));
+        assert_eq!(
+            decode(&forged).unwrap().verify_with(&jwk),
+            Err(JoseError::BadSignature)
+        );
+
+        // Another key's JWK with the same alg does not verify.
+        let other = SigningKey::generate().unwrap().public_jwk();
+        assert_eq!(c.verify_with(&other), Err(JoseError::BadSignature));
+    }
+
+    #[test]
+    fn encode_refuses_oversized_tokens() {
+        let key = SigningKey::generate().unwrap();
+        let mut claims = Map::new();
+        claims.insert("f".into(), Value::from("x".repeat(MAX_TOKEN_BYTES)));
+        assert_eq!(encode_signed(&key, &claims), Err(JoseError::TooLarge));
+    }
+}

@@ -1,0 +1,28 @@
+//! toolgate: binds every MCP tool call to a token minted for exactly that tool.
+//!
+//! Register a tool's resource URI, exchange an agent credential for a token whose `aud` is that
+//! resource (RFC 8693 + RFC 8707), and verify each call against the tool it reaches.
+
+#![forbid(unsafe_code)]
+
+pub mod log;
+
+pub mod app;
+pub mod blast;
+pub mod claims;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod exchange;
+pub mod http;
+pub mod jose;
+pub mod keys;
+pub mod registry;
+pub mod resource;
+pub mod server;
+pub mod store;
+pub mod verify;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -1,0 +1,265 @@
+//! The tool registry: what a tool is (`ToolEntry`), how a registration is validated, and the
+//! in-memory index every verify reads (the SQLite table is the durable copy).
+
+use crate::{blast, resource};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub const MAX_ID_LEN: usize = 128;
+const MAX_TEXT_LEN: usize = 4096;
+const MAX_LIST_LEN: usize = 256;
+const MAX_ITEM_LEN: usize = 256;
+pub const PROTOCOLS: [&str; 3] = ["mcp", "http", "a2a"];
+
+/// A registered tool, as stored and as served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolEntry {
+    pub tool_id: String,
+    pub name: String,
+    pub description: String,
+    /// Canonical RFC 8707 resource indicator; empty means the `tool_id` is the resource.
+    pub resource_uri: String,
+    pub server_id: String,
+    pub required_capabilities: Vec<String>,
+    pub max_blast_radius: String,
+    pub requires_execution: bool,
+    pub allowed_operations: Vec<String>,
+    pub allowed_targets: Vec<String>,
+    pub protocols: Vec<String>,
+    pub registered_at: String,
+    pub updated_at: String,
+}
+
+impl ToolEntry {
+    /// The audience a token for this tool must carry.
+    pub fn resource(&self) -> &str {
+        if self.resource_uri.is_empty() {
+            &self.tool_id
+        } else {
+            &self.resource_uri
+        }
+    }
+}
+
+/// A registration request body. Unknown fields are refused; the server-set timestamps are
+/// tolerated (so a listed entry can be posted back) and ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolInput {
+    pub tool_id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub resource_uri: String,
+    #[serde(default)]
+    pub server_id: String,
+    #[serde(default)]
+    pub required_capabilities: Vec<String>,
+    #[serde(default)]
+    pub max_blast_radius: String,
+    #[serde(default)]
+    pub requires_execution: bool,
+    #[serde(default)]
+    pub allowed_operations: Vec<String>,
+    #[serde(default)]
+    pub allowed_targets: Vec<String>,
+    #[serde(default)]
+    pub protocols: Vec<String>,
+    #[serde(default, rename = "registered_at")]
+    _registered_at: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<serde::de::IgnoredAny>,
+}
+
+/// A tool identifier (also used for `server_id`): 1–128 chars of `[A-Za-z0-9._:-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn valid_list(items: &[String]) -> bool {
+    items.len() <= MAX_LIST_LEN
+        && items
+            .iter()
+            .all(|s| !s.is_empty() && s.len() <= MAX_ITEM_LEN && s.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+fn dedup(mut items: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|s| seen.insert(s.clone()));
+    items
+}
+
+impl ToolInput {
+    /// Validate into a `ToolEntry` stamped with `now` (RFC 3339). The error is one sentence
+    /// naming the field, safe to return to the client.
+    pub fn validate(self, now: &str) -> Result<ToolEntry, String> {
+        let tool_id = self.tool_id.unwrap_or_default();
+        if !valid_id(&tool_id) {
+            return Err("tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -".into());
+        }
+        let resource_uri = if self.resource_uri.is_empty() {
+            String::new()
+        } else {
+            resource::canonicalize(&self.resource_uri).map_err(|e| e.to_string())?
+        };
+        if !self.server_id.is_empty() && !valid_id(&self.server_id) {
+            return Err("server_id must be 1-128 characters of A-Z a-z 0-9 . _ : -".into());
+        }
+        if self.name.len() > MAX_ITEM_LEN || self.description.len() > MAX_TEXT_LEN {
+            return Err("name or description is too long".into());
+        }
+        if !valid_list(&self.required_capabilities) {
+            return Err("required_capabilities must be a list of non-empty printable strings".into());
+        }
+        if !valid_list(&self.allowed_operations) || !valid_list(&self.allowed_targets) {
+            return Err(
+                "allowed_operations and allowed_targets must be lists of non-empty printable strings"
+                    .into(),
+            );
+        }
+        if !self.max_blast_radius.is_empty() && blast::parse(&self.max_blast_radius).is_none() {
+            return Err("max_blast_radius must be level[:scope] with level one of function, service, namespace, cluster, workspace, trust_domain, fabric".into());
+        }
+        let mut protocols = dedup(self.protocols);
+        if protocols.is_empty() {
+            protocols.push("mcp".into());
+        }
+        if !protocols.iter().all(|p| PROTOCOLS.contains(&p.as_str())) {
+            return Err("protocols may only contain mcp, http, a2a".into());
+        }
+        Ok(ToolEntry {
+            tool_id,
+            name: self.name,
+            description: self.description,
+            resource_uri,
+            server_id: self.server_id,
+            required_capabilities: dedup(self.required_capabilities),
+            max_blast_radius: self.max_blast_radius,
+            requires_execution: self.requires_execution,
+            allowed_operations: dedup(self.allowed_operations),
+            allowed_targets: dedup(self.allowed_targets),
+            protocols,
+            registered_at: now.to_string(),
+            updated_at: now.to_string(),
+        })
+    }
+}
+
+/// The in-memory index: tools by id, and how many tools name each resource.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_id: HashMap<String, Arc<ToolEntry>>,
+    resources: HashMap<String, usize>,
+}
+
+impl Registry {
+    pub fn from_entries(entries: Vec<ToolEntry>) -> Self {
+        let mut r = Self::default();
+        for e in entries {
+            r.insert(e);
+        }
+        r
+    }
+
+    pub fn get(&self, tool_id: &str) -> Option<Arc<ToolEntry>> {
+        self.by_id.get(tool_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Is `resource` (canonical) the audience of at least one registered tool?
+    pub fn has_resource(&self, resource: &str) -> bool {
+        self.resources.contains_key(resource)
+    }
+
+    pub fn insert(&mut self, entry: ToolEntry) {
+        self.remove(&entry.tool_id.clone());
+        *self.resources.entry(entry.resource().to_string()).or_default() += 1;
+        self.by_id.insert(entry.tool_id.clone(), Arc::new(entry));
+    }
+
+    pub fn remove(&mut self, tool_id: &str) -> Option<Arc<ToolEntry>> {
+        let old = self.by_id.remove(tool_id)?;
+        if let Some(n) = self.resources.get_mut(old.resource()) {
+            *n -= 1;
+            if *n == 0 {
+                self.resources.remove(old.resource());
+            }
+        }
+        Some(old)
+    }
+
+    /// Every tool, sorted by `tool_id`, optionally only those speaking `protocol`.
+    pub fn list(&self, protocol: Option<&str>) -> Vec<Arc<ToolEntry>> {
+        let mut v: Vec<_> = self
+            .by_id
+            .values()
+            .filter(|t| protocol.is_none_or(|p| t.protocols.iter().any(|x| x == p)))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.tool_id.cmp(&b.tool_id));
+        v
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> Result<ToolEntry, String> {
+        serde_json::from_str::<ToolInput>(json)
+            .map_err(|e| e.to_string())?
+            .validate("2026-01-01T00:00:00Z")
+    }
+
+    #[test]
+    fn validates_and_canonicalises() {
+        let t = input(r#"{"tool_id":"code-search","resource_uri":"HTTPS://MCP.Example.com/tools/code-search"}"#).unwrap();
+        assert_eq!(t.resource_uri, "https://mcp.example.com/tools/code-search");
+        assert_eq!(t.protocols, vec!["mcp"]);
+        let t = input(r#"{"tool_id":"bare"}"#).unwrap();
+        assert_eq!(t.resource(), "bare");
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        assert!(input(r#"{"resource_uri":"https://a/"}"#).is_err());
+        assert!(input(r#"{"tool_id":"a b"}"#).is_err());
+        assert!(input(&format!(r#"{{"tool_id":"{}"}}"#, "a".repeat(129))).is_err());
+        assert!(input(r#"{"tool_id":"a","resource_uri":"not a uri"}"#).is_err());
+        assert!(input(r#"{"tool_id":"a","max_blast_radius":"galaxy"}"#).is_err());
+        assert!(input(r#"{"tool_id":"a","protocols":["smtp"]}"#).is_err());
+        assert!(input(r#"{"tool_id":"a","required_capabilities":[""]}"#).is_err());
+        assert!(input(r#"{"tool_id":"a","surprise":1}"#).is_err());
+        assert!(input(r#"{"tool_id":7}"#).is_err());
+    }
+
+    #[test]
+    fn index_tracks_shared_resources() {
+        let mut r = Registry::default();
+        let a = input(r#"{"tool_id":"a","resource_uri":"https://s/mcp"}"#).unwrap();
+        let b = input(r#"{"tool_id":"b","resource_uri":"https://s/mcp"}"#).unwrap();
+        r.insert(a);
+        r.insert(b);
+        assert!(r.has_resource("https://s/mcp"));
+        r.remove("a");
+        assert!(r.has_resource("https://s/mcp"));
+        r.remove("b");
+        assert!(!r.has_resource("https://s/mcp"));
+        assert!(r.is_empty());
+    }
+}

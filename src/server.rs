@@ -1,0 +1,172 @@
+//! The accept loop: a cap on concurrent connections, a header read timeout, and graceful
+//! shutdown that lets in-flight requests finish.
+
+use crate::app::App;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::StoreError;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Largest request head (request line + headers); beyond it hyper answers 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub enum ServeError {
+    Bind(std::io::Error),
+    Store(StoreError),
+    Join,
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bind(e) => write!(f, "cannot listen: {e}"),
+            Self::Store(e) => write!(f, "cannot open the database: {e}"),
+            Self::Join => f.write_str("a server task failed"),
+        }
+    }
+}
+impl std::error::Error for ServeError {}
+
+/// A server started in this process (the binary and the integration tests use it alike).
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Ask for a graceful shutdown and wait until the database is closed.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.map_err(|_| ServeError::Join)?
+    }
+
+    /// Wait for the server to end by itself (a shutdown signal).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await.map_err(|_| ServeError::Join)?
+    }
+}
+
+/// Bind `config.listen`, open the store, and serve until `shutdown` resolves or `stop` is called.
+pub async fn start(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServeError> {
+    let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Bind)?;
+    let addr = listener.local_addr().map_err(ServeError::Bind)?;
+    let cfg = config.clone();
+    let (app, db_thread) = tokio::task::spawn_blocking(move || App::open(&cfg, addr, clock))
+        .await
+        .map_err(|_| ServeError::Join)?
+        .map_err(ServeError::Store)?;
+    let app = Arc::new(app);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx => {}
+            }
+        };
+        if !serve(listener, app, &config, signal).await {
+            // Stragglers still hold the database handle; committed writes are already durable.
+            return Ok(());
+        }
+        // Every request is done and `app` is dropped: the database thread drains and ends.
+        tokio::task::spawn_blocking(move || db_thread.join())
+            .await
+            .map_err(|_| ServeError::Join)?
+            .map_err(|_| ServeError::Join)
+    });
+    Ok(Running {
+        addr,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Serve until `shutdown`; whether every connection finished within the grace period.
+async fn serve(listener: TcpListener, app: Arc<App>, config: &Config, shutdown: impl Future<Output = ()>) -> bool {
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for room before accepting: excess clients queue in the kernel's backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    crate::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drop(app);
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            crate::warn!("shutdown: some connections did not finish in time");
+            false
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

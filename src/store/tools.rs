@@ -1,0 +1,87 @@
+//! The `tools` table: the durable copy of the registry.
+
+use super::StoreError;
+use crate::registry::ToolEntry;
+use rusqlite::{params, Connection, Row};
+
+const INSERT: &str = "INSERT INTO tools (tool_id, name, description, resource_uri, server_id, \
+     required_capabilities, max_blast_radius, requires_execution, allowed_operations, \
+     allowed_targets, protocols, registered_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+const SELECT_ALL: &str = "SELECT tool_id, name, description, resource_uri, server_id, \
+     required_capabilities, max_blast_radius, requires_execution, allowed_operations, \
+     allowed_targets, protocols, registered_at, updated_at FROM tools ORDER BY tool_id";
+const DELETE: &str = "DELETE FROM tools WHERE tool_id = ?1";
+
+fn list_json(v: &[String]) -> String {
+    serde_json::Value::from(v.to_vec()).to_string()
+}
+
+/// Insert a new tool; `StoreError::Conflict` if the `tool_id` exists.
+pub fn insert(conn: &Connection, t: &ToolEntry) -> Result<(), StoreError> {
+    conn.execute(
+        INSERT,
+        params![
+            t.tool_id,
+            t.name,
+            t.description,
+            t.resource_uri,
+            t.server_id,
+            list_json(&t.required_capabilities),
+            t.max_blast_radius,
+            t.requires_execution,
+            list_json(&t.allowed_operations),
+            list_json(&t.allowed_targets),
+            list_json(&t.protocols),
+            t.registered_at,
+            t.updated_at,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Delete a tool; whether it existed.
+pub fn delete(conn: &Connection, tool_id: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(DELETE, params![tool_id])? > 0)
+}
+
+pub fn all(conn: &Connection) -> Result<Vec<ToolEntry>, StoreError> {
+    let mut stmt = conn.prepare(SELECT_ALL)?;
+    let rows = stmt.query_map([], raw)?;
+    rows.map(|r| r.map_err(StoreError::from).and_then(decode))
+        .collect()
+}
+
+type RawRow = (ToolEntry, [String; 4]);
+
+fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        ToolEntry {
+            tool_id: r.get(0)?,
+            name: r.get(1)?,
+            description: r.get(2)?,
+            resource_uri: r.get(3)?,
+            server_id: r.get(4)?,
+            required_capabilities: Vec::new(),
+            max_blast_radius: r.get(6)?,
+            requires_execution: r.get(7)?,
+            allowed_operations: Vec::new(),
+            allowed_targets: Vec::new(),
+            protocols: Vec::new(),
+            registered_at: r.get(11)?,
+            updated_at: r.get(12)?,
+        },
+        [r.get(5)?, r.get(8)?, r.get(9)?, r.get(10)?],
+    ))
+}
+
+fn decode((mut t, [caps, ops, targets, protocols]): RawRow) -> Result<ToolEntry, StoreError> {
+    let list = |s: &str| -> Result<Vec<String>, StoreError> {
+        serde_json::from_str(s).map_err(|_| StoreError::Corrupt("tool list"))
+    };
+    t.required_capabilities = list(&caps)?;
+    t.allowed_operations = list(&ops)?;
+    t.allowed_targets = list(&targets)?;
+    t.protocols = list(&protocols)?;
+    Ok(t)
+}

@@ -209,7 +209,7 @@ async fn run(command: Command) -> ExitCode {
                     Some(_) => return usage("--protocol must be mcp, http or a2a"),
                     None => "/v1/tools".to_string(),
                 };
-                finish(client(l.url, l.admin_token_file).and_then(|c| Ok((c, path))), |(c, path)| async move {
+                finish(client(l.url, l.admin_token_file).map(|c| (c, path)), |(c, path)| async move {
                     let (status, body) = c.send(http::Method::GET, &path, None).await?;
                     if status.is_success() { Ok(body) } else { Err(ClientError::Api { status, body }) }
                 })

@@ -244,7 +244,7 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
         .map_err(|_| InvalidClient("subject token is expired or not yet valid"))?;
     let aud_ok = match claims::audience(&raw) {
         Audience::One(a) => a == trusted.audience,
-        Audience::Many(list) => list.iter().any(|a| *a == trusted.audience),
+        Audience::Many(list) => list.contains(&trusted.audience),
         _ => false,
     };
     if !aud_ok {

@@ -31,3 +31,12 @@ fn fuzz_key() -> Option<crate::jose::Jwk> {
     });
     crate::jose::Jwk::from_json(&jwk).ok()
 }
+
+/// Arbitrary bytes as a JWKS document: must never panic; whatever parses must serialise to
+/// JSON that parses again to keys with the same thumbprints (round-trip oracle).
+pub fn jwk_parse(data: &[u8]) {
+    let Ok(set) = crate::jose::JwkSet::from_json_bytes(data) else { return };
+    let again = crate::jose::JwkSet::from_json_bytes(set.to_json().to_string().as_bytes());
+    let prints = |s: &crate::jose::JwkSet| s.keys.iter().map(crate::jose::Jwk::thumbprint).collect::<Vec<_>>();
+    assert_eq!(again.as_ref().map(prints).ok(), Some(prints(&set)));
+}

@@ -1,0 +1,164 @@
+//! Boot a real toolgate in-process and talk HTTP to it.
+
+use http::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use toolgate::client::Client;
+use toolgate::clock::{Clock, ManualClock, SystemClock};
+use toolgate::config::{AdminToken, Config};
+use toolgate::server::{self, Running};
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+pub struct Daemon {
+    pub url: String,
+    pub clock: Arc<ManualClock>,
+    pub config: Config,
+    pub dir: Arc<tempfile::TempDir>,
+    running: Option<Running>,
+}
+
+impl Daemon {
+    /// A dev-mode daemon.
+    pub async fn dev() -> Daemon {
+        Self::with(|c| c.dev = true).await
+    }
+
+    /// A production-mode daemon (admin token `ADMIN`).
+    pub async fn production() -> Daemon {
+        Self::with(|c| c.admin_token = Some(AdminToken::new(ADMIN).unwrap())).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Daemon {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = Config::for_test(&dir.path().join("toolgate.db"));
+        tweak(&mut config);
+        let clock = Arc::new(ManualClock::new(SystemClock.now()));
+        Self::boot(config, clock, dir).await
+    }
+
+    async fn boot(config: Config, clock: Arc<ManualClock>, dir: Arc<tempfile::TempDir>) -> Daemon {
+        let running = server::start(config.clone(), clock.clone(), std::future::pending())
+            .await
+            .unwrap();
+        Daemon {
+            url: format!("http://{}", running.addr),
+            clock,
+            config,
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.db_path.clone()
+    }
+
+    /// Stop gracefully and start again on the same database (a new port, the same issuer).
+    pub async fn restart(mut self) -> Daemon {
+        let addr = self.running.as_ref().unwrap().addr;
+        self.running.take().unwrap().stop().await.unwrap();
+        let mut config = self.config.clone();
+        // Keep the issuer of the first run so its tokens stay valid.
+        config.issuer = Some(format!("http://{addr}"));
+        config.listen = addr;
+        Self::boot(config, self.clock.clone(), self.dir.clone()).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        let c = Client::new(&self.url).unwrap();
+        if self.config.admin_token.is_some() {
+            c.with_admin_token(ADMIN)
+        } else {
+            c
+        }
+    }
+
+    /// A client without the admin token.
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url).unwrap()
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        let (status, v) = self.client().send(method, path, body).await.unwrap();
+        (status.as_u16(), v)
+    }
+
+    pub async fn raw(&self, method: Method, path: &str, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let (status, v) = self
+            .client()
+            .send(method, path, Some((content_type, bytes)))
+            .await
+            .unwrap();
+        (status.as_u16(), v)
+    }
+
+    pub async fn register(&self, tool_id: &str, resource: &str) -> Value {
+        let (status, body) = self
+            .call(Method::POST, "/v1/mcp/tools", Some(json!({"tool_id": tool_id, "resource_uri": resource})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn exchange(&self, body: Value) -> (u16, Value) {
+        self.call(Method::POST, "/v1/exchange/token", Some(body)).await
+    }
+
+    /// Exchange a dev stub for `audience`; the access token.
+    pub async fn token_for(&self, sub: &str, audience: &str) -> String {
+        let (status, body) = self.exchange(exchange_body(&stub(json!({"sub": sub})), audience)).await;
+        assert_eq!(status, 200, "{body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn verify(&self, token: &str, tool_id: &str) -> (u16, Value) {
+        self.call(Method::POST, "/v1/mcp/verify", Some(json!({"token": token, "tool_id": tool_id})))
+            .await
+    }
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    toolgate::jose::b64::encode(bytes)
+}
+
+/// A dev-mode stub subject token carrying `claims`.
+pub fn stub(claims: Value) -> String {
+    format!("{}.{}.stub", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
+}
+
+pub fn exchange_body(subject_token: &str, audience: &str) -> Value {
+    json!({
+        "grant_type": GRANT,
+        "subject_token": subject_token,
+        "subject_token_type": JWT,
+        "audience": audience,
+    })
+}
+
+/// The claims of a compact JWS, decoded without verification (for assertions).
+pub fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&toolgate::jose::b64::decode(payload).unwrap()).unwrap()
+}
+
+pub fn header_of(token: &str) -> Value {
+    let header = token.split('.').next().unwrap();
+    serde_json::from_slice(&toolgate::jose::b64::decode(header).unwrap()).unwrap()
+}
+
+impl Daemon {
+    pub fn clock_now(&self) -> i64 {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,10 @@
+pub mod harness;
+
+mod bad_input;
+mod cli;
+mod discovery;
+mod exchange;
+mod interop;
+mod production;
+mod tools;
+mod verify;

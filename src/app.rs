@@ -109,9 +109,15 @@ impl App {
     }
 
     /// Delete a tool; `None` if there was none.
-    pub async fn deregister_tool(&self, tool_id: &str) -> Result<Option<Arc<ToolEntry>>, StoreError> {
+    pub async fn deregister_tool(
+        &self,
+        tool_id: &str,
+    ) -> Result<Option<Arc<ToolEntry>>, StoreError> {
         let id = tool_id.to_string();
-        let existed = self.store.call(move |c| store::tools::delete(c, &id)).await?;
+        let existed = self
+            .store
+            .call(move |c| store::tools::delete(c, &id))
+            .await?;
         let mut registry = self.registry.write().map_err(|_| StoreError::Unavailable)?;
         let removed = registry.remove(tool_id);
         Ok(if existed { removed } else { None })
@@ -126,7 +132,9 @@ fn issuer_host(issuer: &str) -> String {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
     };
-    let host = host.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase();
+    let host = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_ascii_lowercase();
     if host.is_empty() || host.contains(':') {
         "toolgate.local".to_string()
     } else {
@@ -138,7 +146,10 @@ fn issuer_host(issuer: &str) -> String {
 mod tests {
     #[test]
     fn issuer_host_defaults() {
-        assert_eq!(super::issuer_host("https://TG.example.com:8443/x"), "tg.example.com");
+        assert_eq!(
+            super::issuer_host("https://TG.example.com:8443/x"),
+            "tg.example.com"
+        );
         assert_eq!(super::issuer_host("http://127.0.0.1:8693"), "127.0.0.1");
         assert_eq!(super::issuer_host("http://[::1]:8693"), "toolgate.local");
     }

@@ -11,7 +11,10 @@ pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 pub struct Malformed(pub &'static str);
 
 /// A NumericDate claim: a non-negative integer number of seconds.
-pub fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, Malformed> {
+pub fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, Malformed> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_i64() {
@@ -23,7 +26,10 @@ pub fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<O
 }
 
 /// A string claim; present but not a string is malformed.
-pub fn string<'a>(claims: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, Malformed> {
+pub fn string<'a>(
+    claims: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, Malformed> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -32,7 +38,10 @@ pub fn string<'a>(claims: &'a Map<String, Value>, name: &'static str) -> Result<
 }
 
 /// A list-of-strings claim (`caps`).
-pub fn string_list(claims: &Map<String, Value>, name: &'static str) -> Result<Option<Vec<String>>, Malformed> {
+pub fn string_list(
+    claims: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<Vec<String>>, Malformed> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Array(items)) => items
@@ -58,7 +67,10 @@ pub fn audience(claims: &Map<String, Value>) -> Audience {
         None => Audience::Missing,
         Some(Value::String(s)) => Audience::One(s.clone()),
         Some(Value::Array(items)) => {
-            let list: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_string)).collect();
+            let list: Option<Vec<String>> = items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect();
             match list {
                 Some(mut l) if l.len() == 1 => Audience::One(l.remove(0)),
                 Some(l) => Audience::Many(l),
@@ -91,7 +103,9 @@ mod tests {
 
     #[test]
     fn numeric_dates_are_tri_state() {
-        let c = obj(json!({"exp": 10, "nbf": "10", "iat": 1.5, "neg": -1, "huge": 1e300, "big": 253402300800_i64}));
+        let c = obj(
+            json!({"exp": 10, "nbf": "10", "iat": 1.5, "neg": -1, "huge": 1e300, "big": 253402300800_i64}),
+        );
         assert_eq!(numeric_date(&c, "exp"), Ok(Some(10)));
         assert_eq!(numeric_date(&c, "missing"), Ok(None));
         assert!(numeric_date(&c, "nbf").is_err());
@@ -105,7 +119,10 @@ mod tests {
     fn audiences() {
         assert_eq!(audience(&obj(json!({}))), Audience::Missing);
         assert_eq!(audience(&obj(json!({"aud": ["a"]}))).single(), Some("a"));
-        assert_eq!(audience(&obj(json!({"aud": ["a", "b"]}))), Audience::Many(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            audience(&obj(json!({"aud": ["a", "b"]}))),
+            Audience::Many(vec!["a".into(), "b".into()])
+        );
         assert_eq!(audience(&obj(json!({"aud": 5}))), Audience::Malformed);
         assert_eq!(audience(&obj(json!({"aud": [5]}))), Audience::Malformed);
     }

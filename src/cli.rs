@@ -97,9 +97,15 @@ struct ToolAdd {
     /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
     #[argh(option)]
     protocol: Vec<String>,
-    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
     url: Option<String>,
-    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
     admin_token_file: Option<PathBuf>,
 }
 
@@ -110,9 +116,15 @@ struct ToolList {
     /// only tools speaking this protocol
     #[argh(option)]
     protocol: Option<String>,
-    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
     url: Option<String>,
-    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
     admin_token_file: Option<PathBuf>,
 }
 
@@ -123,9 +135,15 @@ struct ToolRm {
     /// tool id
     #[argh(positional)]
     tool_id: String,
-    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
     url: Option<String>,
-    #[argh(option, description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)")]
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
     admin_token_file: Option<PathBuf>,
 }
 
@@ -163,7 +181,10 @@ struct TokenExchange {
     /// print the whole JSON response
     #[argh(switch)]
     json: bool,
-    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
     url: Option<String>,
 }
 
@@ -177,7 +198,10 @@ struct VerifyCmd {
     /// the token; "-" reads it from standard input
     #[argh(option)]
     token: String,
-    #[argh(option, description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)")]
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
     url: Option<String>,
 }
 
@@ -185,8 +209,12 @@ struct VerifyCmd {
 pub fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let runtime = match cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
-        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
     };
     let runtime = match runtime {
         Ok(r) => r,
@@ -205,14 +233,23 @@ async fn run(command: Command) -> ExitCode {
             ToolAction::Add(a) => tool_add(a).await,
             ToolAction::List(l) => {
                 let path = match &l.protocol {
-                    Some(p) if crate::registry::PROTOCOLS.contains(&p.as_str()) => format!("/v1/tools?protocol={p}"),
+                    Some(p) if crate::registry::PROTOCOLS.contains(&p.as_str()) => {
+                        format!("/v1/tools?protocol={p}")
+                    }
                     Some(_) => return usage("--protocol must be mcp, http or a2a"),
                     None => "/v1/tools".to_string(),
                 };
-                finish(client(l.url, l.admin_token_file).map(|c| (c, path)), |(c, path)| async move {
-                    let (status, body) = c.send(http::Method::GET, &path, None).await?;
-                    if status.is_success() { Ok(body) } else { Err(ClientError::Api { status, body }) }
-                })
+                finish(
+                    client(l.url, l.admin_token_file).map(|c| (c, path)),
+                    |(c, path)| async move {
+                        let (status, body) = c.send(http::Method::GET, &path, None).await?;
+                        if status.is_success() {
+                            Ok(body)
+                        } else {
+                            Err(ClientError::Api { status, body })
+                        }
+                    },
+                )
                 .await
             }
             ToolAction::Rm(r) => {
@@ -220,7 +257,10 @@ async fn run(command: Command) -> ExitCode {
                     return usage("tool id must be 1-128 characters of A-Z a-z 0-9 . _ : -");
                 }
                 let id = r.tool_id;
-                finish(client(r.url, r.admin_token_file), |c| async move { c.deregister_tool(&id).await }).await
+                finish(client(r.url, r.admin_token_file), |c| async move {
+                    c.deregister_tool(&id).await
+                })
+                .await
             }
         },
         Command::Token(t) => match t.action {
@@ -251,9 +291,19 @@ async fn serve(s: ServeCmd) -> ExitCode {
         crate::warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
     }
     let db = config.db_path.display().to_string();
-    match crate::server::start(config, Arc::new(SystemClock), crate::server::shutdown_signal()).await {
+    match crate::server::start(
+        config,
+        Arc::new(SystemClock),
+        crate::server::shutdown_signal(),
+    )
+    .await
+    {
         Ok(running) => {
-            crate::info!("toolgate {} listening on http://{} (database {db})", crate::app::VERSION, running.addr);
+            crate::info!(
+                "toolgate {} listening on http://{} (database {db})",
+                crate::app::VERSION,
+                running.addr
+            );
             match running.wait().await {
                 Ok(()) => {
                     crate::info!("toolgate stopped");
@@ -282,10 +332,15 @@ fn client(url: Option<String>, admin_token_file: Option<PathBuf>) -> Result<Clie
         .or_else(|| std::env::var("TOOLGATE_URL").ok())
         .unwrap_or_else(|| "http://127.0.0.1:8693".to_string());
     let mut c = Client::new(&url)?;
-    let file = admin_token_file.or_else(|| std::env::var_os("TOOLGATE_ADMIN_TOKEN_FILE").map(PathBuf::from));
+    let file = admin_token_file
+        .or_else(|| std::env::var_os("TOOLGATE_ADMIN_TOKEN_FILE").map(PathBuf::from));
     if let Some(path) = file {
-        let secret = std::fs::read_to_string(&path)
-            .map_err(|e| ClientError::Url(format!("cannot read admin token file {}: {e}", path.display())))?;
+        let secret = std::fs::read_to_string(&path).map_err(|e| {
+            ClientError::Url(format!(
+                "cannot read admin token file {}: {e}",
+                path.display()
+            ))
+        })?;
         c = c.with_admin_token(secret.trim());
     }
     Ok(c)
@@ -340,7 +395,12 @@ fn secret_arg(value: String) -> Result<String, ClientError> {
 async fn tool_add(a: ToolAdd) -> ExitCode {
     let mut entry = json!({"tool_id": a.tool_id, "resource_uri": a.resource});
     if let Some(obj) = entry.as_object_mut() {
-        for (k, v) in [("name", a.name), ("description", a.description), ("server_id", a.server_id), ("max_blast_radius", a.max_blast_radius)] {
+        for (k, v) in [
+            ("name", a.name),
+            ("description", a.description),
+            ("server_id", a.server_id),
+            ("max_blast_radius", a.max_blast_radius),
+        ] {
             if let Some(v) = v {
                 obj.insert(k.into(), json!(v));
             }
@@ -352,14 +412,22 @@ async fn tool_add(a: ToolAdd) -> ExitCode {
             obj.insert("protocols".into(), json!(a.protocol));
         }
     }
-    finish(client(a.url, a.admin_token_file), |c| async move { c.register_tool(&entry).await }).await
+    finish(client(a.url, a.admin_token_file), |c| async move {
+        c.register_tool(&entry).await
+    })
+    .await
 }
 
 async fn token_exchange(x: TokenExchange) -> ExitCode {
     let prepared = client(x.url, None).and_then(|c| Ok((c, secret_arg(x.subject_token)?)));
-    let token_type = x.subject_token_type.unwrap_or_else(|| crate::exchange::TYPE_JWT.to_string());
+    let token_type = x
+        .subject_token_type
+        .unwrap_or_else(|| crate::exchange::TYPE_JWT.to_string());
     let result = match prepared {
-        Ok((c, subject)) => c.exchange(&subject, &token_type, &x.audience, x.scope.as_deref()).await,
+        Ok((c, subject)) => {
+            c.exchange(&subject, &token_type, &x.audience, x.scope.as_deref())
+                .await
+        }
         Err(e) => Err(e),
     };
     let json_out = x.json;
@@ -367,7 +435,12 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
         if json_out {
             println!("{}", pretty(&v));
         } else {
-            println!("{}", v.get("access_token").and_then(Value::as_str).unwrap_or_default());
+            println!(
+                "{}",
+                v.get("access_token")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
         }
     })
 }
@@ -375,5 +448,8 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
 async fn verify(v: VerifyCmd) -> ExitCode {
     let tool_id = v.tool_id;
     let prepared = client(v.url, None).and_then(|c| Ok((c, secret_arg(v.token)?)));
-    finish(prepared, |(c, token)| async move { c.verify(&token, &tool_id).await }).await
+    finish(prepared, |(c, token)| async move {
+        c.verify(&token, &tool_id).await
+    })
+    .await
 }

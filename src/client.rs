@@ -44,7 +44,10 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("authority", &self.authority)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -94,7 +97,9 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Value), ClientError> {
         let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| t(&e))?;
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| t(&e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| t(&e))?;
@@ -113,25 +118,41 @@ impl Client {
         if !content_type.is_empty() {
             builder = builder.header(header::CONTENT_TYPE, content_type);
         }
-        let req = builder.body(Full::new(Bytes::from(bytes))).map_err(|e| t(&e))?;
+        let req = builder
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| t(&e))?;
         let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| t(&e))?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| t(&e))?
+            .to_bytes();
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
         };
         Ok((status, value))
     }
 
-    async fn json_call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    async fn json_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         let (status, value) = self.send(method, path, body).await?;
         if status.is_success() {
             Ok(value)
         } else {
-            Err(ClientError::Api { status, body: value })
+            Err(ClientError::Api {
+                status,
+                body: value,
+            })
         }
     }
 
@@ -144,7 +165,8 @@ impl Client {
     }
 
     pub async fn deregister_tool(&self, tool_id: &str) -> Result<Value, ClientError> {
-        self.json_call(Method::DELETE, &format!("/v1/tools/{tool_id}"), None).await
+        self.json_call(Method::DELETE, &format!("/v1/tools/{tool_id}"), None)
+            .await
     }
 
     /// RFC 8693 exchange; the whole token response.
@@ -164,13 +186,15 @@ impl Client {
         if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
             obj.insert("scope".into(), json!(scope));
         }
-        self.json_call(Method::POST, "/v1/exchange/token", Some(&body)).await
+        self.json_call(Method::POST, "/v1/exchange/token", Some(&body))
+            .await
     }
 
     /// Verify a token for a tool: `Ok` with the 200 body, `Err(Api)` with the denial.
     pub async fn verify(&self, token: &str, tool_id: &str) -> Result<Value, ClientError> {
         let body = json!({"token": token, "tool_id": tool_id});
-        self.json_call(Method::POST, "/v1/mcp/verify", Some(&body)).await
+        self.json_call(Method::POST, "/v1/mcp/verify", Some(&body))
+            .await
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {

@@ -164,9 +164,11 @@ impl Config {
     /// Validate flags and the optional config file into a `Config`. Flags win over the file.
     pub fn from_flags(flags: &ServeFlags) -> Result<Self, ConfigError> {
         let listen_text = flags.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| err(format!("--listen {listen_text:?} is not an IP:port address")))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            err(format!(
+                "--listen {listen_text:?} is not an IP:port address"
+            ))
+        })?;
         if flags.dev && !listen.ip().is_loopback() {
             return Err(err(
                 "--dev refuses a non-loopback --listen address: dev mode accepts unsigned tokens",
@@ -202,7 +204,10 @@ impl Config {
         match &flags.admin_token_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    err(format!("cannot read --admin-token-file {}: {e}", path.display()))
+                    err(format!(
+                        "cannot read --admin-token-file {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 cfg.admin_token = Some(AdminToken::new(&text)?);
             }
@@ -235,7 +240,9 @@ impl Config {
         for t in file.trusted_issuers {
             validate_trust_domain(&t.trust_domain)?;
             if t.issuer.is_empty() || t.audience.is_empty() {
-                return Err(err("trusted_issuers entries need an issuer and an audience"));
+                return Err(err(
+                    "trusted_issuers entries need an issuer and an audience",
+                ));
             }
             self.trusted_issuers.push(TrustedIssuer {
                 keys: load_jwks(base, &t.jwks_file)?,
@@ -273,9 +280,9 @@ fn load_jwks(base: &Path, file: &Path) -> Result<JwkSet, ConfigError> {
 fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
     let ok = !td.is_empty()
         && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        && td.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
     if ok {
         Ok(())
     } else {
@@ -297,13 +304,19 @@ mod tests {
             dev: true,
             ..Default::default()
         };
-        assert!(Config::from_flags(&flags).unwrap_err().0.contains("loopback"));
+        assert!(Config::from_flags(&flags)
+            .unwrap_err()
+            .0
+            .contains("loopback"));
     }
 
     #[test]
     fn production_needs_admin_token() {
         let flags = ServeFlags::default();
-        assert!(Config::from_flags(&flags).unwrap_err().0.contains("admin-token-file"));
+        assert!(Config::from_flags(&flags)
+            .unwrap_err()
+            .0
+            .contains("admin-token-file"));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
         .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or(InvalidRequest("subject_token is required"))?;
+    if token.len() > jose::MAX_TOKEN_BYTES {
+        return Err(InvalidClient("subject token is too large"));
+    }
     let token_type = req
         .subject_token_type
         .as_deref()
@@ -96,13 +99,16 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
     };
     let is_agent_audience = audience == app.issuer;
     if is_agent_audience && subject.is_agent_token {
-        return Err(AccessDenied("an agent token cannot be exchanged for another agent token"));
+        return Err(AccessDenied(
+            "an agent token cannot be exchanged for another agent token",
+        ));
     }
-    match app
-        .verifier
-        .revocations
-        .is_revoked(&subject.id, subject.jti.as_deref().unwrap_or(""), "", now)
-    {
+    match app.verifier.revocations.is_revoked(
+        &subject.id,
+        subject.jti.as_deref().unwrap_or(""),
+        "",
+        now,
+    ) {
         Ok(false) => {}
         Ok(true) => return Err(AccessDenied("subject is revoked")),
         Err(_) => return Err(Unavailable("revocation status is unavailable")),
@@ -115,7 +121,9 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
         (None, None) => Vec::new(),
     };
     if requested.as_ref().is_some_and(|r| !r.is_empty()) && granted.is_empty() {
-        return Err(AccessDenied("none of the requested scopes may be granted to this subject"));
+        return Err(AccessDenied(
+            "none of the requested scopes may be granted to this subject",
+        ));
     }
 
     let mut exp = now.saturating_add(app.token_ttl);
@@ -143,7 +151,8 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
     if let Some(b) = &subject.blast_radius {
         claims.insert("blast_radius".into(), json!(b));
     }
-    let access_token = jose::jws::encode_signed(app.keys.active(), &claims).map_err(|_| Internal)?;
+    let access_token =
+        jose::jws::encode_signed(app.keys.active(), &claims).map_err(|_| Internal)?;
     Ok(Issued {
         access_token,
         expires_in: exp - now,
@@ -159,7 +168,9 @@ fn target(app: &App, req: &ExchangeRequest) -> Result<String, ExchangeError> {
     use ExchangeError::*;
     let raw = match (req.audience.as_deref(), req.resource.as_deref()) {
         (Some(a), Some(r)) if a != r => {
-            return Err(InvalidTarget("audience and resource name different targets"))
+            return Err(InvalidTarget(
+                "audience and resource name different targets",
+            ))
         }
         (Some(a), _) | (None, Some(a)) => a,
         (None, None) => return Err(InvalidRequest("audience (or resource) is required")),
@@ -175,11 +186,14 @@ fn target(app: &App, req: &ExchangeRequest) -> Result<String, ExchangeError> {
     if registry.has_resource(raw) {
         return Ok(raw.to_string());
     }
-    let canonical = resource::canonicalize(raw).map_err(|_| InvalidTarget("audience must be an absolute URI"))?;
+    let canonical = resource::canonicalize(raw)
+        .map_err(|_| InvalidTarget("audience must be an absolute URI"))?;
     if canonical == app.issuer || registry.has_resource(&canonical) || app.dev {
         Ok(canonical)
     } else {
-        Err(InvalidTarget("audience is not the resource of a registered tool"))
+        Err(InvalidTarget(
+            "audience is not the resource of a registered tool",
+        ))
     }
 }
 
@@ -187,8 +201,14 @@ fn requested_scopes(scope: Option<&str>) -> Result<Option<Vec<String>>, Exchange
     let Some(scope) = scope else { return Ok(None) };
     let mut out: Vec<String> = Vec::new();
     for s in scope.split(' ').filter(|s| !s.is_empty()) {
-        if s.len() > MAX_SCOPE_LEN || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-            return Err(ExchangeError::InvalidRequest("scope has an invalid scope token"));
+        if s.len() > MAX_SCOPE_LEN
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(ExchangeError::InvalidRequest(
+                "scope has an invalid scope token",
+            ));
         }
         if !out.iter().any(|x| x == s) {
             out.push(s.to_string());
@@ -219,7 +239,8 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
             return Ok(subject);
         }
     }
-    let unverified = jose::decode(token).map_err(|_| InvalidClient("subject token is not a valid JWT"))?;
+    let unverified =
+        jose::decode(token).map_err(|_| InvalidClient("subject token is not a valid JWT"))?;
     let iss = claims::string(&unverified.claims, "iss")
         .ok()
         .flatten()
@@ -238,7 +259,8 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
         None => None,
     })
     .map_err(|_| InvalidClient("subject token signature is invalid"))?;
-    let times = TimeClaims::read(&raw).map_err(|_| InvalidClient("subject token claims are malformed"))?;
+    let times =
+        TimeClaims::read(&raw).map_err(|_| InvalidClient("subject token claims are malformed"))?;
     times
         .check(now, app.leeway)
         .map_err(|_| InvalidClient("subject token is expired or not yet valid"))?;
@@ -248,7 +270,9 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
         _ => false,
     };
     if !aud_ok {
-        return Err(InvalidClient("subject token audience does not name toolgate"));
+        return Err(InvalidClient(
+            "subject token audience does not name toolgate",
+        ));
     }
     let mut subject = subject_from(&raw, &trusted.trust_domain, false)?;
     subject.exp = Some(times.exp);
@@ -265,11 +289,14 @@ fn agent_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeEr
         .check_own_token(token, now)
         .map_err(|_: Denial| InvalidClient("subject token failed verification"))?;
     if claims.aud.single() != Some(app.issuer.as_str()) {
-        return Err(InvalidClient("subject token is not an agent token for this toolgate"));
+        return Err(InvalidClient(
+            "subject token is not an agent token for this toolgate",
+        ));
     }
     Ok(Subject {
         id: claims.sub.clone(),
-        caps: claims.raw.contains_key("caps").then(|| claims.caps.clone()),
+        // An agent holds exactly the caps written into its token: none if none were.
+        caps: Some(claims.caps.clone()),
         blast_radius: claims.blast_radius.clone(),
         exp: Some(claims.times.exp),
         jti: Some(claims.jti.clone()),
@@ -281,12 +308,20 @@ fn agent_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeEr
 /// `None` if the token is not a stub.
 fn stub_claims(token: &str) -> Result<Option<Map<String, Value>>, ExchangeError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some("stub"), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some("stub"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Ok(None);
     };
     let bad = || ExchangeError::InvalidClient("stub subject token is malformed");
-    b64::decode(h).ok().and_then(|b| json::parse_object(&b).ok()).ok_or_else(bad)?;
-    let claims = b64::decode(c).ok().and_then(|b| json::parse_object(&b).ok()).ok_or_else(bad)?;
+    b64::decode(h)
+        .ok()
+        .and_then(|b| json::parse_object(&b).ok())
+        .ok_or_else(bad)?;
+    let claims = b64::decode(c)
+        .ok()
+        .and_then(|b| json::parse_object(&b).ok())
+        .ok_or_else(bad)?;
     Ok(Some(claims))
 }
 
@@ -300,14 +335,21 @@ fn nested_str<'a>(claims: &'a Map<String, Value>, path: &[&str]) -> Option<&'a s
 }
 
 /// `wimse://<td>/ns/<namespace>/sa/<serviceaccount>` from the subject's claims.
-fn subject_from(claims: &Map<String, Value>, trust_domain: &str, dev_stub: bool) -> Result<Subject, ExchangeError> {
+fn subject_from(
+    claims: &Map<String, Value>,
+    trust_domain: &str,
+    dev_stub: bool,
+) -> Result<Subject, ExchangeError> {
     use ExchangeError::InvalidClient;
-    let sub = claims::string(claims, "sub").map_err(|_| InvalidClient("subject token sub is not a string"))?;
+    let sub = claims::string(claims, "sub")
+        .map_err(|_| InvalidClient("subject token sub is not a string"))?;
     let prefix = format!("wimse://{trust_domain}/");
     let id = match sub {
         Some(s) if s.starts_with("wimse://") => {
             if !s.starts_with(&prefix) || !s.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(InvalidClient("subject is outside this issuer's trust domain"));
+                return Err(InvalidClient(
+                    "subject is outside this issuer's trust domain",
+                ));
             }
             s.to_string()
         }
@@ -328,11 +370,14 @@ fn subject_from(claims: &Map<String, Value>, trust_domain: &str, dev_stub: bool)
             for part in [ns, sa] {
                 let ok = !part.is_empty()
                     && part.len() <= MAX_SUBJECT_PART
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'+'));
+                    && part.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'+')
+                    });
                 if !ok {
-                    return Err(InvalidClient("subject has characters not allowed in a WIMSE identifier"));
+                    return Err(InvalidClient(
+                        "subject has characters not allowed in a WIMSE identifier",
+                    ));
                 }
             }
             format!("{prefix}ns/{ns}/sa/{sa}")
@@ -341,7 +386,12 @@ fn subject_from(claims: &Map<String, Value>, trust_domain: &str, dev_stub: bool)
     let caps = match claims::string_list(claims, "caps") {
         Ok(Some(c)) => Some(c),
         Ok(None) => match claims::string(claims, "scope") {
-            Ok(Some(s)) => Some(s.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+            Ok(Some(s)) => Some(
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
             Ok(None) if dev_stub => None,
             Ok(None) => Some(Vec::new()),
             Err(_) => return Err(InvalidClient("subject token scope is not a string")),
@@ -358,7 +408,10 @@ fn subject_from(claims: &Map<String, Value>, trust_domain: &str, dev_stub: bool)
         caps,
         blast_radius,
         exp: None,
-        jti: claims::string(claims, "jti").ok().flatten().map(str::to_string),
+        jti: claims::string(claims, "jti")
+            .ok()
+            .flatten()
+            .map(str::to_string),
         is_agent_token: false,
     })
 }

@@ -44,7 +44,10 @@ impl KeyRing {
             let published = JwkSet {
                 keys: loaded.iter().map(SigningKey::public_jwk).collect(),
             };
-            let active = loaded.into_iter().next().ok_or(StoreError::Corrupt("signing key"))?;
+            let active = loaded
+                .into_iter()
+                .next()
+                .ok_or(StoreError::Corrupt("signing key"))?;
             Ok(KeyRing { active, published })
         })
     }
@@ -74,7 +77,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
         let (store, t) = Store::open(&path).unwrap();
-        let kid = KeyRing::load_or_create(&store, 1000).unwrap().active().kid().to_string();
+        let kid = KeyRing::load_or_create(&store, 1000)
+            .unwrap()
+            .active()
+            .kid()
+            .to_string();
         drop(store);
         t.join().unwrap();
         let (store, _t) = Store::open(&path).unwrap();

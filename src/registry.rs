@@ -85,9 +85,9 @@ pub fn valid_id(id: &str) -> bool {
 
 fn valid_list(items: &[String]) -> bool {
     items.len() <= MAX_LIST_LEN
-        && items
-            .iter()
-            .all(|s| !s.is_empty() && s.len() <= MAX_ITEM_LEN && s.bytes().all(|b| b.is_ascii_graphic()))
+        && items.iter().all(|s| {
+            !s.is_empty() && s.len() <= MAX_ITEM_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+        })
 }
 
 fn dedup(mut items: Vec<String>) -> Vec<String> {
@@ -116,7 +116,9 @@ impl ToolInput {
             return Err("name or description is too long".into());
         }
         if !valid_list(&self.required_capabilities) {
-            return Err("required_capabilities must be a list of non-empty printable strings".into());
+            return Err(
+                "required_capabilities must be a list of non-empty printable strings".into(),
+            );
         }
         if !valid_list(&self.allowed_operations) || !valid_list(&self.allowed_targets) {
             return Err(
@@ -187,7 +189,10 @@ impl Registry {
 
     pub fn insert(&mut self, entry: ToolEntry) {
         self.remove(&entry.tool_id.clone());
-        *self.resources.entry(entry.resource().to_string()).or_default() += 1;
+        *self
+            .resources
+            .entry(entry.resource().to_string())
+            .or_default() += 1;
         self.by_id.insert(entry.tool_id.clone(), Arc::new(entry));
     }
 

@@ -95,7 +95,10 @@ mod tests {
             canonicalize("https://mcp.example.com:8443/a/").as_deref(),
             Ok("https://mcp.example.com:8443/a/")
         );
-        assert_eq!(canonicalize("URN:example:Tool").as_deref(), Ok("urn:example:Tool"));
+        assert_eq!(
+            canonicalize("URN:example:Tool").as_deref(),
+            Ok("urn:example:Tool")
+        );
         assert_eq!(
             canonicalize("http://[::1]:8080/x").as_deref(),
             Ok("http://[::1]:8080/x")
@@ -109,10 +112,19 @@ mod tests {
         assert_eq!(canonicalize("/tools/x"), Err(ResourceError::NoScheme));
         assert_eq!(canonicalize("1http://x"), Err(ResourceError::NoScheme));
         assert_eq!(canonicalize("https:"), Err(ResourceError::NoScheme));
-        assert_eq!(canonicalize("https://a/b#frag"), Err(ResourceError::Fragment));
+        assert_eq!(
+            canonicalize("https://a/b#frag"),
+            Err(ResourceError::Fragment)
+        );
         assert_eq!(canonicalize("https://a b/"), Err(ResourceError::NotAscii));
-        assert_eq!(canonicalize("https://exаmple.com/"), Err(ResourceError::NotAscii));
-        assert_eq!(canonicalize("https://user@evil/"), Err(ResourceError::UserInfo));
+        assert_eq!(
+            canonicalize("https://exаmple.com/"),
+            Err(ResourceError::NotAscii)
+        );
+        assert_eq!(
+            canonicalize("https://user@evil/"),
+            Err(ResourceError::UserInfo)
+        );
         assert_eq!(canonicalize("https:///path"), Err(ResourceError::NoHost));
         let long = format!("https://a/{}", "x".repeat(MAX_RESOURCE_LEN));
         assert_eq!(canonicalize(&long), Err(ResourceError::TooLong));

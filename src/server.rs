@@ -66,7 +66,9 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServeError> {
-    let listener = TcpListener::bind(config.listen).await.map_err(ServeError::Bind)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(ServeError::Bind)?;
     let addr = listener.local_addr().map_err(ServeError::Bind)?;
     let cfg = config.clone();
     let (app, db_thread) = tokio::task::spawn_blocking(move || App::open(&cfg, addr, clock))
@@ -100,7 +102,12 @@ pub async fn start(
 }
 
 /// Serve until `shutdown`; whether every connection finished within the grace period.
-async fn serve(listener: TcpListener, app: Arc<App>, config: &Config, shutdown: impl Future<Output = ()>) -> bool {
+async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();

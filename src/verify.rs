@@ -93,11 +93,20 @@ impl From<JoseError> for Denial {
             JoseError::TooLarge => deny(Check::Malformed, "token is too large"),
             JoseError::Shape => deny(Check::Malformed, "token is not a compact JWS"),
             JoseError::Base64 => deny(Check::Malformed, "token is not strict base64url"),
-            JoseError::Json => deny(Check::Malformed, "token header or claims are not a JSON object"),
-            JoseError::DuplicateName => deny(Check::Malformed, "token has a duplicate JSON member name"),
+            JoseError::Json => deny(
+                Check::Malformed,
+                "token header or claims are not a JSON object",
+            ),
+            JoseError::DuplicateName => {
+                deny(Check::Malformed, "token has a duplicate JSON member name")
+            }
             JoseError::UnsupportedAlgorithm => deny(Check::Algorithm, "algorithm is not allowed"),
-            JoseError::ForbiddenHeader => deny(Check::Algorithm, "header parameter is not accepted"),
-            JoseError::AlgorithmMismatch => deny(Check::Algorithm, "algorithm does not match the key"),
+            JoseError::ForbiddenHeader => {
+                deny(Check::Algorithm, "header parameter is not accepted")
+            }
+            JoseError::AlgorithmMismatch => {
+                deny(Check::Algorithm, "algorithm does not match the key")
+            }
             JoseError::BadSignature | JoseError::InvalidKey | JoseError::KeyGeneration => {
                 deny(Check::Signature, "signature is invalid")
             }
@@ -107,7 +116,10 @@ impl From<JoseError> for Denial {
 
 impl From<Malformed> for Denial {
     fn from(_: Malformed) -> Self {
-        deny(Check::Malformed, "a registered claim has the wrong type or range")
+        deny(
+            Check::Malformed,
+            "a registered claim has the wrong type or range",
+        )
     }
 }
 
@@ -133,7 +145,8 @@ pub struct TimeClaims {
 impl TimeClaims {
     pub fn read(claims: &Map<String, Value>) -> Result<Self, Denial> {
         Ok(Self {
-            exp: claims::numeric_date(claims, "exp")?.ok_or(deny(Check::Malformed, "exp is required"))?,
+            exp: claims::numeric_date(claims, "exp")?
+                .ok_or(deny(Check::Malformed, "exp is required"))?,
             nbf: claims::numeric_date(claims, "nbf")?,
             iat: claims::numeric_date(claims, "iat")?,
         })
@@ -198,7 +211,13 @@ impl TokenClaims {
 
 /// Revocation status (check 10). `Err` means the status is unknown, which denies.
 pub trait Revocations: Send + Sync {
-    fn is_revoked(&self, subject: &str, jti: &str, tool_id: &str, now: i64) -> Result<bool, StoreError>;
+    fn is_revoked(
+        &self,
+        subject: &str,
+        jti: &str,
+        tool_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// No revocation source configured: nothing is revoked.
@@ -271,7 +290,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -310,7 +331,8 @@ impl Verifier {
         let claims = match cached {
             Some(c) => c,
             None => {
-                let raw = verify_signature(token, |h| h.kid.as_deref().and_then(|k| self.keys.find(k)))?;
+                let raw =
+                    verify_signature(token, |h| h.kid.as_deref().and_then(|k| self.keys.find(k)))?;
                 let claims = Arc::new(TokenClaims::read(raw)?);
                 if let Ok(mut map) = self.cache.write() {
                     if map.len() >= CACHE_CAPACITY {
@@ -347,7 +369,9 @@ impl Verifier {
         match &claims.aud {
             Audience::One(aud) if aud == tool.resource() => {}
             Audience::Missing => return Err(deny(Check::Audience, "token has no audience")),
-            Audience::Many(_) => return Err(deny(Check::Audience, "token names several audiences")),
+            Audience::Many(_) => {
+                return Err(deny(Check::Audience, "token names several audiences"))
+            }
             _ => return Err(deny(Check::Audience, "token audience is not this tool")),
         }
         // 8. capabilities
@@ -356,18 +380,34 @@ impl Verifier {
             .iter()
             .all(|need| claims.caps.iter().any(|c| c == need))
         {
-            return Err(deny(Check::Capabilities, "token lacks a required capability"));
+            return Err(deny(
+                Check::Capabilities,
+                "token lacks a required capability",
+            ));
         }
         // 9. blast radius
         if !tool.max_blast_radius.is_empty() {
             match &claims.blast_radius {
                 Some(b) if blast::within(b, &tool.max_blast_radius) => {}
-                Some(_) => return Err(deny(Check::BlastRadius, "token blast radius exceeds the tool's maximum")),
-                None => return Err(deny(Check::BlastRadius, "tool limits blast radius and the token has none")),
+                Some(_) => {
+                    return Err(deny(
+                        Check::BlastRadius,
+                        "token blast radius exceeds the tool's maximum",
+                    ))
+                }
+                None => {
+                    return Err(deny(
+                        Check::BlastRadius,
+                        "tool limits blast radius and the token has none",
+                    ))
+                }
             }
         }
         // 10. revocation, fail closed
-        match self.revocations.is_revoked(&claims.sub, &claims.jti, &tool.tool_id, now) {
+        match self
+            .revocations
+            .is_revoked(&claims.sub, &claims.jti, &tool.tool_id, now)
+        {
             Ok(false) => {}
             Ok(true) => return Err(deny(Check::Revocation, "token, subject or tool is revoked")),
             Err(_) => {
@@ -380,7 +420,10 @@ impl Verifier {
         }
         // 11. proof-of-possession: toolgate does not bind tokens yet, so a bound one cannot pass
         if claims.raw.contains_key("cnf") {
-            return Err(deny(Check::Dpop, "token is key-bound and proof-of-possession is not supported"));
+            return Err(deny(
+                Check::Dpop,
+                "token is key-bound and proof-of-possession is not supported",
+            ));
         }
         // 12. execution binding
         if tool.requires_execution {
@@ -390,20 +433,33 @@ impl Verifier {
     }
 }
 
-fn check_execution(claims: &TokenClaims, tool: &ToolEntry, body_hash: Option<&str>) -> Result<(), Denial> {
+fn check_execution(
+    claims: &TokenClaims,
+    tool: &ToolEntry,
+    body_hash: Option<&str>,
+) -> Result<(), Denial> {
     let exec = |name| claims::string(&claims.raw, name).ok().flatten();
     let act = exec("exec_act").ok_or(deny(Check::Execution, "token has no exec_act"))?;
     if !tool.allowed_operations.is_empty() && !tool.allowed_operations.iter().any(|o| o == act) {
-        return Err(deny(Check::Execution, "operation is not allowed for this tool"));
+        return Err(deny(
+            Check::Execution,
+            "operation is not allowed for this tool",
+        ));
     }
     let inp_hash = exec("inp_hash").ok_or(deny(Check::Execution, "token has no inp_hash"))?;
     if body_hash != Some(inp_hash) {
-        return Err(deny(Check::Execution, "request body hash does not match the token"));
+        return Err(deny(
+            Check::Execution,
+            "request body hash does not match the token",
+        ));
     }
     if !tool.allowed_targets.is_empty() {
         let target = exec("target").ok_or(deny(Check::Execution, "token has no target"))?;
         if !tool.allowed_targets.iter().any(|t| t == target) {
-            return Err(deny(Check::Execution, "target is not allowed for this tool"));
+            return Err(deny(
+                Check::Execution,
+                "target is not allowed for this tool",
+            ));
         }
     }
     Ok(())

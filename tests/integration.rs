@@ -1,6 +1,11 @@
 //! One integration-test binary: every test boots the real server on 127.0.0.1:0 with a
 //! temporary database and speaks HTTP to it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod it;

@@ -1,8 +1,8 @@
 //! Reading request bodies within limits, and decoding JSON and form encodings strictly.
 
 use super::error::ApiError;
-use hyper::body::Bytes;
 use http_body_util::{BodyExt, Limited};
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -40,11 +40,16 @@ pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// An optional string member; any other type is a 400 naming the field.
-pub fn opt_string(obj: &Map<String, Value>, name: &'static str) -> Result<Option<String>, ApiError> {
+pub fn opt_string(
+    obj: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, ApiError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::invalid_request(format!("{name} must be a string"))),
+        Some(_) => Err(ApiError::invalid_request(format!(
+            "{name} must be a string"
+        ))),
     }
 }
 
@@ -53,7 +58,10 @@ pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
     for pair in input.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
         let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (pair.get(..i).unwrap_or_default(), pair.get(i + 1..).unwrap_or_default()),
+            Some(i) => (
+                pair.get(..i).unwrap_or_default(),
+                pair.get(i + 1..).unwrap_or_default(),
+            ),
             None => (pair, &[][..]),
         };
         out.push((percent_decode(k)?, percent_decode(v)?));

@@ -19,7 +19,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -40,20 +44,36 @@ impl ApiError {
     pub fn method_not_allowed(allow: &'static str) -> Self {
         Self {
             allow: Some(allow),
-            ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
         }
     }
 
     pub fn too_large() -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "request body too large")
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "request body too large",
+        )
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs the admin token as a Bearer credential")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this call needs the admin token as a Bearer credential",
+        )
     }
 
     pub fn unavailable(description: &'static str) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            description,
+        )
     }
 
     pub fn into_response(self) -> Response {
@@ -63,7 +83,8 @@ impl ApiError {
         }
         let mut resp = json_response(self.status, &body);
         if let Some(allow) = self.allow {
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
@@ -78,7 +99,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", "the resource already exists"),
+            StoreError::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the resource already exists",
+            ),
             other => {
                 crate::error!("store: {other}");
                 Self::unavailable("storage is unavailable; nothing was changed")
@@ -103,7 +128,11 @@ impl From<ExchangeError> for ApiError {
             Unavailable(d) => Self::unavailable(d),
             Internal => {
                 crate::error!("exchange: signing failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the token could not be issued")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "the token could not be issued",
+                )
             }
         }
     }
@@ -111,7 +140,11 @@ impl From<ExchangeError> for ApiError {
 
 impl From<Denial> for ApiError {
     fn from(d: Denial) -> Self {
-        let status = if d.unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::FORBIDDEN };
+        let status = if d.unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::FORBIDDEN
+        };
         Self {
             check: Some(d.check.name()),
             ..Self::new(status, "verification_failed", d.reason)

@@ -2,8 +2,8 @@
 //! core, and render; errors become responses in `error.rs` alone.
 
 pub mod body;
-pub mod error;
 mod discovery;
+pub mod error;
 mod tokens;
 mod tools;
 
@@ -41,7 +41,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
         Err(e) => e.into_response(),
     };
     let h = resp.headers_mut();
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -99,9 +102,12 @@ pub(crate) fn require_admin(app: &App, headers: &http::HeaderMap) -> Result<()> 
     if app.dev {
         return Ok(());
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    // The auth scheme is case-insensitive (RFC 7235 §2.1).
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let (scheme, rest) = (v.get(..7)?, v.get(7..)?);
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    });
     match (&app.admin_token, presented) {
         (Some(secret), Some(p)) if secret.matches(p) => Ok(()),
         _ => Err(ApiError::unauthorized()),

@@ -36,7 +36,9 @@ pub async fn exchange(app: &App, req: Request<Incoming>) -> Result<Response> {
     let bytes = body::read(&parts.headers, incoming).await?;
     let request = match media.as_str() {
         // curl -d sends JSON labelled as a form; a form body never starts with '{'.
-        "application/x-www-form-urlencoded" if !bytes.trim_ascii_start().starts_with(b"{") => from_form(&bytes)?,
+        "application/x-www-form-urlencoded" if !bytes.trim_ascii_start().starts_with(b"{") => {
+            from_form(&bytes)?
+        }
         "application/x-www-form-urlencoded" => from_json(&bytes)?,
         "application/json" | "" => from_json(&bytes)?,
         _ => {
@@ -48,7 +50,12 @@ pub async fn exchange(app: &App, req: Request<Incoming>) -> Result<Response> {
         }
     };
     let issued = exchange::exchange(app, &request, app.now())?;
-    crate::info!("exchange: issued jti {} to {} for {}", issued.jti, issued.subject, issued.audience);
+    crate::info!(
+        "exchange: issued jti {} to {} for {}",
+        issued.jti,
+        issued.subject,
+        issued.audience
+    );
     let mut body = json!({
         "access_token": issued.access_token,
         "issued_token_type": exchange::TYPE_JWT,
@@ -59,7 +66,8 @@ pub async fn exchange(app: &App, req: Request<Incoming>) -> Result<Response> {
         obj.insert("scope".into(), json!(scope));
     }
     let mut resp = json_response(StatusCode::OK, &body);
-    resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(resp)
 }
 
@@ -91,13 +99,19 @@ fn from_json(bytes: &[u8]) -> Result<ExchangeRequest> {
 fn from_form(bytes: &[u8]) -> Result<ExchangeRequest> {
     let pairs = body::form_pairs(bytes)?;
     let mut fields = FIELDS.iter().map(|name| {
-        body::single(&pairs, name).map(|v| v.map(str::to_string)).map_err(|_| {
-            if matches!(*name, "audience" | "resource") {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_target", "exactly one audience is required")
-            } else {
-                ApiError::invalid_request(format!("{name} is repeated"))
-            }
-        })
+        body::single(&pairs, name)
+            .map(|v| v.map(str::to_string))
+            .map_err(|_| {
+                if matches!(*name, "audience" | "resource") {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_target",
+                        "exactly one audience is required",
+                    )
+                } else {
+                    ApiError::invalid_request(format!("{name} is repeated"))
+                }
+            })
     });
     let mut next = || fields.next().unwrap_or(Ok(None));
     Ok(ExchangeRequest {

@@ -26,7 +26,9 @@ pub fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
     let protocol = query_value(req, "protocol")?;
     if let Some(p) = &protocol {
         if !PROTOCOLS.contains(&p.as_str()) {
-            return Err(ApiError::invalid_request("protocol must be one of mcp, http, a2a"));
+            return Err(ApiError::invalid_request(
+                "protocol must be one of mcp, http, a2a",
+            ));
         }
     }
     let registry = app
@@ -63,6 +65,12 @@ pub async fn register(app: &App, req: Request<Incoming>) -> Result<Response> {
     let entry = input
         .validate(&rfc3339(app.now()))
         .map_err(ApiError::invalid_request)?;
+    if entry.resource() == app.issuer {
+        // Tokens for toolgate's own audience are agent tokens; no tool may receive them.
+        return Err(ApiError::invalid_request(
+            "resource_uri must not be toolgate's own issuer",
+        ));
+    }
     let tool_id = entry.tool_id.clone();
     match app.register_tool(entry).await {
         Ok(stored) => {
@@ -96,7 +104,9 @@ async fn remove(app: &App, tool_id: &str) -> Result<Response> {
             "tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    app.deregister_tool(tool_id).await?.ok_or_else(tool_not_found)?;
+    app.deregister_tool(tool_id)
+        .await?
+        .ok_or_else(tool_not_found)?;
     crate::info!("deregistered tool {tool_id}");
     Ok(json_response(
         StatusCode::OK,
@@ -105,7 +115,11 @@ async fn remove(app: &App, tool_id: &str) -> Result<Response> {
 }
 
 fn tool_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "tool_not_found", "no tool with this tool_id is registered")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "tool_not_found",
+        "no tool with this tool_id is registered",
+    )
 }
 
 /// Name the first unknown or mistyped field, without echoing any value.
@@ -128,7 +142,9 @@ fn check_field_types(object: &serde_json::Map<String, serde_json::Value>) -> Res
             _ => return Err(ApiError::invalid_request("tool entry has an unknown field")),
         };
         if !ok {
-            return Err(ApiError::invalid_request(format!("{name} has the wrong type")));
+            return Err(ApiError::invalid_request(format!(
+                "{name} has the wrong type"
+            )));
         }
     }
     Ok(())

@@ -165,7 +165,7 @@ mod tests {
     #[test]
     fn deep_nesting_errors_without_overflow() {
         let mut deep = b"{\"a\":".to_vec();
-        deep.extend(std::iter::repeat(b'[').take(10_000));
+        deep.extend(std::iter::repeat_n(b'[', 10_000));
         assert_eq!(parse_object(&deep), Err(JoseError::Json));
         let mut deep_obj = Vec::new();
         for _ in 0..10_000 {

@@ -325,7 +325,7 @@ mod tests {
 
     fn der_integer(bytes: &[u8]) -> Vec<u8> {
         let mut v: Vec<u8> = bytes.iter().copied().skip_while(|&b| b == 0).collect();
-        if v.first().map_or(true, |&b| b & 0x80 != 0) {
+        if v.first().is_none_or(|&b| b & 0x80 != 0) {
             v.insert(0, 0);
         }
         let mut out = vec![0x02, v.len() as u8];

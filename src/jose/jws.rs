@@ -78,8 +78,8 @@ impl Compact<'_> {
 /// Parse a compact JWS. Does NOT verify the signature.
 ///
 /// Order: length cap, character set (ASCII, no whitespace), exactly three
-/// non-empty segments, strict base64url, header JSON, `alg`, forbidden
-/// parameters, `kid`/`typ` types, then the payload JSON object.
+/// segments, the header (strict base64url, JSON, `alg`, forbidden parameters,
+/// `kid`/`typ` types), a non-empty signature, then the payload JSON object.
 pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JoseError::TooLarge);
@@ -89,18 +89,17 @@ pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
     }
     let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(JoseError::Shape)?;
     let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(JoseError::Shape)?;
-    if payload_b64.contains('.')
-        || header_b64.is_empty()
-        || payload_b64.is_empty()
-        || sig_b64.is_empty()
-    {
+    if payload_b64.contains('.') || header_b64.is_empty() || payload_b64.is_empty() {
         return Err(JoseError::Shape);
     }
-    let header_bytes = b64::decode(header_b64)?;
+    // The header is judged before the signature segment, so an unsecured JWT (`alg: none`,
+    // empty signature) is refused for its algorithm.
+    let header = parse_header(json::parse_object(&b64::decode(header_b64)?)?)?;
+    if sig_b64.is_empty() {
+        return Err(JoseError::Shape);
+    }
     let payload_bytes = b64::decode(payload_b64)?;
     let signature = b64::decode(sig_b64)?;
-
-    let header = parse_header(json::parse_object(&header_bytes)?)?;
     let claims = json::parse_object(&payload_bytes)?;
     Ok(Compact {
         header,

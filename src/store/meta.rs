@@ -13,7 +13,9 @@ pub fn get_or_insert(
     make: impl FnOnce() -> String,
 ) -> Result<String, StoreError> {
     let tx = conn.transaction()?;
-    let existing: Option<String> = tx.query_row(SELECT, params![key], |r| r.get(0)).optional()?;
+    let existing: Option<String> = tx
+        .query_row(SELECT, params![key], |r| r.get(0))
+        .optional()?;
     let value = match existing {
         Some(v) => v,
         None => {

@@ -25,7 +25,9 @@ async fn health_has_a_stable_unit_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_and_jwks_describe_the_issuer() {
     let d = Daemon::dev().await;
-    let (status, m) = d.call(Method::GET, "/.well-known/oauth-authorization-server", None).await;
+    let (status, m) = d
+        .call(Method::GET, "/.well-known/oauth-authorization-server", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(m["issuer"], d.url.as_str());
     assert_eq!(m["token_endpoint"], format!("{}/v1/exchange/token", d.url));
@@ -38,7 +40,10 @@ async fn metadata_and_jwks_describe_the_issuer() {
     assert_eq!(key["crv"], "P-256");
     assert_eq!(key["alg"], "ES256");
     assert_eq!(key["use"], "sig");
-    assert!(key.get("d").is_none(), "private key material must never be published");
+    assert!(
+        key.get("d").is_none(),
+        "private key material must never be published"
+    );
     let jwk = toolgate::jose::Jwk::from_json(key).unwrap();
     assert_eq!(key["kid"], jwk.thumbprint().as_str());
     d.stop().await;
@@ -47,8 +52,11 @@ async fn metadata_and_jwks_describe_the_issuer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_key_survives_restart_and_old_tokens_verify() {
     let d = Daemon::dev().await;
-    d.register("code-search", "https://mcp.example.com/tools/code-search").await;
-    let token = d.token_for("agent-7", "https://mcp.example.com/tools/code-search").await;
+    d.register("code-search", "https://mcp.example.com/tools/code-search")
+        .await;
+    let token = d
+        .token_for("agent-7", "https://mcp.example.com/tools/code-search")
+        .await;
     let (_, before) = d.call(Method::GET, "/v1/identity/jwks", None).await;
     let d = d.restart().await;
     let (_, after) = d.call(Method::GET, "/v1/identity/jwks", None).await;

@@ -8,7 +8,9 @@ const CODE: &str = "https://mcp.example.com/tools/code-search";
 async fn minted_token_carries_every_claim() {
     let d = Daemon::dev().await;
     d.register("code-search", CODE).await;
-    let subject = stub(json!({"sub": "agent-1", "namespace": "team-a", "caps": ["search", "read"], "blast_radius": "service:search"}));
+    let subject = stub(
+        json!({"sub": "agent-1", "namespace": "team-a", "caps": ["search", "read"], "blast_radius": "service:search"}),
+    );
     let mut body = exchange_body(&subject, CODE);
     body["scope"] = json!("search admin");
     let (status, resp) = d.exchange(body).await;
@@ -34,7 +36,11 @@ async fn minted_token_carries_every_claim() {
     assert_eq!(c["nbf"].as_i64().unwrap(), iat);
     assert_eq!(c["exp"].as_i64().unwrap(), iat + 300);
     let jti = c["jti"].as_str().unwrap();
-    assert_eq!(toolgate::jose::b64::decode(jti).unwrap().len(), 16, "128-bit jti");
+    assert_eq!(
+        toolgate::jose::b64::decode(jti).unwrap().len(),
+        16,
+        "128-bit jti"
+    );
     d.stop().await;
 }
 
@@ -60,10 +66,18 @@ async fn form_encoding_and_resource_synonym() {
         "https%3A%2F%2Fmcp.example.com%2Ftools%2Fcode-search"
     );
     let (status, resp) = d
-        .raw(Method::POST, "/v1/exchange/token", "application/x-www-form-urlencoded", form.into_bytes())
+        .raw(
+            Method::POST,
+            "/v1/exchange/token",
+            "application/x-www-form-urlencoded",
+            form.into_bytes(),
+        )
         .await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(claims_of(resp["access_token"].as_str().unwrap())["aud"], CODE);
+    assert_eq!(
+        claims_of(resp["access_token"].as_str().unwrap())["aud"],
+        CODE
+    );
     d.stop().await;
 }
 
@@ -71,18 +85,36 @@ async fn form_encoding_and_resource_synonym() {
 async fn subject_naming_rules() {
     let d = Daemon::dev().await;
     let cases = [
-        (json!({"sub": "wimse://dev.local/ns/x/sa/y"}), "wimse://dev.local/ns/x/sa/y"),
-        (json!({"serviceaccount": "builder", "namespace": "ci"}), "wimse://dev.local/ns/ci/sa/builder"),
-        (json!({"kubernetes.io.namespace": "k", "kubernetes.io.serviceaccount.name": "s"}), "wimse://dev.local/ns/k/sa/s"),
+        (
+            json!({"sub": "wimse://dev.local/ns/x/sa/y"}),
+            "wimse://dev.local/ns/x/sa/y",
+        ),
+        (
+            json!({"serviceaccount": "builder", "namespace": "ci"}),
+            "wimse://dev.local/ns/ci/sa/builder",
+        ),
+        (
+            json!({"kubernetes.io.namespace": "k", "kubernetes.io.serviceaccount.name": "s"}),
+            "wimse://dev.local/ns/k/sa/s",
+        ),
         (json!({}), "wimse://dev.local/ns/default/sa/dev-workload"),
     ];
     for (claims, want) in cases {
         let (status, resp) = d.exchange(exchange_body(&stub(claims.clone()), CODE)).await;
         assert_eq!(status, 200, "{claims} {resp}");
-        assert_eq!(claims_of(resp["access_token"].as_str().unwrap())["sub"], want, "{claims}");
+        assert_eq!(
+            claims_of(resp["access_token"].as_str().unwrap())["sub"],
+            want,
+            "{claims}"
+        );
     }
-    let (status, resp) = d.exchange(exchange_body(&stub(json!({"sub": "a/../b"})), CODE)).await;
-    assert_eq!((status, resp["error"].as_str()), (401, Some("invalid_client")));
+    let (status, resp) = d
+        .exchange(exchange_body(&stub(json!({"sub": "a/../b"})), CODE))
+        .await;
+    assert_eq!(
+        (status, resp["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
     d.stop().await;
 }
 
@@ -90,8 +122,13 @@ async fn subject_naming_rules() {
 async fn expired_stub_is_refused() {
     let d = Daemon::dev().await;
     let past = d.clock_now() - 3600;
-    let (status, resp) = d.exchange(exchange_body(&stub(json!({"sub": "a", "exp": past})), CODE)).await;
-    assert_eq!((status, resp["error"].as_str()), (401, Some("invalid_client")));
+    let (status, resp) = d
+        .exchange(exchange_body(&stub(json!({"sub": "a", "exp": past})), CODE))
+        .await;
+    assert_eq!(
+        (status, resp["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
     d.stop().await;
 }
 
@@ -99,13 +136,22 @@ async fn expired_stub_is_refused() {
 async fn a_tool_token_is_never_a_subject_token() {
     let d = Daemon::dev().await;
     d.register("code-search", CODE).await;
-    d.register("sql-admin", "https://mcp.example.com/tools/sql-admin").await;
+    d.register("sql-admin", "https://mcp.example.com/tools/sql-admin")
+        .await;
     let tool_token = d.token_for("agent", CODE).await;
-    for kind in [JWT, "urn:starfly:token-type:agent-mcp", "urn:starfly:token-type:agent-a2a"] {
+    for kind in [
+        JWT,
+        "urn:starfly:token-type:agent-mcp",
+        "urn:starfly:token-type:agent-a2a",
+    ] {
         let mut body = exchange_body(&tool_token, "https://mcp.example.com/tools/sql-admin");
         body["subject_token_type"] = json!(kind);
         let (status, resp) = d.exchange(body).await;
-        assert_eq!((status, resp["error"].as_str()), (401, Some("invalid_client")), "{kind}: {resp}");
+        assert_eq!(
+            (status, resp["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{kind}: {resp}"
+        );
     }
     d.stop().await;
 }
@@ -121,7 +167,10 @@ async fn agent_token_round_trip() {
     let (status, resp) = d.exchange(body).await;
     assert_eq!(status, 200, "{resp}");
     let tool_token = resp["access_token"].as_str().unwrap();
-    assert_eq!(claims_of(tool_token)["sub"], "wimse://dev.local/ns/default/sa/planner");
+    assert_eq!(
+        claims_of(tool_token)["sub"],
+        "wimse://dev.local/ns/default/sa/planner"
+    );
     assert!(claims_of(tool_token)["exp"].as_i64() <= claims_of(&agent)["exp"].as_i64());
     let (status, _) = d.verify(tool_token, "code-search").await;
     assert_eq!(status, 200);

@@ -94,7 +94,13 @@ impl Daemon {
         (status.as_u16(), v)
     }
 
-    pub async fn raw(&self, method: Method, path: &str, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> (u16, Value) {
         let (status, v) = self
             .client()
             .send(method, path, Some((content_type, bytes)))
@@ -105,26 +111,37 @@ impl Daemon {
 
     pub async fn register(&self, tool_id: &str, resource: &str) -> Value {
         let (status, body) = self
-            .call(Method::POST, "/v1/mcp/tools", Some(json!({"tool_id": tool_id, "resource_uri": resource})))
+            .call(
+                Method::POST,
+                "/v1/mcp/tools",
+                Some(json!({"tool_id": tool_id, "resource_uri": resource})),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body
     }
 
     pub async fn exchange(&self, body: Value) -> (u16, Value) {
-        self.call(Method::POST, "/v1/exchange/token", Some(body)).await
+        self.call(Method::POST, "/v1/exchange/token", Some(body))
+            .await
     }
 
     /// Exchange a dev stub for `audience`; the access token.
     pub async fn token_for(&self, sub: &str, audience: &str) -> String {
-        let (status, body) = self.exchange(exchange_body(&stub(json!({"sub": sub})), audience)).await;
+        let (status, body) = self
+            .exchange(exchange_body(&stub(json!({"sub": sub})), audience))
+            .await;
         assert_eq!(status, 200, "{body}");
         body["access_token"].as_str().unwrap().to_string()
     }
 
     pub async fn verify(&self, token: &str, tool_id: &str) -> (u16, Value) {
-        self.call(Method::POST, "/v1/mcp/verify", Some(json!({"token": token, "tool_id": tool_id})))
-            .await
+        self.call(
+            Method::POST,
+            "/v1/mcp/verify",
+            Some(json!({"token": token, "tool_id": tool_id})),
+        )
+        .await
     }
 }
 
@@ -134,7 +151,11 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// A dev-mode stub subject token carrying `claims`.
 pub fn stub(claims: Value) -> String {
-    format!("{}.{}.stub", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}.stub",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 pub fn exchange_body(subject_token: &str, audience: &str) -> Value {

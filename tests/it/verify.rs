@@ -26,7 +26,10 @@ async fn confused_deputy_is_refused() {
     assert_eq!(status, 403);
     assert_eq!(deny["error"], "verification_failed");
     assert_eq!(deny["check"], "audience");
-    assert!(!deny.to_string().contains(&token), "a denial never echoes the token");
+    assert!(
+        !deny.to_string().contains(&token),
+        "a denial never echoes the token"
+    );
     d.stop().await;
 }
 
@@ -35,12 +38,18 @@ async fn unregistered_tool_fails_registration() {
     let d = Daemon::dev().await;
     let token = d.token_for("agent", CODE).await;
     let (status, deny) = d.verify(&token, "code-search").await;
-    assert_eq!((status, deny["check"].as_str()), (403, Some("registration")));
+    assert_eq!(
+        (status, deny["check"].as_str()),
+        (403, Some("registration"))
+    );
     d.register("code-search", CODE).await;
     assert_eq!(d.verify(&token, "code-search").await.0, 200);
     d.call(Method::DELETE, "/v1/tools/code-search", None).await;
     let (status, deny) = d.verify(&token, "code-search").await;
-    assert_eq!((status, deny["check"].as_str()), (403, Some("registration")));
+    assert_eq!(
+        (status, deny["check"].as_str()),
+        (403, Some("registration"))
+    );
     d.stop().await;
 }
 
@@ -61,17 +70,36 @@ async fn audience_must_match_byte_for_byte() {
     let d = Daemon::dev().await;
     // Canonicalisation lower-cases scheme and host; nothing else.
     for (tool, resource, audience) in [
-        ("slash", "https://mcp.example.com/tools/x", "https://mcp.example.com/tools/x/"),
-        ("case", "https://mcp.example.com/tools/x", "https://mcp.example.com/Tools/x"),
-        ("pct", "https://mcp.example.com/tools/x", "https://mcp.example.com/tools/%78"),
+        (
+            "slash",
+            "https://mcp.example.com/tools/x",
+            "https://mcp.example.com/tools/x/",
+        ),
+        (
+            "case",
+            "https://mcp.example.com/tools/x",
+            "https://mcp.example.com/Tools/x",
+        ),
+        (
+            "pct",
+            "https://mcp.example.com/tools/x",
+            "https://mcp.example.com/tools/%78",
+        ),
     ] {
         d.register(tool, resource).await;
         let token = d.token_for("agent", audience).await;
         let (status, deny) = d.verify(&token, tool).await;
-        assert_eq!((status, deny["check"].as_str()), (403, Some("audience")), "{audience}");
+        assert_eq!(
+            (status, deny["check"].as_str()),
+            (403, Some("audience")),
+            "{audience}"
+        );
     }
-    d.register("upper", "https://mcp.example.com/tools/up").await;
-    let token = d.token_for("agent", "HTTPS://MCP.EXAMPLE.COM/tools/up").await;
+    d.register("upper", "https://mcp.example.com/tools/up")
+        .await;
+    let token = d
+        .token_for("agent", "HTTPS://MCP.EXAMPLE.COM/tools/up")
+        .await;
     assert_eq!(d.verify(&token, "upper").await.0, 200);
     d.stop().await;
 }
@@ -83,27 +111,48 @@ async fn capabilities_and_blast_radius() {
         .call(
             Method::POST,
             "/v1/tools",
-            Some(json!({"tool_id": "deploy", "resource_uri": "https://ops.example.com/deploy",
-                        "required_capabilities": ["deploy"], "max_blast_radius": "namespace:prod"})),
+            Some(
+                json!({"tool_id": "deploy", "resource_uri": "https://ops.example.com/deploy",
+                        "required_capabilities": ["deploy"], "max_blast_radius": "namespace:prod"}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{b}");
     let mint = |claims: serde_json::Value| {
         let d = &d;
         async move {
-            let (s, r) = d.exchange(exchange_body(&stub(claims), "https://ops.example.com/deploy")).await;
+            let (s, r) = d
+                .exchange(exchange_body(
+                    &stub(claims),
+                    "https://ops.example.com/deploy",
+                ))
+                .await;
             assert_eq!(s, 200, "{r}");
             r["access_token"].as_str().unwrap().to_string()
         }
     };
     let no_caps = mint(json!({"sub": "a", "blast_radius": "service:prod"})).await;
-    assert_eq!(d.verify(&no_caps, "deploy").await.1["check"], "capabilities");
+    assert_eq!(
+        d.verify(&no_caps, "deploy").await.1["check"],
+        "capabilities"
+    );
     let no_radius = mint(json!({"sub": "a", "caps": ["deploy"]})).await;
-    assert_eq!(d.verify(&no_radius, "deploy").await.1["check"], "blast_radius");
-    let too_wide = mint(json!({"sub": "a", "caps": ["deploy"], "blast_radius": "cluster:prod"})).await;
-    assert_eq!(d.verify(&too_wide, "deploy").await.1["check"], "blast_radius");
-    let other_scope = mint(json!({"sub": "a", "caps": ["deploy"], "blast_radius": "service:staging"})).await;
-    assert_eq!(d.verify(&other_scope, "deploy").await.1["check"], "blast_radius");
+    assert_eq!(
+        d.verify(&no_radius, "deploy").await.1["check"],
+        "blast_radius"
+    );
+    let too_wide =
+        mint(json!({"sub": "a", "caps": ["deploy"], "blast_radius": "cluster:prod"})).await;
+    assert_eq!(
+        d.verify(&too_wide, "deploy").await.1["check"],
+        "blast_radius"
+    );
+    let other_scope =
+        mint(json!({"sub": "a", "caps": ["deploy"], "blast_radius": "service:staging"})).await;
+    assert_eq!(
+        d.verify(&other_scope, "deploy").await.1["check"],
+        "blast_radius"
+    );
     let fine = mint(json!({"sub": "a", "caps": ["deploy"], "blast_radius": "service:prod"})).await;
     let (status, ok) = d.verify(&fine, "deploy").await;
     assert_eq!(status, 200, "{ok}");
@@ -118,14 +167,21 @@ async fn expiry_and_leeway_follow_the_clock() {
     d.register("code-search", CODE).await;
     let token = d.token_for("agent", CODE).await;
     d.clock.advance(300 + 59);
-    assert_eq!(d.verify(&token, "code-search").await.0, 200, "within leeway");
+    assert_eq!(
+        d.verify(&token, "code-search").await.0,
+        200,
+        "within leeway"
+    );
     d.clock.advance(1);
     let (status, deny) = d.verify(&token, "code-search").await;
     assert_eq!((status, deny["check"].as_str()), (403, Some("expired")));
     // A token minted "in the future" (clock moved back) is not valid yet.
     d.clock.advance(-1000);
     let (status, deny) = d.verify(&token, "code-search").await;
-    assert_eq!((status, deny["check"].as_str()), (403, Some("not_yet_valid")));
+    assert_eq!(
+        (status, deny["check"].as_str()),
+        (403, Some("not_yet_valid"))
+    );
     d.stop().await;
 }
 
@@ -138,7 +194,10 @@ async fn issuer_must_be_this_toolgate() {
     let token = a.token_for("agent", CODE).await;
     let b = Daemon::dev().await;
     b.register("code-search", CODE).await;
-    assert_eq!(b.verify(&token, "code-search").await.1["check"], "signature");
+    assert_eq!(
+        b.verify(&token, "code-search").await.1["check"],
+        "signature"
+    );
     b.stop().await;
     let db = a.db_path();
     let _keep_dir = a.dir.clone();
@@ -160,8 +219,10 @@ async fn execution_binding_when_the_tool_asks() {
         .call(
             Method::POST,
             "/v1/tools",
-            Some(json!({"tool_id": "runner", "resource_uri": "https://ops.example.com/run",
-                        "requires_execution": true, "allowed_operations": ["run"]})),
+            Some(
+                json!({"tool_id": "runner", "resource_uri": "https://ops.example.com/run",
+                        "requires_execution": true, "allowed_operations": ["run"]}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{b}");

@@ -1,0 +1,467 @@
+use super::harness::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
+const RESOURCE: &str = "https://mcp.example.com/tools/code-search";
+
+fn toolgate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TOOLGATE_URL")
+        .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn toolgate_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("TOOLGATE_URL")
+        .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Run the binary off the async runtime.
+async fn run(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        toolgate(&args)
+    })
+    .await
+    .unwrap()
+}
+
+async fn run_stdin(args: Vec<String>, input: String) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        toolgate_stdin(&args, &input)
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str], url: &str) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.push("--url".into());
+    v.push(url.into());
+    v
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
+}
+
+#[track_caller]
+fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+// ---------------------------------------------------------------- serve refuses
+
+#[test]
+fn dev_mode_refuses_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let o = toolgate(&[
+        "serve",
+        "--dev",
+        "--listen",
+        "0.0.0.0:0",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "dev on 0.0.0.0 started");
+    assert!(o.status.code().is_some(), "killed by a signal");
+    let out = format!("{}{}", stderr(&o), stdout(&o));
+    assert!(out.contains("loopback"), "{out}");
+}
+
+#[test]
+fn production_mode_needs_an_admin_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let o = toolgate(&[
+        "serve",
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !o.status.success(),
+        "production without an admin token started"
+    );
+    assert!(o.status.code().is_some(), "killed by a signal");
+    let out = format!("{}{}", stderr(&o), stdout(&o));
+    assert!(out.contains("admin-token-file"), "{out}");
+}
+
+// ---------------------------------------------------------------- help
+
+#[test]
+fn help_texts_name_their_options() {
+    let cases: [(&[&str], &[&str]); 9] = [
+        (&["--help"], &["serve", "tool", "token", "verify"]),
+        (
+            &["serve", "--help"],
+            &[
+                "--listen",
+                "--db",
+                "--issuer",
+                "--dev",
+                "--admin-token-file",
+                "--config",
+            ],
+        ),
+        (&["tool", "--help"], &["add", "list", "rm"]),
+        (
+            &["tool", "add", "--help"],
+            &["--resource", "--url", "--require-cap", "--admin-token-file"],
+        ),
+        (&["tool", "list", "--help"], &["--url", "--protocol"]),
+        (&["tool", "rm", "--help"], &["--url"]),
+        (&["token", "--help"], &["exchange"]),
+        (
+            &["token", "exchange", "--help"],
+            &[
+                "--audience",
+                "--subject-token",
+                "--subject-token-type",
+                "--scope",
+                "--url",
+            ],
+        ),
+        (&["verify", "--help"], &["--tool-id", "--token", "--url"]),
+    ];
+    for (argv, words) in cases {
+        let o = toolgate(argv);
+        assert_exit(&o, 0);
+        let text = stdout(&o);
+        for w in words {
+            assert!(text.contains(w), "{argv:?} help lacks {w}: {text}");
+        }
+    }
+}
+
+#[test]
+fn bad_usage_is_not_a_success() {
+    for argv in [
+        &["nope"][..],
+        &["tool", "add"],
+        &["tool", "add", "x"],
+        &["verify", "--tool-id", "x"],
+        &["token", "exchange", "--audience", "https://a.example/x"],
+    ] {
+        let o = toolgate(argv);
+        assert!(!o.status.success(), "{argv:?} succeeded: {}", stdout(&o));
+    }
+}
+
+// ---------------------------------------------------------------- against a daemon
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_token_verify_round_trip() {
+    let d = Daemon::dev().await;
+    let url = d.url.clone();
+
+    // tool add
+    let o = run(args(
+        &["tool", "add", "code-search", "--resource", RESOURCE],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    let added = json_out(&o);
+    assert_eq!(added["tool_id"], json!("code-search"), "{added}");
+    assert_eq!(added["resource_uri"], json!(RESOURCE), "{added}");
+
+    // tool list
+    let o = run(args(&["tool", "list"], &url)).await;
+    assert_exit(&o, 0);
+    let listed = json_out(&o);
+    assert_eq!(listed["count"], json!(1), "{listed}");
+    assert_eq!(
+        listed["tools"][0]["tool_id"],
+        json!("code-search"),
+        "{listed}"
+    );
+
+    // token exchange prints a bare JWT
+    let subject = stub(json!({"sub": "alice"}));
+    let o = run(args(
+        &[
+            "token",
+            "exchange",
+            "--audience",
+            RESOURCE,
+            "--subject-token",
+            &subject,
+        ],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    let jwt = stdout(&o).trim().to_string();
+    assert_eq!(jwt.split('.').count(), 3, "{jwt}");
+    assert!(!jwt.contains(char::is_whitespace), "{jwt:?}");
+    assert_eq!(claims_of(&jwt)["aud"], json!(RESOURCE));
+    assert_eq!(header_of(&jwt)["alg"], json!("ES256"));
+
+    // --subject-token - reads stdin
+    let o = run_stdin(
+        args(
+            &[
+                "token",
+                "exchange",
+                "--audience",
+                RESOURCE,
+                "--subject-token",
+                "-",
+                "--json",
+            ],
+            &url,
+        ),
+        format!("{subject}\n"),
+    )
+    .await;
+    assert_exit(&o, 0);
+    let resp = json_out(&o);
+    assert_eq!(resp["token_type"], json!("Bearer"), "{resp}");
+    assert_eq!(resp["access_token"].as_str().unwrap().split('.').count(), 3);
+
+    // verify: allowed
+    let o = run(args(
+        &["verify", "--tool-id", "code-search", "--token", &jwt],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("\"verified\": true"), "{}", stdout(&o));
+    assert_eq!(json_out(&o)["claims"]["tool_id"], json!("code-search"));
+
+    // verify: token from stdin
+    let o = run_stdin(
+        args(
+            &["verify", "--tool-id", "code-search", "--token", "-"],
+            &url,
+        ),
+        format!("{jwt}\n"),
+    )
+    .await;
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("\"verified\": true"), "{}", stdout(&o));
+
+    // verify: the same token for another tool is an audience denial, exit 1
+    let o = run(args(
+        &[
+            "tool",
+            "add",
+            "sql-admin",
+            "--resource",
+            "https://mcp.example.com/tools/sql-admin",
+        ],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    let o = run(args(
+        &["verify", "--tool-id", "sql-admin", "--token", &jwt],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 1);
+    assert!(
+        stdout(&o).contains("\"check\": \"audience\""),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stdout(&o).contains("\"verified\": true"), "{}", stdout(&o));
+
+    // the same through stdin
+    let o = run_stdin(
+        args(&["verify", "--tool-id", "sql-admin", "--token", "-"], &url),
+        jwt.clone(),
+    )
+    .await;
+    assert_exit(&o, 1);
+    assert!(
+        stdout(&o).contains("\"check\": \"audience\""),
+        "{}",
+        stdout(&o)
+    );
+
+    // a duplicate add is an API error: exit 1
+    let o = run(args(
+        &["tool", "add", "code-search", "--resource", RESOURCE],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 1);
+    assert!(stdout(&o).contains("tool_exists"), "{}", stdout(&o));
+
+    // tool rm, then again: 404, exit 1
+    let o = run(args(&["tool", "rm", "code-search"], &url)).await;
+    assert_exit(&o, 0);
+    assert_eq!(json_out(&o)["status"], json!("deregistered"));
+    let o = run(args(&["tool", "rm", "code-search"], &url)).await;
+    assert_exit(&o, 1);
+    assert!(stdout(&o).contains("tool_not_found"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("404"), "{}", stderr(&o));
+
+    let o = run(args(&["tool", "list"], &url)).await;
+    assert_exit(&o, 0);
+    assert_eq!(json_out(&o)["count"], json!(1));
+
+    // a token for a removed tool: registration
+    let o = run(args(
+        &["verify", "--tool-id", "code-search", "--token", &jwt],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 1);
+    assert!(
+        stdout(&o).contains("\"check\": \"registration\""),
+        "{}",
+        stdout(&o)
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_daemon_is_exit_2() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = run(args(&["tool", "list"], &url)).await;
+    assert_exit(&o, 2);
+    let o = run(args(
+        &["verify", "--tool-id", "x", "--token", "a.b.c"],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 2);
+}
+
+// ---------------------------------------------------------------- graceful shutdown
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn health_ok(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!(
+        "GET /v1/sys/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn serve_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &listen,
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !health_ok(port) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve never answered /v1/sys/health");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(db.exists(), "database not created");
+
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(!health_ok(port), "still answering after exit");
+}

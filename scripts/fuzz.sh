@@ -7,11 +7,17 @@ secs="${1:-30}"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
-for t in $targets; do
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
   mkdir -p "fuzz/corpus/$t"
   echo "== fuzz $t for ${secs}s"
-  # Findings land in fuzz/artifacts/$t; turn each into a regression test before fixing it.
-  cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$secs" -max_len=20000 -timeout=10 -print_final_stats=1 2>&1 | tail -n 12
+  # A finding lands in fuzz/artifacts/$t: turn it into a regression test, then fix it.
+  if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
+      -max_total_time="$secs" -max_len=20000 -timeout=10 >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "FUZZ FAILURE in $t (see fuzz/artifacts/$t)"
+    exit 1
+  fi
+  grep -E '^(Done|#[0-9]+ +DONE)' "$log" | tail -n 2
 done

@@ -36,3 +36,29 @@ CREATE TABLE IF NOT EXISTS tools (
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS tools_by_resource ON tools (resource_uri);
+
+-- Revocations from CAEP / RISC / toolgate signals and operators. One row per revoked
+-- (format, issuer, value); a repeated revocation refreshes the row. Lifting deletes it.
+-- format: uri | email | iss_sub | opaque (subjects), jti (one token), tool (a tool_id).
+CREATE TABLE IF NOT EXISTS revocations (
+    id         INTEGER PRIMARY KEY,
+    format     TEXT NOT NULL,
+    issuer     TEXT NOT NULL DEFAULT '',
+    value      TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    event_type TEXT NOT NULL DEFAULT '',
+    event_jti  TEXT NOT NULL DEFAULT '',
+    source     TEXT NOT NULL DEFAULT '',
+    revoked_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    UNIQUE (format, issuer, value)
+) STRICT;
+
+-- Security Event Tokens already applied, by (transmitter, jti): a replay is acknowledged, not
+-- applied twice. Rows older than the accepted SET age are pruned.
+CREATE TABLE IF NOT EXISTS signal_events (
+    issuer      TEXT NOT NULL,
+    jti         TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (issuer, jti)
+) STRICT;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prove the confused-deputy fix against a running dev daemon (toolgate serve --dev).
-#   bash scripts/sandbox.sh mcp
+# Prove the confused-deputy fix and revocation against a running dev daemon (toolgate serve --dev).
+#   bash scripts/sandbox.sh mcp          allow on code-search, 403 on sql-admin with the same token
+#   bash scripts/sandbox.sh revocation   a CAEP session-revoked signal cuts an agent off at once
 # TOOLGATE_URL overrides http://127.0.0.1:8693. Exits non-zero if an expectation fails.
 set -euo pipefail
 URL="${TOOLGATE_URL:-http://127.0.0.1:8693}"
@@ -56,7 +57,47 @@ mcp() {
   echo "DENY sql-admin (check: $check) -- confused deputy blocked"
 }
 
+exchange_for() { # SUB AUDIENCE -> sets STATUS, BODY
+  local stub
+  stub="$(b64url '{"alg":"none","typ":"JWT"}').$(b64url "{\"sub\":\"$1\",\"namespace\":\"sandbox\"}").stub"
+  call POST /v1/exchange/token "{\"grant_type\":\"urn:ietf:params:oauth:grant-type:token-exchange\",\"subject_token\":\"$stub\",\"subject_token_type\":\"urn:ietf:params:oauth:token-type:jwt\",\"audience\":\"$2\"}"
+}
+
+revocation() {
+  call GET /v1/sys/health
+  [ "$STATUS" = 200 ] || { echo "FAIL: no toolgate at $URL (start it with: toolgate serve --dev)" >&2; exit 1; }
+  register code-search "Code Search" https://mcp.example.com/tools/code-search
+  # A fresh agent name per run, so the scenario can be repeated against the same daemon.
+  local agent="agent-$(date +%s)-$$"
+  echo "== 1. exchange a token for $agent and use it"
+  exchange_for "$agent" https://mcp.example.com/tools/code-search
+  [ "$STATUS" = 200 ] || { echo "FAIL: exchange answered $STATUS: $BODY" >&2; exit 1; }
+  TOKEN=$(printf '%s' "$BODY" | json_field access_token)
+  local sub
+  sub=$(printf '%s' "$TOKEN" | cut -d. -f2 | tr '_-' '/+' | python3 -c 'import base64,json,sys; s=sys.stdin.read().strip(); print(json.loads(base64.b64decode(s+"="*(-len(s)%4)))["sub"])')
+  call POST /v1/mcp/verify "{\"token\":\"$TOKEN\",\"tool_id\":\"code-search\"}"
+  echo "verify before the signal: HTTP $STATUS"
+  [ "$STATUS" = 200 ] || { echo "FAIL: expected 200 before revocation, got $STATUS: $BODY" >&2; exit 1; }
+
+  echo "== 2. a CAEP session-revoked signal for $sub"
+  call POST /v1/signals/events "{\"iss\":\"https://sandbox-siem.example.com\",\"jti\":\"sandbox-$agent\",\"iat\":$(date +%s),\"aud\":\"starfly\",\"sub_id\":{\"format\":\"uri\",\"uri\":\"$sub\"},\"events\":{\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\":{\"reason_admin\":{\"en\":\"sandbox drill\"}}}}"
+  echo "signal: HTTP $STATUS $BODY"
+  [ "$STATUS" = 202 ] || { echo "FAIL: expected 202 for the signal, got $STATUS" >&2; exit 1; }
+
+  echo "== 3. the agent's very next verify and exchange"
+  call POST /v1/mcp/verify "{\"token\":\"$TOKEN\",\"tool_id\":\"code-search\"}"
+  local check
+  check=$(printf '%s' "$BODY" | json_field check)
+  echo "verify: HTTP $STATUS check=$check"
+  [ "$STATUS" = 403 ] && [ "$check" = revocation ] || { echo "FAIL: expected 403 (check revocation), got $STATUS: $BODY" >&2; exit 1; }
+  exchange_for "$agent" https://mcp.example.com/tools/code-search
+  echo "exchange: HTTP $STATUS error=$(printf '%s' "$BODY" | json_field error)"
+  [ "$STATUS" = 403 ] || { echo "FAIL: expected 403 for the exchange, got $STATUS: $BODY" >&2; exit 1; }
+  echo "REVOKED $sub -- refused at verify and at exchange"
+}
+
 case "$scenario" in
   mcp) mcp ;;
-  *) echo "usage: $0 mcp" >&2; exit 2 ;;
+  revocation) revocation ;;
+  *) echo "usage: $0 mcp|revocation" >&2; exit 2 ;;
 esac

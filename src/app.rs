@@ -2,11 +2,12 @@
 //! the key ring, the registry index and the verifier — built once, shared by every request.
 
 use crate::clock::Clock;
-use crate::config::{AdminToken, Config, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::config::{AdminToken, Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::keys::KeyRing;
 use crate::registry::{Registry, ToolEntry};
+use crate::revocation::Revocations;
 use crate::store::{self, Store, StoreError};
-use crate::verify::{NoRevocations, Verifier};
+use crate::verify::Verifier;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -23,11 +24,15 @@ pub struct App {
     /// Tool lists may be read without the admin token (dev, or a loopback listener).
     pub open_reads: bool,
     pub trusted_issuers: Vec<TrustedIssuer>,
+    pub transmitters: Vec<Transmitter>,
+    /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
+    pub revocation_ttl: Option<i64>,
     pub unit_id: String,
     pub clock: Arc<dyn Clock>,
     pub store: Store,
     pub keys: Arc<KeyRing>,
     pub registry: Arc<RwLock<Registry>>,
+    pub revocations: Arc<Revocations>,
     pub verifier: Verifier,
 }
 
@@ -67,12 +72,13 @@ impl App {
             })
         })?;
         let registry = Arc::new(RwLock::new(Registry::from_entries(tools)));
+        let revocations = Arc::new(Revocations::load(&store, now)?);
         let verifier = Verifier::new(
             issuer.clone(),
             config.leeway,
             keys.clone(),
             registry.clone(),
-            Arc::new(NoRevocations),
+            revocations.clone(),
         );
         let app = App {
             dev: config.dev,
@@ -83,11 +89,14 @@ impl App {
             admin_token: config.admin_token.clone(),
             open_reads: config.dev || bound.ip().is_loopback(),
             trusted_issuers: config.trusted_issuers.clone(),
+            transmitters: config.transmitters.clone(),
+            revocation_ttl: config.revocation_ttl,
             unit_id,
             clock,
             store,
             keys,
             registry,
+            revocations,
             verifier,
         };
         Ok((app, db_thread))

@@ -23,6 +23,124 @@ enum Command {
     Tool(ToolCmd),
     Token(TokenCmd),
     Verify(VerifyCmd),
+    Revoke(RevokeCmd),
+    Revocations(RevocationsCmd),
+}
+
+/// Revoke a subject, one token or a tool at once (the operator's signal).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+struct RevokeCmd {
+    #[argh(subcommand)]
+    what: RevokeWhat,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum RevokeWhat {
+    Subject(RevokeSubject),
+    Token(RevokeToken),
+    Tool(RevokeTool),
+}
+
+/// Revoke a subject: every token for it is refused and it cannot exchange.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "subject")]
+struct RevokeSubject {
+    /// the subject: a URI (wimse://…, spiffe://…), an email, an opaque id, or a sub with --issuer
+    #[argh(positional)]
+    value: String,
+    /// uri (default), email, iss_sub or opaque
+    #[argh(option, default = "String::from(\"uri\")")]
+    format: String,
+    /// the issuer, for --format iss_sub
+    #[argh(option)]
+    issuer: Option<String>,
+    #[argh(option, description = "why (recorded)")]
+    reason: Option<String>,
+    #[argh(option, description = "lift automatically after this many seconds")]
+    expires_in: Option<i64>,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Revoke one token by its jti.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "token")]
+struct RevokeToken {
+    /// the token's jti
+    #[argh(positional)]
+    jti: String,
+    #[argh(option, description = "why (recorded)")]
+    reason: Option<String>,
+    #[argh(option, description = "lift automatically after this many seconds")]
+    expires_in: Option<i64>,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Revoke a tool: every call to it is refused until lifted.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tool")]
+struct RevokeTool {
+    /// the tool_id
+    #[argh(positional)]
+    tool_id: String,
+    #[argh(option, description = "why (recorded)")]
+    reason: Option<String>,
+    #[argh(option, description = "lift automatically after this many seconds")]
+    expires_in: Option<i64>,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// List active revocations, or lift one with --lift ID.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revocations")]
+struct RevocationsCmd {
+    /// lift (delete) the revocation with this id
+    #[argh(option)]
+    lift: Option<i64>,
+    /// list entries with an id greater than this (paging)
+    #[argh(option, default = "0")]
+    after: i64,
+    /// at most this many entries (default 100)
+    #[argh(option, default = "100")]
+    limit: i64,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Run the daemon (REST API, signing key, SQLite database).
@@ -267,7 +385,44 @@ async fn run(command: Command) -> ExitCode {
             TokenAction::Exchange(x) => token_exchange(x).await,
         },
         Command::Verify(v) => verify(v).await,
+        Command::Revoke(r) => revoke(r.what).await,
+        Command::Revocations(r) => {
+            let (after, limit, lift) = (r.after, r.limit, r.lift);
+            finish(client(r.url, r.admin_token_file), |c| async move {
+                match lift {
+                    Some(id) => c.lift_revocation(id).await,
+                    None => c.revocations(after, limit).await,
+                }
+            })
+            .await
+        }
     }
+}
+
+async fn revoke(what: RevokeWhat) -> ExitCode {
+    let (body, url, token_file) = match what {
+        RevokeWhat::Subject(s) => (
+            json!({"kind": "subject", "format": s.format, "value": s.value, "issuer": s.issuer,
+                   "reason": s.reason, "expires_in": s.expires_in}),
+            s.url,
+            s.admin_token_file,
+        ),
+        RevokeWhat::Token(t) => (
+            json!({"kind": "token", "value": t.jti, "reason": t.reason, "expires_in": t.expires_in}),
+            t.url,
+            t.admin_token_file,
+        ),
+        RevokeWhat::Tool(t) => (
+            json!({"kind": "tool", "value": t.tool_id, "reason": t.reason, "expires_in": t.expires_in}),
+            t.url,
+            t.admin_token_file,
+        ),
+    };
+    finish(
+        client(url, token_file),
+        |c| async move { c.revoke(&body).await },
+    )
+    .await
 }
 
 async fn serve(s: ServeCmd) -> ExitCode {
@@ -356,7 +511,7 @@ where
         Ok(p) => call(p).await,
         Err(e) => Err(e),
     };
-    report(result, |v| println!("{}", pretty(&v)))
+    report(result, |v| say(&pretty(&v)))
 }
 
 fn report(result: Result<Value, ClientError>, ok: impl FnOnce(Value)) -> ExitCode {
@@ -367,7 +522,7 @@ fn report(result: Result<Value, ClientError>, ok: impl FnOnce(Value)) -> ExitCod
         }
         Err(ClientError::Api { status, body }) => {
             eprintln!("toolgate: HTTP {}", status.as_u16());
-            println!("{}", pretty(&body));
+            say(&pretty(&body));
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -375,6 +530,12 @@ fn report(result: Result<Value, ClientError>, ok: impl FnOnce(Value)) -> ExitCod
             ExitCode::from(2)
         }
     }
+}
+
+/// Print a line; a closed pipe (`| head`) is not an error worth a panic.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn pretty(v: &Value) -> String {
@@ -433,14 +594,12 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
     let json_out = x.json;
     report(result, |v| {
         if json_out {
-            println!("{}", pretty(&v));
+            say(&pretty(&v));
         } else {
-            println!(
-                "{}",
-                v.get("access_token")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-            );
+            say(v
+                .get("access_token")
+                .and_then(Value::as_str)
+                .unwrap_or_default());
         }
     })
 }

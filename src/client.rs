@@ -197,6 +197,27 @@ impl Client {
             .await
     }
 
+    /// An operator revocation (`POST /v1/signals/revocations`): `kind` is subject, token or tool.
+    pub async fn revoke(&self, revocation: &Value) -> Result<Value, ClientError> {
+        self.json_call(Method::POST, "/v1/signals/revocations", Some(revocation))
+            .await
+    }
+
+    /// One page of active revocations.
+    pub async fn revocations(&self, after: i64, limit: i64) -> Result<Value, ClientError> {
+        let path = format!("/v1/signals/revocations?after={after}&limit={limit}");
+        self.json_call(Method::GET, &path, None).await
+    }
+
+    pub async fn lift_revocation(&self, id: i64) -> Result<Value, ClientError> {
+        self.json_call(
+            Method::DELETE,
+            &format!("/v1/signals/revocations/{id}"),
+            None,
+        )
+        .await
+    }
+
     pub async fn health(&self) -> Result<Value, ClientError> {
         self.json_call(Method::GET, "/v1/sys/health", None).await
     }

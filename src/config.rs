@@ -95,6 +95,8 @@ pub struct Config {
     pub leeway: i64,
     pub trusted_issuers: Vec<TrustedIssuer>,
     pub transmitters: Vec<Transmitter>,
+    /// Expiry for revocations whose signal names none (`None`: until lifted).
+    pub revocation_ttl: Option<i64>,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -119,6 +121,7 @@ struct FileConfig {
     issuer: Option<String>,
     trust_domain: Option<String>,
     token_ttl_seconds: Option<i64>,
+    revocation_ttl_seconds: Option<i64>,
     #[serde(default)]
     trusted_issuers: Vec<FileTrustedIssuer>,
     #[serde(default)]
@@ -155,6 +158,7 @@ impl Config {
             leeway: 60,
             trusted_issuers: Vec::new(),
             transmitters: Vec::new(),
+            revocation_ttl: None,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -236,6 +240,12 @@ impl Config {
                 )));
             }
             self.token_ttl = ttl;
+        }
+        if let Some(ttl) = file.revocation_ttl_seconds {
+            if ttl < 1 {
+                return Err(err("revocation_ttl_seconds must be positive"));
+            }
+            self.revocation_ttl = Some(ttl);
         }
         for t in file.trusted_issuers {
             validate_trust_domain(&t.trust_domain)?;

@@ -6,6 +6,7 @@ use crate::claims::{self, Audience};
 use crate::config::TrustedIssuer;
 use crate::jose::{self, b64, json};
 use crate::resource;
+use crate::revocation::Identity;
 use crate::verify::{self, Denial, TimeClaims};
 use serde_json::{json, Map, Value};
 
@@ -65,6 +66,9 @@ struct Subject {
     blast_radius: Option<String>,
     exp: Option<i64>,
     jti: Option<String>,
+    /// The upstream identity (`iss`, `sub`, `email`), carried into minted tokens as `src` so
+    /// that a revocation naming it reaches tokens already minted.
+    source: Map<String, Value>,
     /// A toolgate agent token: may be exchanged for tool tokens only.
     is_agent_token: bool,
 }
@@ -103,12 +107,13 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
             "an agent token cannot be exchanged for another agent token",
         ));
     }
-    match app.verifier.revocations.is_revoked(
-        &subject.id,
-        subject.jti.as_deref().unwrap_or(""),
-        "",
-        now,
-    ) {
+    let identity = Identity {
+        subject: &subject.id,
+        issuer: &app.issuer,
+        jti: subject.jti.as_deref().unwrap_or(""),
+        source: Some(&subject.source),
+    };
+    match app.verifier.revocations.is_revoked(&identity, None, now) {
         Ok(false) => {}
         Ok(true) => return Err(AccessDenied("subject is revoked")),
         Err(_) => return Err(Unavailable("revocation status is unavailable")),
@@ -150,6 +155,9 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
     }
     if let Some(b) = &subject.blast_radius {
         claims.insert("blast_radius".into(), json!(b));
+    }
+    if !subject.source.is_empty() {
+        claims.insert("src".into(), Value::Object(subject.source.clone()));
     }
     let access_token =
         jose::jws::encode_signed(app.keys.active(), &claims).map_err(|_| Internal)?;
@@ -300,6 +308,12 @@ fn agent_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeEr
         blast_radius: claims.blast_radius.clone(),
         exp: Some(claims.times.exp),
         jti: Some(claims.jti.clone()),
+        source: claims
+            .raw
+            .get("src")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
         is_agent_token: true,
     })
 }
@@ -412,6 +426,13 @@ fn subject_from(
             .ok()
             .flatten()
             .map(str::to_string),
+        source: ["iss", "sub", "email"]
+            .iter()
+            .filter_map(|k| {
+                let v = claims::string(claims, k).ok().flatten()?;
+                (!v.is_empty() && v.len() <= MAX_SUBJECT_PART).then(|| (k.to_string(), json!(v)))
+            })
+            .collect(),
         is_agent_token: false,
     })
 }

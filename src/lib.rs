@@ -20,7 +20,9 @@ pub mod jose;
 pub mod keys;
 pub mod registry;
 pub mod resource;
+pub mod revocation;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod verify;
 

@@ -76,6 +76,7 @@ pub async fn start(
         .map_err(|_| ServeError::Join)?
         .map_err(ServeError::Store)?;
     let app = Arc::new(app);
+    let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let signal = async move {
@@ -84,7 +85,10 @@ pub async fn start(
                 _ = stop_rx => {}
             }
         };
-        if !serve(listener, app, &config, signal).await {
+        let finished = serve(listener, app, &config, signal).await;
+        pruner.abort();
+        let _ = pruner.await;
+        if !finished {
             // Stragglers still hold the database handle; committed writes are already durable.
             return Ok(());
         }
@@ -151,6 +155,23 @@ async fn serve(
         () = tokio::time::sleep(config.shutdown_grace) => {
             crate::warn!("shutdown: some connections did not finish in time");
             false
+        }
+    }
+}
+
+/// Forget expired revocations (and old SET ids) once a minute, for as long as the app lives.
+async fn prune_revocations(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        let now = app.now();
+        let horizon = now - crate::http::MAX_SET_AGE - app.leeway;
+        match app.revocations.prune(now, horizon).await {
+            Ok(0) => {}
+            Ok(n) => crate::info!("pruned {n} expired revocations"),
+            Err(e) => crate::warn!("pruning revocations failed: {e}"),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The verify pipeline: one ordered list of checks, first failure wins, shared by every entry
 //! point (the REST endpoint, exchange's own-token path, and in-process callers).
 
+use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::jose::{self, Header, JoseError, Jwk};
 use crate::keys::KeyRing;
 use crate::registry::{Registry, ToolEntry};
-use crate::{blast, store::StoreError};
+use crate::revocation::{Identity, Revocations};
 use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::sync::{Arc, RwLock};
 /// Longest clock skew any deployment may configure.
 pub const MAX_LEEWAY: i64 = 60;
 /// Tokens whose signatures are remembered; the cache is emptied when full.
-const CACHE_CAPACITY: usize = 65_536;
+const CACHE_CAPACITY: usize = 4096;
 
 /// The name of the check that denied, as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -182,6 +183,16 @@ pub struct TokenClaims {
 }
 
 impl TokenClaims {
+    /// The names revocations may use for this token: subject, issuer, `jti`, upstream source.
+    pub fn identity(&self) -> Identity<'_> {
+        Identity {
+            subject: &self.sub,
+            issuer: self.iss.as_deref().unwrap_or(""),
+            jti: &self.jti,
+            source: self.raw.get("src").and_then(Value::as_object),
+        }
+    }
+
     fn read(raw: Map<String, Value>) -> Result<Self, Denial> {
         let times = TimeClaims::read(&raw)?;
         let iss = claims::string(&raw, "iss")?.map(str::to_string);
@@ -206,27 +217,6 @@ impl TokenClaims {
             caps,
             blast_radius,
         })
-    }
-}
-
-/// Revocation status (check 10). `Err` means the status is unknown, which denies.
-pub trait Revocations: Send + Sync {
-    fn is_revoked(
-        &self,
-        subject: &str,
-        jti: &str,
-        tool_id: &str,
-        now: i64,
-    ) -> Result<bool, StoreError>;
-}
-
-/// No revocation source configured: nothing is revoked.
-#[derive(Debug, Default)]
-pub struct NoRevocations;
-
-impl Revocations for NoRevocations {
-    fn is_revoked(&self, _: &str, _: &str, _: &str, _: i64) -> Result<bool, StoreError> {
-        Ok(false)
     }
 }
 
@@ -284,7 +274,7 @@ pub struct Verifier {
     pub leeway: i64,
     pub keys: Arc<KeyRing>,
     pub registry: Arc<RwLock<Registry>>,
-    pub revocations: Arc<dyn Revocations>,
+    pub revocations: Arc<Revocations>,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
 }
 
@@ -302,7 +292,7 @@ impl Verifier {
         leeway: i64,
         keys: Arc<KeyRing>,
         registry: Arc<RwLock<Registry>>,
-        revocations: Arc<dyn Revocations>,
+        revocations: Arc<Revocations>,
     ) -> Self {
         Self {
             issuer,
@@ -406,7 +396,7 @@ impl Verifier {
         // 10. revocation, fail closed
         match self
             .revocations
-            .is_revoked(&claims.sub, &claims.jti, &tool.tool_id, now)
+            .is_revoked(&claims.identity(), Some(&tool.tool_id), now)
         {
             Ok(false) => {}
             Ok(true) => return Err(deny(Check::Revocation, "token, subject or tool is revoked")),

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub description: Cow<'static, str>,
     pub check: Option<&'static str>,
     pub allow: Option<&'static str>,
+    /// Also carry RFC 8935's `err` / `description` members (SET push responses).
+    pub rfc8935: bool,
 }
 
 impl ApiError {
@@ -30,6 +32,7 @@ impl ApiError {
             description: description.into(),
             check: None,
             allow: None,
+            rfc8935: false,
         }
     }
 
@@ -78,8 +81,14 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let mut body = json!({"error": self.code, "error_description": self.description});
-        if let (Some(check), Some(obj)) = (self.check, body.as_object_mut()) {
-            obj.insert("check".into(), json!(check));
+        if let Some(obj) = body.as_object_mut() {
+            if let Some(check) = self.check {
+                obj.insert("check".into(), json!(check));
+            }
+            if self.rfc8935 {
+                obj.insert("err".into(), json!(self.code));
+                obj.insert("description".into(), json!(self.description));
+            }
         }
         let mut resp = json_response(self.status, &body);
         if let Some(allow) = self.allow {

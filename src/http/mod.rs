@@ -4,8 +4,12 @@
 pub mod body;
 mod discovery;
 pub mod error;
+mod signals;
 mod tokens;
 mod tools;
+
+pub use signals::MAX_SET_AGE;
+use tokens::media_type;
 
 use crate::app::App;
 use error::ApiError;
@@ -85,6 +89,27 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Response> {
             Method::DELETE => tools::deregister(app, &req, tool_id).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
         },
+        ["v1", "signals", "events"] => match method {
+            Method::POST => signals::receive(app, req).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "signals", "revocations"] => match method {
+            Method::GET | Method::HEAD => signals::list(app, req).await,
+            Method::POST => signals::create(app, req).await,
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
+        },
+        ["v1", "signals", "revocations", id] => match method {
+            Method::DELETE => signals::lift(app, &req, id).await,
+            _ => Err(ApiError::method_not_allowed("DELETE")),
+        },
+        ["v1", "federation", "revocation-hash"] => {
+            get_only(&method)?;
+            signals::hash(app, &req)
+        }
+        ["v1", "federation", "revocation-export"] => {
+            get_only(&method)?;
+            signals::export(app, req).await
+        }
         _ => Err(ApiError::not_found()),
     }
 }

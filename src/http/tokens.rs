@@ -21,7 +21,7 @@ const FIELDS: [&str; 8] = [
     "actor_token_type",
 ];
 
-fn media_type(headers: &HeaderMap) -> String {
+pub(super) fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

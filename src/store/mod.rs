@@ -3,6 +3,7 @@
 
 pub mod keys;
 pub mod meta;
+pub mod revocations;
 pub mod tools;
 
 use rusqlite::Connection;
@@ -14,7 +15,8 @@ use std::thread::JoinHandle;
 /// The schema, applied to a new database.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
-pub const SCHEMA_VERSION: i64 = 1;
+/// 1: meta, signing_keys, tools. 2: revocations, signal_events.
+pub const SCHEMA_VERSION: i64 = 2;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -161,13 +163,15 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))
 }
 
-/// Bring the schema up to `SCHEMA_VERSION` (the ladder has one rung so far).
+/// Bring the schema up to `SCHEMA_VERSION`. Every change so far only adds tables, and
+/// `schema.sql` creates only what is missing, so each rung re-applies it; a rung that alters
+/// a table will add its own statements here.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version));
     }
-    if version < 1 {
+    if version < SCHEMA_VERSION {
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

@@ -1,0 +1,265 @@
+//! `/v1/signals/*` (SET push and the operator's revocation list) and `/v1/federation/*`.
+
+use super::body::{self, form_pairs, opt_string};
+use super::error::ApiError;
+use super::{json_response, require_admin, require_reader, Response, Result};
+use crate::app::App;
+use crate::registry::valid_id;
+use crate::revocation::{row_json, Action, Applied, Format, Target};
+use crate::signals::{self, Policy, SignalError};
+use crate::store::revocations::{self as rows, NewRevocation};
+use http::{header, Request, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+/// Oldest `iat` a pushed SET may carry, and how long its `jti` is remembered.
+pub const MAX_SET_AGE: i64 = 3600;
+const DEFAULT_PAGE: i64 = 1000;
+const MAX_PAGE: i64 = 10_000;
+
+fn policy(app: &App, now: i64) -> Policy<'_> {
+    Policy {
+        audience: &app.issuer,
+        transmitters: &app.transmitters,
+        now,
+        leeway: app.leeway,
+        max_age: MAX_SET_AGE,
+        default_ttl: app.revocation_ttl,
+    }
+}
+
+impl From<SignalError> for ApiError {
+    fn from(e: SignalError) -> Self {
+        ApiError {
+            rfc8935: true,
+            ..ApiError::new(StatusCode::BAD_REQUEST, e.code, e.description)
+        }
+    }
+}
+
+/// `POST /v1/signals/events`: a SET pushed per RFC 8935. 202 once applied durably (or
+/// recognised as a replay); nothing is applied when any part is refused.
+pub async fn receive(app: &App, req: Request<Incoming>) -> Result<Response> {
+    let (parts, incoming) = req.into_parts();
+    let media = super::media_type(&parts.headers);
+    let bytes = body::read(&parts.headers, incoming).await?;
+    let now = app.now();
+    let policy = policy(app, now);
+    let signal = match media.as_str() {
+        "application/secevent+jwt" => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| SignalError {
+                code: "invalid_request",
+                description: "SET is not UTF-8",
+            })?;
+            signals::verify_signed(text.trim(), &policy)?
+        }
+        "application/json" | "" if app.dev => {
+            signals::read_unsigned(&body::json_object(&bytes)?, &policy)?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                if app.dev {
+                    "Content-Type must be application/secevent+jwt or application/json"
+                } else {
+                    "Content-Type must be application/secevent+jwt"
+                },
+            ))
+        }
+    };
+    let event = Some((signal.issuer.clone(), signal.jti.clone()));
+    match app.revocations.apply(event, signal.actions, now).await {
+        Ok(Applied::Applied) => {
+            crate::info!(
+                "signal {} from {} applied: {}",
+                signal.jti,
+                signal.issuer,
+                signal.event_types.join(", ")
+            );
+        }
+        Ok(Applied::Replay) => {
+            crate::info!(
+                "signal {} from {} is a replay: acknowledged, not applied",
+                signal.jti,
+                signal.issuer
+            );
+        }
+        Err(e) => {
+            crate::error!(
+                "signal {} from {} not stored: {e}",
+                signal.jti,
+                signal.issuer
+            );
+            return Err(ApiError::unavailable(
+                "the signal could not be stored; revocations in it are enforced, retry to make them durable",
+            ));
+        }
+    }
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"status": "accepted"}),
+    ))
+}
+
+fn query_i64(req: &Request<Incoming>, name: &str, default: i64) -> Result<i64> {
+    let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    match body::single(&pairs, name) {
+        Ok(None) => Ok(default),
+        Ok(Some(v)) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::invalid_request(format!("{name} must be a non-negative integer"))
+        }),
+        Err(_) => Err(ApiError::invalid_request(format!(
+            "query parameter {name} is repeated"
+        ))),
+    }
+}
+
+/// One page of unexpired revocations, `?after=<id>&limit=<n>`.
+async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<i64>)> {
+    let after = query_i64(req, "after", 0)?;
+    let limit = query_i64(req, "limit", DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
+    let now = app.now();
+    let mut found = app
+        .store
+        .call(move |c| rows::page(c, now, after, limit + 1))
+        .await?;
+    let more = found.len() as i64 > limit;
+    found.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = if more {
+        found.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok((found.iter().map(row_json).collect(), next))
+}
+
+/// `GET /v1/signals/revocations` (admin).
+pub async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let (entries, next) = page(app, &req).await?;
+    let active = app.revocations.active(app.now())?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"revocations": entries, "count": entries.len(), "active": active, "next_after": next}),
+    ))
+}
+
+/// `POST /v1/signals/revocations` (admin): an operator's revocation, the same as a signal's.
+pub async fn create(app: &App, req: Request<Incoming>) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read(&parts.headers, incoming).await?;
+    let obj = body::json_object(&bytes)?;
+    let kind = opt_string(&obj, "kind")?.unwrap_or_default();
+    let value = opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.len() <= 1024);
+    let value = value
+        .ok_or_else(|| ApiError::invalid_request("value is required (at most 1024 characters)"))?;
+    let format = match (kind.as_str(), opt_string(&obj, "format")?.as_deref()) {
+        ("subject", None | Some("uri")) => Format::Uri,
+        ("subject", Some("email")) => Format::Email,
+        ("subject", Some("iss_sub")) => Format::IssSub,
+        ("subject", Some("opaque")) => Format::Opaque,
+        ("token", None | Some("jti")) => Format::Jti,
+        ("tool", None | Some("tool")) => Format::Tool,
+        _ => {
+            return Err(ApiError::invalid_request(
+                "kind must be subject (format uri, email, iss_sub or opaque), token or tool",
+            ))
+        }
+    };
+    if format == Format::Tool && !valid_id(&value) {
+        return Err(ApiError::invalid_request("value must be a valid tool_id"));
+    }
+    let issuer = opt_string(&obj, "issuer")?.unwrap_or_default();
+    if (format == Format::IssSub) == issuer.is_empty() {
+        return Err(ApiError::invalid_request(
+            "issuer is required for iss_sub and only for it",
+        ));
+    }
+    let expires_at = match obj.get("expires_in") {
+        None | Some(Value::Null) => app.revocation_ttl.map(|t| app.now().saturating_add(t)),
+        Some(v) => match v.as_i64().filter(|n| *n > 0) {
+            Some(n) => Some(app.now().saturating_add(n)),
+            None => {
+                return Err(ApiError::invalid_request(
+                    "expires_in must be a positive integer",
+                ))
+            }
+        },
+    };
+    let value = if format == Format::Email {
+        value.to_ascii_lowercase()
+    } else {
+        value
+    };
+    let reason = opt_string(&obj, "reason")?.unwrap_or_else(|| "operator".into());
+    let target = Target::new(format, &issuer, &value);
+    let action = Action::Revoke(NewRevocation {
+        target: target.clone(),
+        reason: reason.chars().take(256).collect(),
+        event_type: String::new(),
+        event_jti: String::new(),
+        source: "admin".into(),
+        expires_at,
+    });
+    app.revocations.apply(None, vec![action], app.now()).await?;
+    crate::info!("operator revoked {} {}", format.kind(), format.name());
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"status": "revoked", "kind": format.kind(), "format": format.name(), "value": value,
+                "key": format!("{:032x}", target.key())}),
+    ))
+}
+
+/// `DELETE /v1/signals/revocations/{id}` (admin): lift one revocation.
+pub async fn lift(app: &App, req: &Request<Incoming>, id: &str) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::invalid_request("revocation id must be a positive integer"))?;
+    let row = app.revocations.lift_by_id(id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "revocation_not_found",
+            "no revocation with this id",
+        )
+    })?;
+    crate::info!("operator lifted revocation {id}");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"status": "lifted", "revocation": row_json(&row)}),
+    ))
+}
+
+/// `GET /v1/federation/revocation-hash`: the digest of the unexpired set.
+pub fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
+    require_reader(app, req.headers())?;
+    let now = app.now();
+    let (digest, count) = app.revocations.digest(now)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"hash": digest, "algorithm": "xor-sha256-128", "count": count,
+                "generated_at": crate::clock::rfc3339(now), "unit_id": app.unit_id}),
+    ))
+}
+
+/// `GET /v1/federation/revocation-export`: the unexpired set, paged, with the digest of all.
+pub async fn export(app: &App, req: Request<Incoming>) -> Result<Response> {
+    require_reader(app, req.headers())?;
+    let now = app.now();
+    let (digest, count) = app.revocations.digest(now)?;
+    let (entries, next) = page(app, &req).await?;
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({"revocations": entries, "hash": digest, "algorithm": "xor-sha256-128",
+                "count": count, "generated_at": crate::clock::rfc3339(now), "next_after": next}),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}

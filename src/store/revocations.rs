@@ -1,0 +1,157 @@
+//! The `revocations` and `signal_events` tables.
+
+use super::StoreError;
+use crate::revocation::{Action, Applied, Format, Target};
+use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
+
+const UPSERT: &str =
+    "INSERT INTO revocations (format, issuer, value, reason, event_type, event_jti, \
+     source, revoked_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+     ON CONFLICT (format, issuer, value) DO UPDATE SET reason = excluded.reason, \
+     event_type = excluded.event_type, event_jti = excluded.event_jti, source = excluded.source, \
+     revoked_at = excluded.revoked_at, expires_at = excluded.expires_at";
+const DELETE_TARGET: &str =
+    "DELETE FROM revocations WHERE format = ?1 AND issuer = ?2 AND value = ?3";
+const DELETE_ID: &str =
+    "DELETE FROM revocations WHERE id = ?1 RETURNING id, format, issuer, value, \
+     reason, event_type, event_jti, source, revoked_at, expires_at";
+const SELECT_LIVE_KEYS: &str = "SELECT format, issuer, value, expires_at FROM revocations \
+     WHERE expires_at IS NULL OR expires_at > ?1";
+const SELECT_PAGE: &str = "SELECT id, format, issuer, value, reason, event_type, event_jti, source, \
+     revoked_at, expires_at FROM revocations WHERE (expires_at IS NULL OR expires_at > ?1) AND id > ?2 \
+     ORDER BY id LIMIT ?3";
+const INSERT_EVENT: &str =
+    "INSERT INTO signal_events (issuer, jti, received_at) VALUES (?1, ?2, ?3)";
+const SEEN_EVENT: &str = "SELECT 1 FROM signal_events WHERE issuer = ?1 AND jti = ?2";
+const PRUNE: &str = "DELETE FROM revocations WHERE expires_at IS NOT NULL AND expires_at <= ?1";
+const PRUNE_EVENTS: &str = "DELETE FROM signal_events WHERE received_at < ?1";
+
+/// A revocation to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevocation {
+    pub target: Target,
+    pub reason: String,
+    pub event_type: String,
+    pub event_jti: String,
+    /// Who asked: a transmitter's issuer, `admin`, or `dev`.
+    pub source: String,
+    pub expires_at: Option<i64>,
+}
+
+/// A stored revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub target: Target,
+    pub reason: String,
+    pub event_type: String,
+    pub event_jti: String,
+    pub source: String,
+    pub revoked_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+fn format_of(s: &str) -> rusqlite::Result<Format> {
+    Format::from_name(s).ok_or_else(|| {
+        rusqlite::Error::InvalidColumnType(1, "format".into(), rusqlite::types::Type::Text)
+    })
+}
+
+fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        id: r.get(0)?,
+        target: Target {
+            format: format_of(&r.get::<_, String>(1)?)?,
+            issuer: r.get(2)?,
+            value: r.get(3)?,
+        },
+        reason: r.get(4)?,
+        event_type: r.get(5)?,
+        event_jti: r.get(6)?,
+        source: r.get(7)?,
+        revoked_at: r.get(8)?,
+        expires_at: r.get(9)?,
+    })
+}
+
+/// Visit every unexpired revocation's name (start-up load).
+pub fn for_each_live(
+    conn: &Connection,
+    now: i64,
+    mut f: impl FnMut(Format, &str, &str, Option<i64>),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(SELECT_LIVE_KEYS)?;
+    let mut rows = stmt.query(params![now])?;
+    while let Some(r) = rows.next()? {
+        let format = format_of(r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?)?;
+        let issuer = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        let value = r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+        f(format, issuer, value, r.get(3)?);
+    }
+    Ok(())
+}
+
+/// Apply a batch in one transaction: nothing is half-applied.
+pub fn apply(
+    conn: &mut Connection,
+    event: Option<&(String, String)>,
+    actions: &[Action],
+    now: i64,
+) -> Result<Applied, StoreError> {
+    let tx = conn.transaction()?;
+    if let Some((issuer, jti)) = event {
+        if tx
+            .query_row(SEEN_EVENT, params![issuer, jti], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
+            return Ok(Applied::Replay);
+        }
+        tx.execute(INSERT_EVENT, params![issuer, jti, now])?;
+    }
+    for action in actions {
+        match action {
+            Action::Revoke(r) => {
+                tx.execute(
+                    UPSERT,
+                    params![
+                        r.target.format.name(),
+                        r.target.issuer,
+                        r.target.value,
+                        r.reason,
+                        r.event_type,
+                        r.event_jti,
+                        r.source,
+                        now,
+                        r.expires_at
+                    ],
+                )?;
+            }
+            Action::Lift(t) => {
+                tx.execute(DELETE_TARGET, params![t.format.name(), t.issuer, t.value])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(Applied::Applied)
+}
+
+pub fn delete(conn: &Connection, id: i64) -> Result<Option<Row>, StoreError> {
+    Ok(conn.query_row(DELETE_ID, params![id], row).optional()?)
+}
+
+/// Unexpired revocations with `id > after`, in id order, at most `limit`.
+pub fn page(conn: &Connection, now: i64, after: i64, limit: i64) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare_cached(SELECT_PAGE)?;
+    let rows = stmt.query_map(params![now, after, limit], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Delete expired revocations and SET ids older than `event_horizon`.
+pub fn prune(conn: &mut Connection, now: i64, event_horizon: i64) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let n = tx.execute(PRUNE, params![now])?;
+    tx.execute(PRUNE_EVENTS, params![event_horizon])?;
+    tx.commit()?;
+    Ok(n)
+}

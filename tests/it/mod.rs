@@ -6,5 +6,6 @@ mod discovery;
 mod exchange;
 mod interop;
 mod production;
+mod signals;
 mod tools;
 mod verify;

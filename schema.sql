@@ -62,3 +62,30 @@ CREATE TABLE IF NOT EXISTS signal_events (
     received_at INTEGER NOT NULL,
     PRIMARY KEY (issuer, jti)
 ) STRICT;
+
+-- The audit log: every decision and every change, hash-chained. Each row's hash covers the
+-- previous row's hash and all of its own fields; audit_head records the last (seq, hash) so
+-- that deleting rows from the tail shows. Tokens are never stored: only their jti.
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq        INTEGER PRIMARY KEY,
+    ts_ms      INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    subject    TEXT NOT NULL DEFAULT '',
+    target     TEXT NOT NULL DEFAULT '',
+    decision   TEXT NOT NULL,
+    check_name TEXT NOT NULL DEFAULT '',
+    reason     TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT '',
+    jti        TEXT NOT NULL DEFAULT '',
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS audit_by_target ON audit_log (target, seq);
+CREATE INDEX IF NOT EXISTS audit_by_subject ON audit_log (subject, seq);
+
+CREATE TABLE IF NOT EXISTS audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+) STRICT;

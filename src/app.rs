@@ -1,11 +1,15 @@
 //! The daemon's shared state: configuration resolved against the bound address, the store,
 //! the key ring, the registry index and the verifier — built once, shared by every request.
 
+use crate::audit::{Audit, AuditError};
 use crate::clock::Clock;
 use crate::config::{AdminToken, Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::events::Hub;
 use crate::keys::KeyRing;
+use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocation::Revocations;
+use crate::store::audit::Record;
 use crate::store::{self, Store, StoreError};
 use crate::verify::Verifier;
 use std::net::SocketAddr;
@@ -34,6 +38,15 @@ pub struct App {
     pub registry: Arc<RwLock<Registry>>,
     pub revocations: Arc<Revocations>,
     pub verifier: Verifier,
+    pub audit: Arc<Audit>,
+    pub events: Arc<Hub>,
+    pub metrics: Metrics,
+}
+
+/// The threads behind an `App`, joined at shutdown once the app is gone.
+pub struct Threads {
+    pub db: JoinHandle<()>,
+    pub audit: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for App {
@@ -52,8 +65,9 @@ impl App {
         config: &Config,
         bound: SocketAddr,
         clock: Arc<dyn Clock>,
-    ) -> Result<(App, JoinHandle<()>), StoreError> {
+    ) -> Result<(App, Threads), StoreError> {
         let (store, db_thread) = Store::open(&config.db_path)?;
+        let (audit, audit_thread) = Audit::start(&config.db_path, config.audit)?;
         let now = clock.now();
         let issuer = config
             .issuer
@@ -98,12 +112,76 @@ impl App {
             registry,
             revocations,
             verifier,
+            audit: Arc::new(audit),
+            events: Arc::new(Hub::new()),
+            metrics: Metrics::default(),
         };
-        Ok((app, db_thread))
+        Ok((
+            app,
+            Threads {
+                db: db_thread,
+                audit: audit_thread,
+            },
+        ))
     }
 
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// Wall-clock milliseconds for audit rows (the decision clock stays in seconds).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().saturating_mul(1000)
+    }
+
+    /// Append an audit row and publish the live event. `Err` means the row could not be
+    /// queued: the caller refuses the request (shed load, never drop the record).
+    pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
+        let timestamp = crate::clock::rfc3339(record.ts_ms / 1000);
+        let detail = if record.check.is_empty() {
+            record.reason.clone()
+        } else {
+            format!("{}: {}", record.check, record.reason)
+        };
+        let (subject, target, decision) = (
+            record.subject.clone(),
+            record.target.clone(),
+            record.decision.clone(),
+        );
+        match self.audit.record(record) {
+            Ok(()) => {
+                self.events
+                    .publish(event, &timestamp, &subject, &target, &decision, &detail);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.audit_refused();
+                crate::warn!("audit record refused ({e:?}); refusing the request");
+                Err(e)
+            }
+        }
+    }
+
+    /// Can a state change be audited right now? Checked before changing anything.
+    pub fn audit_ready(&self) -> Result<(), AuditError> {
+        if self.audit.failed() {
+            Err(AuditError::Unavailable)
+        } else if self.audit.depth() >= crate::audit::QUEUE_CAPACITY - 16 {
+            Err(AuditError::Overloaded)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The gauges `/metrics` and the dashboard read.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            tools_registered: self.registry.read().map(|r| r.len()).unwrap_or(0),
+            revocations_active: self.revocations.active(self.now()).unwrap_or(0),
+            audit_queue_depth: self.audit.depth(),
+            audit_rows_written: self.audit.written(),
+            sse_clients: self.events.clients(),
+        }
     }
 
     /// Store a new tool (durable before this returns), then publish it to the index.

@@ -25,6 +25,56 @@ enum Command {
     Verify(VerifyCmd),
     Revoke(RevokeCmd),
     Revocations(RevocationsCmd),
+    Audit(AuditCmd),
+}
+
+/// The audit log: tail it, or verify its hash chain.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "audit")]
+struct AuditCmd {
+    #[argh(subcommand)]
+    action: AuditAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum AuditAction {
+    Tail(AuditTail),
+    Verify(AuditVerify),
+}
+
+/// Show the newest audit rows from a running daemon.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tail")]
+struct AuditTail {
+    /// how many rows (default 20)
+    #[argh(option, default = "20")]
+    limit: i64,
+    /// only this decision (allow, deny, issued, denied, …)
+    #[argh(option)]
+    decision: Option<String>,
+    /// only this tool
+    #[argh(option)]
+    tool_id: Option<String>,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Check the audit log's hash chain in a database file; exit 1 at the first broken row.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "verify")]
+struct AuditVerify {
+    /// the database file (default ./toolgate.db)
+    #[argh(option, default = "PathBuf::from(crate::config::DEFAULT_DB)")]
+    db: PathBuf,
 }
 
 /// Revoke a subject, one token or a tool at once (the operator's signal).
@@ -386,6 +436,53 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Verify(v) => verify(v).await,
         Command::Revoke(r) => revoke(r.what).await,
+        Command::Audit(a) => match a.action {
+            AuditAction::Verify(v) => audit_verify(&v.db),
+            AuditAction::Tail(t) => {
+                let mut path = format!("/v1/audit?limit={}", t.limit.clamp(1, 1000));
+                for (k, v) in [("decision", &t.decision), ("tool_id", &t.tool_id)] {
+                    if let Some(v) = v {
+                        if !crate::registry::valid_id(v) {
+                            return usage(&format!(
+                                "--{} must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+                                k.replace('_', "-")
+                            ));
+                        }
+                        path.push_str(&format!("&{k}={v}"));
+                    }
+                }
+                finish(
+                    client(t.url, t.admin_token_file).map(|c| (c, path)),
+                    |(c, path)| async move {
+                        let (status, body) = c.send(http::Method::GET, &path, None).await?;
+                        if !status.is_success() {
+                            return Err(ClientError::Api { status, body });
+                        }
+                        let mut lines = Vec::new();
+                        let events = body.get("events").and_then(Value::as_array);
+                        for e in events.into_iter().flatten().rev() {
+                            let f = |k: &str| {
+                                e.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+                            };
+                            lines.push(format!(
+                                "{} #{} {:<12} {:<14} {:<10} {} {} {}",
+                                f("time"),
+                                e.get("seq").and_then(Value::as_i64).unwrap_or(0),
+                                f("kind"),
+                                f("decision"),
+                                f("check"),
+                                f("target"),
+                                f("subject"),
+                                f("reason")
+                            ));
+                        }
+                        say(&lines.join("\n"));
+                        Ok(Value::Null)
+                    },
+                )
+                .await
+            }
+        },
         Command::Revocations(r) => {
             let (after, limit, lift) = (r.after, r.limit, r.lift);
             finish(client(r.url, r.admin_token_file), |c| async move {
@@ -477,6 +574,30 @@ async fn serve(s: ServeCmd) -> ExitCode {
     }
 }
 
+/// Walk the chain offline (the daemon may be running: WAL readers see a consistent snapshot).
+fn audit_verify(db: &std::path::Path) -> ExitCode {
+    if !db.exists() {
+        return usage(&format!("no database at {}", db.display()));
+    }
+    let conn =
+        match rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        {
+            Ok(c) => c,
+            Err(e) => return usage(&format!("cannot open {}: {e}", db.display())),
+        };
+    match crate::store::audit::verify_chain(&conn) {
+        Ok(Ok(rows)) => {
+            say(&format!("audit chain intact: {rows} rows"));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(broken)) => {
+            say(&format!("audit chain BROKEN: {broken}"));
+            ExitCode::FAILURE
+        }
+        Err(e) => usage(&format!("cannot read the audit log: {e}")),
+    }
+}
+
 fn usage(msg: &str) -> ExitCode {
     eprintln!("toolgate: {msg}");
     ExitCode::from(2)
@@ -511,7 +632,11 @@ where
         Ok(p) => call(p).await,
         Err(e) => Err(e),
     };
-    report(result, |v| say(&pretty(&v)))
+    report(result, |v| {
+        if !v.is_null() {
+            say(&pretty(&v))
+        }
+    })
 }
 
 fn report(result: Result<Value, ClientError>, ok: impl FnOnce(Value)) -> ExitCode {

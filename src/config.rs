@@ -97,6 +97,8 @@ pub struct Config {
     pub transmitters: Vec<Transmitter>,
     /// Expiry for revocations whose signal names none (`None`: until lifted).
     pub revocation_ttl: Option<i64>,
+    /// Write the audit log (off only for benchmarks measuring its cost).
+    pub audit: bool,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -122,6 +124,7 @@ struct FileConfig {
     trust_domain: Option<String>,
     token_ttl_seconds: Option<i64>,
     revocation_ttl_seconds: Option<i64>,
+    audit: Option<bool>,
     #[serde(default)]
     trusted_issuers: Vec<FileTrustedIssuer>,
     #[serde(default)]
@@ -159,6 +162,7 @@ impl Config {
             trusted_issuers: Vec::new(),
             transmitters: Vec::new(),
             revocation_ttl: None,
+            audit: true,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -240,6 +244,9 @@ impl Config {
                 )));
             }
             self.token_ttl = ttl;
+        }
+        if let Some(audit) = file.audit {
+            self.audit = audit;
         }
         if let Some(ttl) = file.revocation_ttl_seconds {
             if ttl < 1 {

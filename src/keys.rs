@@ -23,7 +23,7 @@ impl KeyRing {
     /// Blocking: call at start-up, off the async workers.
     pub fn load_or_create(store: &Store, now: i64) -> Result<KeyRing, StoreError> {
         store.call_blocking(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut stored = keys::live(&tx, now)?;
             if !stored.first().is_some_and(|k| k.active) {
                 let key = SigningKey::generate()

@@ -8,16 +8,19 @@
 pub mod log;
 
 pub mod app;
+pub mod audit;
 pub mod blast;
 pub mod claims;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod exchange;
 pub mod http;
 pub mod jose;
 pub mod keys;
+pub mod metrics;
 pub mod registry;
 pub mod resource;
 pub mod revocation;

@@ -1,7 +1,7 @@
 //! The accept loop: a cap on concurrent connections, a header read timeout, and graceful
 //! shutdown that lets in-flight requests finish.
 
-use crate::app::App;
+use crate::app::{App, Threads};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::StoreError;
@@ -71,7 +71,7 @@ pub async fn start(
         .map_err(ServeError::Bind)?;
     let addr = listener.local_addr().map_err(ServeError::Bind)?;
     let cfg = config.clone();
-    let (app, db_thread) = tokio::task::spawn_blocking(move || App::open(&cfg, addr, clock))
+    let (app, threads) = tokio::task::spawn_blocking(move || App::open(&cfg, addr, clock))
         .await
         .map_err(|_| ServeError::Join)?
         .map_err(ServeError::Store)?;
@@ -85,18 +85,29 @@ pub async fn start(
                 _ = stop_rx => {}
             }
         };
-        let finished = serve(listener, app, &config, signal).await;
+        let (audit, events) = (app.audit.clone(), app.events.clone());
+        let finished = serve(listener, app, &config, signal, &events).await;
         pruner.abort();
         let _ = pruner.await;
-        if !finished {
+        // No new records: the audit writer drains its queue and ends, even if a straggling
+        // connection still holds the app.
+        audit.close();
+        let Threads {
+            db,
+            audit: audit_thread,
+        } = threads;
+        tokio::task::spawn_blocking(move || {
+            if let Some(t) = audit_thread {
+                t.join().map_err(|_| ServeError::Join)?;
+            }
             // Stragglers still hold the database handle; committed writes are already durable.
-            return Ok(());
-        }
-        // Every request is done and `app` is dropped: the database thread drains and ends.
-        tokio::task::spawn_blocking(move || db_thread.join())
-            .await
-            .map_err(|_| ServeError::Join)?
-            .map_err(|_| ServeError::Join)
+            if finished {
+                db.join().map_err(|_| ServeError::Join)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| ServeError::Join)?
     });
     Ok(Running {
         addr,
@@ -111,6 +122,7 @@ async fn serve(
     app: Arc<App>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
+    events: &crate::events::Hub,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -150,6 +162,8 @@ async fn serve(
     }
     drop(listener);
     drop(app);
+    // Event streams never end by themselves: end them so their connections can finish.
+    events.close();
     tokio::select! {
         () = graceful.shutdown() => true,
         () = tokio::time::sleep(config.shutdown_grace) => {

@@ -229,6 +229,13 @@ pub struct VerifyRequest<'a> {
     pub dpop_proof: Option<&'a str>,
 }
 
+/// A decision with whatever is known of the token.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub claims: Option<Arc<TokenClaims>>,
+    pub result: Result<Allowed, Denial>,
+}
+
 /// An allowed call: the token's claims and the tool they were checked against.
 #[derive(Debug, Clone)]
 pub struct Allowed {
@@ -342,7 +349,34 @@ impl Verifier {
 
     /// The whole pipeline, checks 1–12 in order; the first failure wins.
     pub fn verify(&self, req: &VerifyRequest<'_>, now: i64) -> Result<Allowed, Denial> {
-        let claims = self.check_own_token(req.token, now)?;
+        self.decide(req, now).result
+    }
+
+    /// The pipeline's answer, with the token's claims whenever its signature checked out (so
+    /// that a denial can still be attributed to a subject in the audit log).
+    pub fn decide(&self, req: &VerifyRequest<'_>, now: i64) -> Verdict {
+        match self.check_own_token(req.token, now) {
+            Err(denial) => Verdict {
+                claims: None,
+                result: Err(denial),
+            },
+            Ok(claims) => Verdict {
+                result: self.check_for_tool(&claims, req, now).map(|tool| Allowed {
+                    claims: claims.clone(),
+                    tool,
+                }),
+                claims: Some(claims),
+            },
+        }
+    }
+
+    /// Checks 6–12 for a token that passed 1–5.
+    fn check_for_tool(
+        &self,
+        claims: &Arc<TokenClaims>,
+        req: &VerifyRequest<'_>,
+        now: i64,
+    ) -> Result<Arc<ToolEntry>, Denial> {
         // 6. registration
         let tool = match self.registry.read() {
             Ok(r) => r.get(req.tool_id),
@@ -417,9 +451,9 @@ impl Verifier {
         }
         // 12. execution binding
         if tool.requires_execution {
-            check_execution(&claims, &tool, req.request_body_hash)?;
+            check_execution(claims, &tool, req.request_body_hash)?;
         }
-        Ok(Allowed { claims, tool })
+        Ok(tool)
     }
 }
 

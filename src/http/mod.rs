@@ -4,6 +4,7 @@
 pub mod body;
 mod discovery;
 pub mod error;
+mod observe;
 mod signals;
 mod tokens;
 mod tools;
@@ -12,6 +13,7 @@ pub use signals::MAX_SET_AGE;
 use tokens::media_type;
 
 use crate::app::App;
+use crate::store::audit::Record;
 use error::ApiError;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -40,10 +42,38 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
 
 /// Serve one request: route, run, and add the headers every response carries.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
-    let mut resp = match route(&app, req).await {
+    let rid = request_id();
+    let admin = admin_route(req.method(), req.uri().path());
+    let mut resp = match route(&app, req, &rid).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if let Some(what) = admin {
+        let status = resp.status();
+        let decision = match status.as_u16() {
+            401 => "unauthorized",
+            s if s < 400 => "ok",
+            _ => "refused",
+        };
+        let row = Record {
+            ts_ms: app.now_ms(),
+            kind: "admin".into(),
+            subject: if app.dev {
+                "dev".into()
+            } else {
+                "admin".into()
+            },
+            target: what.into(),
+            decision: decision.into(),
+            check: status.as_u16().to_string(),
+            request_id: rid.clone(),
+            ..Default::default()
+        };
+        if app.record("admin", row).is_err() && status.is_success() {
+            resp = ApiError::unavailable("the audit log is unavailable; the call was refused")
+                .into_response();
+        }
+    }
     let h = resp.headers_mut();
     h.insert(
         "x-content-type-options",
@@ -52,54 +82,126 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        h.insert("x-request-id", v);
+    }
     resp
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Result<Response> {
+/// A request id unique within this process and unlikely to repeat across restarts.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        crate::exchange::random_id()
+            .map(|id| id.chars().take(8).collect())
+            .unwrap_or_else(|| "tg".into())
+    });
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Calls that need the admin token (API.md §0), named for the audit log.
+fn admin_route(method: &Method, path: &str) -> Option<&'static str> {
+    let write = matches!(
+        *method,
+        Method::POST | Method::DELETE | Method::PUT | Method::PATCH
+    );
+    let p = path.trim_end_matches('/');
+    if p == "/v1/mcp/tools" || p == "/v1/tools" || p.starts_with("/v1/tools/") {
+        if p.ends_with("/audit") {
+            return Some("GET /v1/tools/{tool_id}/audit");
+        }
+        return write.then_some("write /v1/tools");
+    }
+    if p == "/v1/signals/revocations" || p.starts_with("/v1/signals/revocations/") {
+        return Some(if write {
+            "write /v1/signals/revocations"
+        } else {
+            "GET /v1/signals/revocations"
+        });
+    }
+    match p {
+        "/v1/audit" => Some("GET /v1/audit"),
+        "/v1/events" => Some("GET /v1/events"),
+        "/v1/stats" => Some("GET /v1/stats"),
+        _ => None,
+    }
+}
+
+/// Clip attacker-supplied text before it reaches the audit log.
+pub(crate) fn clip(s: &str) -> String {
+    s.chars().take(256).collect()
+}
+
+async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
+        [""] => get_only(&method).map(|()| observe::redirect_to_dashboard()),
+        ["dashboard"] => get_only(&method).map(|()| observe::dashboard(app)),
+        ["metrics"] => {
+            get_only(&method)?;
+            observe::metrics(app, &req)
+        }
+        ["v1", "stats"] => {
+            get_only(&method)?;
+            observe::stats(app, &req)
+        }
+        ["v1", "events"] => {
+            get_only(&method)?;
+            observe::events(app, &req)
+        }
+        ["v1", "audit"] => {
+            get_only(&method)?;
+            observe::audit(app, &req, None).await
+        }
+        ["v1", "tools", tool_id, "audit"] => {
+            get_only(&method)?;
+            observe::audit(app, &req, Some(tool_id)).await
+        }
         ["v1", "sys", "health"] => get_only(&method).map(|()| discovery::health(app)),
         [".well-known", "oauth-authorization-server"] => {
             get_only(&method).map(|()| discovery::metadata(app))
         }
         ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
         ["v1", "exchange", "token"] => match method {
-            Method::POST => tokens::exchange(app, req).await,
+            Method::POST => tokens::exchange(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["v1", "mcp", "verify"] => match method {
-            Method::POST => tokens::verify(app, req).await,
+            Method::POST => tokens::verify(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["v1", "mcp", "tools"] => match method {
             Method::GET | Method::HEAD => tools::list(app, &req),
-            Method::POST => tools::register(app, req).await,
-            Method::DELETE => tools::deregister_by_query(app, &req).await,
+            Method::POST => tools::register(app, req, rid).await,
+            Method::DELETE => tools::deregister_by_query(app, &req, rid).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST, DELETE")),
         },
         ["v1", "tools"] => match method {
             Method::GET | Method::HEAD => tools::list(app, &req),
-            Method::POST => tools::register(app, req).await,
+            Method::POST => tools::register(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
         ["v1", "tools", tool_id] => match method {
             Method::GET | Method::HEAD => tools::get(app, &req, tool_id),
-            Method::DELETE => tools::deregister(app, &req, tool_id).await,
+            Method::DELETE => tools::deregister(app, &req, tool_id, rid).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
         },
         ["v1", "signals", "events"] => match method {
-            Method::POST => signals::receive(app, req).await,
+            Method::POST => signals::receive(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["v1", "signals", "revocations"] => match method {
             Method::GET | Method::HEAD => signals::list(app, req).await,
-            Method::POST => signals::create(app, req).await,
+            Method::POST => signals::create(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
         ["v1", "signals", "revocations", id] => match method {
-            Method::DELETE => signals::lift(app, &req, id).await,
+            Method::DELETE => signals::lift(app, &req, id, rid).await,
             _ => Err(ApiError::method_not_allowed("DELETE")),
         },
         ["v1", "federation", "revocation-hash"] => {

@@ -1,12 +1,14 @@
 //! `/v1/signals/*` (SET push and the operator's revocation list) and `/v1/federation/*`.
 
 use super::body::{self, form_pairs, opt_string};
+use super::clip;
 use super::error::ApiError;
 use super::{json_response, require_admin, require_reader, Response, Result};
 use crate::app::App;
 use crate::registry::valid_id;
 use crate::revocation::{row_json, Action, Applied, Format, Target};
 use crate::signals::{self, Policy, SignalError};
+use crate::store::audit::Record;
 use crate::store::revocations::{self as rows, NewRevocation};
 use http::{header, Request, StatusCode};
 use hyper::body::Incoming;
@@ -39,7 +41,28 @@ impl From<SignalError> for ApiError {
 
 /// `POST /v1/signals/events`: a SET pushed per RFC 8935. 202 once applied durably (or
 /// recognised as a replay); nothing is applied when any part is refused.
-pub async fn receive(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    let outcome = receive_inner(app, req, rid).await;
+    if let Err(e) = &outcome {
+        app.metrics.signal_rejected();
+        let row = Record {
+            ts_ms: app.now_ms(),
+            kind: "signal".into(),
+            decision: "refused".into(),
+            check: e.code.into(),
+            reason: e.description.to_string(),
+            request_id: rid.into(),
+            ..Default::default()
+        };
+        let _ = app.record("signal", row);
+    }
+    outcome
+}
+
+async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    app.audit_ready().map_err(|_| {
+        ApiError::unavailable("the audit log is unavailable; the signal was not applied")
+    })?;
     let (parts, incoming) = req.into_parts();
     let media = super::media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -69,7 +92,24 @@ pub async fn receive(app: &App, req: Request<Incoming>) -> Result<Response> {
         }
     };
     let event = Some((signal.issuer.clone(), signal.jti.clone()));
-    match app.revocations.apply(event, signal.actions, now).await {
+    let outcome = app
+        .revocations
+        .apply(event, signal.actions.clone(), now)
+        .await;
+    let decision = match &outcome {
+        Ok(Applied::Applied) => "applied",
+        Ok(Applied::Replay) => "replay",
+        Err(_) => "unstored",
+    };
+    for t in &signal.event_types {
+        if decision == "applied" {
+            app.metrics.signal(t);
+        }
+    }
+    for action in &signal.actions {
+        record_action(app, rid, action, decision, &signal.jti, &signal.issuer);
+    }
+    match outcome {
         Ok(Applied::Applied) => {
             crate::info!(
                 "signal {} from {} applied: {}",
@@ -100,6 +140,33 @@ pub async fn receive(app: &App, req: Request<Incoming>) -> Result<Response> {
         StatusCode::ACCEPTED,
         &json!({"status": "accepted"}),
     ))
+}
+
+/// One audit row (and live event) per revocation or lift.
+fn record_action(
+    app: &App,
+    rid: &str,
+    action: &Action,
+    outcome: &str,
+    event_jti: &str,
+    source: &str,
+) {
+    let (verb, target) = match action {
+        Action::Revoke(r) => ("revoke", &r.target),
+        Action::Lift(t) => ("lift", t),
+    };
+    let row = Record {
+        ts_ms: app.now_ms(),
+        kind: "revocation".into(),
+        subject: clip(&target.value),
+        target: format!("{}:{}", target.format.kind(), target.format.name()),
+        decision: format!("{verb}:{outcome}"),
+        reason: clip(source),
+        request_id: rid.into(),
+        jti: clip(event_jti),
+        ..Default::default()
+    };
+    let _ = app.record("revocation", row);
 }
 
 fn query_i64(req: &Request<Incoming>, name: &str, default: i64) -> Result<i64> {
@@ -146,7 +213,7 @@ pub async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
 }
 
 /// `POST /v1/signals/revocations` (admin): an operator's revocation, the same as a signal's.
-pub async fn create(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -203,7 +270,28 @@ pub async fn create(app: &App, req: Request<Incoming>) -> Result<Response> {
         source: "admin".into(),
         expires_at,
     });
-    app.revocations.apply(None, vec![action], app.now()).await?;
+    app.audit_ready()
+        .map_err(|_| ApiError::unavailable("the audit log is unavailable; nothing was changed"))?;
+    let outcome = app
+        .revocations
+        .apply(None, vec![action.clone()], app.now())
+        .await;
+    record_action(
+        app,
+        rid,
+        &action,
+        if outcome.is_ok() {
+            "applied"
+        } else {
+            "unstored"
+        },
+        "",
+        "admin",
+    );
+    outcome.map_err(|e| {
+        crate::error!("operator revocation not stored: {e}");
+        ApiError::unavailable("the revocation could not be stored; it is enforced until restart, retry to make it durable")
+    })?;
     crate::info!("operator revoked {} {}", format.kind(), format.name());
     Ok(json_response(
         StatusCode::CREATED,
@@ -213,21 +301,39 @@ pub async fn create(app: &App, req: Request<Incoming>) -> Result<Response> {
 }
 
 /// `DELETE /v1/signals/revocations/{id}` (admin): lift one revocation.
-pub async fn lift(app: &App, req: &Request<Incoming>, id: &str) -> Result<Response> {
+pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     let id: i64 = id
         .parse()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::invalid_request("revocation id must be a positive integer"))?;
-    let row = app.revocations.lift_by_id(id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "revocation_not_found",
-            "no revocation with this id",
-        )
-    })?;
+    app.audit_ready()
+        .map_err(|_| ApiError::unavailable("the audit log is unavailable; nothing was changed"))?;
+    let row = app
+        .revocations
+        .lift_by_id(id)
+        .await
+        .map_err(|e| {
+            crate::error!("lift not stored: {e}");
+            ApiError::unavailable("the lift could not be stored; nothing was changed")
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "revocation_not_found",
+                "no revocation with this id",
+            )
+        })?;
     crate::info!("operator lifted revocation {id}");
+    record_action(
+        app,
+        rid,
+        &Action::Lift(row.target.clone()),
+        "applied",
+        "",
+        "admin",
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({"status": "lifted", "revocation": row_json(&row)}),

@@ -1,14 +1,17 @@
 //! `POST /v1/exchange/token` and `POST /v1/mcp/verify`.
 
 use super::body::{self, opt_string};
+use super::clip;
 use super::error::ApiError;
 use super::{json_response, Response, Result};
 use crate::app::App;
 use crate::exchange::{self, ExchangeRequest};
+use crate::store::audit::Record;
 use crate::verify::VerifyRequest;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 const FIELDS: [&str; 8] = [
     "grant_type",
@@ -30,7 +33,8 @@ pub(super) fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-pub async fn exchange(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    let started = Instant::now();
     let (parts, incoming) = req.into_parts();
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -49,13 +53,56 @@ pub async fn exchange(app: &App, req: Request<Incoming>) -> Result<Response> {
             ))
         }
     };
-    let issued = exchange::exchange(app, &request, app.now())?;
-    crate::info!(
-        "exchange: issued jti {} to {} for {}",
-        issued.jti,
-        issued.subject,
-        issued.audience
+    let outcome = exchange::exchange(app, &request, app.now());
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let target = clip(
+        request
+            .audience
+            .as_deref()
+            .or(request.resource.as_deref())
+            .unwrap_or(""),
     );
+    let (row, result) = match &outcome {
+        Ok(issued) => (
+            Record {
+                subject: issued.subject.clone(),
+                target: issued.audience.clone(),
+                decision: "issued".into(),
+                jti: issued.jti.clone(),
+                ..Default::default()
+            },
+            "issued",
+        ),
+        Err(e) => {
+            let api = ApiError::from(*e);
+            let code = if api.status.as_u16() == 503 {
+                "unavailable"
+            } else {
+                api.code
+            };
+            (
+                Record {
+                    target,
+                    decision: "denied".into(),
+                    check: code.into(),
+                    reason: api.description.to_string(),
+                    ..Default::default()
+                },
+                code,
+            )
+        }
+    };
+    app.metrics.exchange(result, micros);
+    let row = Record {
+        ts_ms: app.now_ms(),
+        kind: "exchange".into(),
+        request_id: rid.into(),
+        ..row
+    };
+    app.record("exchange", row).map_err(|_| {
+        ApiError::unavailable("the audit log is unavailable; the exchange was refused")
+    })?;
+    let issued = outcome?;
     let mut body = json!({
         "access_token": issued.access_token,
         "issued_token_type": exchange::TYPE_JWT,
@@ -132,7 +179,8 @@ fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String> {
         .ok_or_else(|| ApiError::invalid_request(format!("{name} is required")))
 }
 
-pub async fn verify(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    let started = Instant::now();
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
@@ -157,7 +205,44 @@ pub async fn verify(app: &App, req: Request<Incoming>) -> Result<Response> {
         request_body_hash: request_body_hash.as_deref(),
         dpop_proof: dpop_proof.as_deref(),
     };
-    match app.verifier.verify(&request, app.now()) {
+    let verdict = app.verifier.decide(&request, app.now());
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let registered = app
+        .registry
+        .read()
+        .map(|r| r.get(&tool_id).is_some())
+        .unwrap_or(false);
+    let denial = verdict.result.as_ref().err().copied();
+    app.metrics.verify(
+        &tool_id,
+        registered,
+        denial.map(|d| d.check),
+        micros,
+        app.now_ms(),
+    );
+    let claims = verdict.claims.as_deref();
+    let row = Record {
+        ts_ms: app.now_ms(),
+        kind: "verify".into(),
+        subject: claims.map(|c| clip(&c.sub)).unwrap_or_default(),
+        target: clip(&tool_id),
+        decision: if denial.is_some() { "deny" } else { "allow" }.into(),
+        check: denial
+            .map(|d| d.check.name().to_string())
+            .unwrap_or_default(),
+        reason: denial.map(|d| d.reason.to_string()).unwrap_or_default(),
+        request_id: rid.into(),
+        jti: claims.map(|c| clip(&c.jti)).unwrap_or_default(),
+    };
+    let event = if denial.is_some() {
+        "verify.deny"
+    } else {
+        "verify.allow"
+    };
+    // An allow that cannot be audited is not an allow.
+    app.record(event, row)
+        .map_err(|_| ApiError::unavailable("the audit log is unavailable; the call is refused"))?;
+    match verdict.result {
         Ok(allowed) => Ok(json_response(
             StatusCode::OK,
             &json!({"verified": true, "claims": allowed.to_json()}),

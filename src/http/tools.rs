@@ -6,6 +6,7 @@ use super::{json_response, require_admin, require_reader, Response, Result};
 use crate::app::App;
 use crate::clock::rfc3339;
 use crate::registry::{valid_id, ToolInput, PROTOCOLS};
+use crate::store::audit::Record;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -53,8 +54,9 @@ pub fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
     Ok(json_response(StatusCode::OK, &json!(tool)))
 }
 
-pub async fn register(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
+    app.audit_ready().map_err(|_| audit_unavailable())?;
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;
     let mut object = body::json_object(&bytes)?;
@@ -75,6 +77,7 @@ pub async fn register(app: &App, req: Request<Incoming>) -> Result<Response> {
     match app.register_tool(entry).await {
         Ok(stored) => {
             crate::info!("registered tool {tool_id} for {}", stored.resource());
+            record(app, rid, &tool_id, "registered", stored.resource());
             Ok(json_response(StatusCode::CREATED, &json!(stored)))
         }
         Err(crate::store::StoreError::Conflict) => Err(ApiError::new(
@@ -86,28 +89,59 @@ pub async fn register(app: &App, req: Request<Incoming>) -> Result<Response> {
     }
 }
 
-pub async fn deregister_by_query<B>(app: &App, req: &Request<B>) -> Result<Response> {
+pub async fn deregister_by_query<B>(app: &App, req: &Request<B>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     let tool_id = query_value(req, "tool_id")?
         .ok_or_else(|| ApiError::invalid_request("tool_id query parameter is required"))?;
-    remove(app, &tool_id).await
+    remove(app, &tool_id, rid).await
 }
 
-pub async fn deregister<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
+pub async fn deregister<B>(
+    app: &App,
+    req: &Request<B>,
+    tool_id: &str,
+    rid: &str,
+) -> Result<Response> {
     require_admin(app, req.headers())?;
-    remove(app, tool_id).await
+    remove(app, tool_id, rid).await
 }
 
-async fn remove(app: &App, tool_id: &str) -> Result<Response> {
+fn audit_unavailable() -> ApiError {
+    ApiError::unavailable("the audit log is unavailable; nothing was changed")
+}
+
+/// The registration's audit row and live event (queue room was checked before the change).
+fn record(app: &App, rid: &str, tool_id: &str, decision: &str, resource: &str) {
+    let row = Record {
+        ts_ms: app.now_ms(),
+        kind: "registration".into(),
+        subject: if app.dev {
+            "dev".into()
+        } else {
+            "admin".into()
+        },
+        target: tool_id.into(),
+        decision: decision.into(),
+        reason: resource.into(),
+        request_id: rid.into(),
+        ..Default::default()
+    };
+    let _ = app.record("registration", row);
+}
+
+async fn remove(app: &App, tool_id: &str, rid: &str) -> Result<Response> {
+    app.audit_ready().map_err(|_| audit_unavailable())?;
     if !valid_id(tool_id) {
         return Err(ApiError::invalid_request(
             "tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
         ));
     }
-    app.deregister_tool(tool_id)
+    let removed = app
+        .deregister_tool(tool_id)
         .await?
         .ok_or_else(tool_not_found)?;
     crate::info!("deregistered tool {tool_id}");
+    record(app, rid, tool_id, "deregistered", removed.resource());
     Ok(json_response(
         StatusCode::OK,
         &json!({"status": "deregistered", "tool_id": tool_id}),

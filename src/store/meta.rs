@@ -12,7 +12,7 @@ pub fn get_or_insert(
     key: &str,
     make: impl FnOnce() -> String,
 ) -> Result<String, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let existing: Option<String> = tx
         .query_row(SELECT, params![key], |r| r.get(0))
         .optional()?;

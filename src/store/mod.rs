@@ -1,6 +1,7 @@
 //! The SQLite store: one connection owned by one thread, so blocking database work never runs
 //! on the async workers. Callers send closures and await the answer.
 
+pub mod audit;
 pub mod keys;
 pub mod meta;
 pub mod revocations;
@@ -15,8 +16,8 @@ use std::thread::JoinHandle;
 /// The schema, applied to a new database.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
-/// 1: meta, signing_keys, tools. 2: revocations, signal_events.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
+pub const SCHEMA_VERSION: i64 = 3;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -134,7 +135,9 @@ impl Store {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// Open a connection with the daemon's pragmas (WAL, synchronous=FULL), creating the file
+/// owner-only if needed.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -172,7 +175,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         return Err(StoreError::TooNew(version));
     }
     if version < SCHEMA_VERSION {
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(SCHEMA)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;

@@ -98,7 +98,7 @@ pub fn apply(
     actions: &[Action],
     now: i64,
 ) -> Result<Applied, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if let Some((issuer, jti)) = event {
         if tx
             .query_row(SEEN_EVENT, params![issuer, jti], |_| Ok(()))
@@ -149,7 +149,7 @@ pub fn page(conn: &Connection, now: i64, after: i64, limit: i64) -> Result<Vec<R
 
 /// Delete expired revocations and SET ids older than `event_horizon`.
 pub fn prune(conn: &mut Connection, now: i64, event_horizon: i64) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let n = tx.execute(PRUNE, params![now])?;
     tx.execute(PRUNE_EVENTS, params![event_horizon])?;
     tx.commit()?;

@@ -942,7 +942,7 @@ async fn unknown_paths_and_wrong_methods() {
         "/v1/mcp",
         "/v1/mcp/verify/extra",
         "/v1/tools/a/b/c",
-        "/",
+        "/v1/tools/a/audit/x",
     ] {
         let (status, body) = d.call(Method::GET, path, None).await;
         assert_error((status, &body), 404, "not_found", path);

@@ -1,0 +1,211 @@
+//! The audit writer: requests hand records to a bounded queue; one thread appends them in
+//! batches (one transaction each) to the hash-chained log. A full queue or a failing log
+//! refuses the request instead of losing its record; shutdown drains the queue.
+
+use crate::store::audit::{self as log, Record};
+use crate::store::{open_connection, StoreError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Records waiting to be written before requests are refused.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Most records in one transaction.
+const BATCH: usize = 2048;
+
+/// Why a record could not be queued: the request is refused (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditError {
+    /// The queue is full: the writer is behind; shed load.
+    Overloaded,
+    /// The writer failed or is shut down.
+    Unavailable,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    depth: AtomicUsize,
+    written: AtomicU64,
+    failed: AtomicBool,
+}
+
+/// The request side of the audit log.
+pub struct Audit {
+    sender: RwLock<Option<SyncSender<Record>>>,
+    shared: Arc<Shared>,
+    enabled: bool,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Start the writer on its own connection to `path`. With `enabled` false (benchmarks
+    /// only) records are counted and discarded.
+    pub fn start(
+        path: &Path,
+        enabled: bool,
+    ) -> Result<(Audit, Option<JoinHandle<()>>), StoreError> {
+        let shared = Arc::new(Shared::default());
+        if !enabled {
+            let audit = Audit {
+                sender: RwLock::new(None),
+                shared,
+                enabled,
+            };
+            return Ok((audit, None));
+        }
+        let mut conn = open_connection(path)?;
+        let head = log::head(&conn)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("toolgate-audit".into())
+            .spawn(move || write_loop(&mut conn, head, &rx, &writer_shared))
+            .map_err(|e| StoreError::Database(format!("cannot start the audit thread: {e}")))?;
+        let audit = Audit {
+            sender: RwLock::new(Some(tx)),
+            shared,
+            enabled,
+        };
+        Ok((audit, Some(thread)))
+    }
+
+    /// Queue a record; the caller refuses its request on error.
+    pub fn record(&self, record: Record) -> Result<(), AuditError> {
+        if !self.enabled {
+            self.shared.written.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(AuditError::Unavailable);
+        }
+        let guard = self.sender.read().map_err(|_| AuditError::Unavailable)?;
+        let sender = guard.as_ref().ok_or(AuditError::Unavailable)?;
+        self.shared.depth.fetch_add(1, Ordering::Relaxed);
+        match sender.try_send(record) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => AuditError::Overloaded,
+                    TrySendError::Disconnected(_) => AuditError::Unavailable,
+                })
+            }
+        }
+    }
+
+    /// Records queued and not yet written.
+    pub fn depth(&self) -> usize {
+        self.shared.depth.load(Ordering::Relaxed)
+    }
+
+    /// Records written since start.
+    pub fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Whether the writer has given up (every audited request is refused).
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting records; the writer drains what is queued and ends.
+    pub fn close(&self) {
+        if let Ok(mut s) = self.sender.write() {
+            s.take();
+        }
+    }
+}
+
+fn write_loop(
+    conn: &mut rusqlite::Connection,
+    mut head: (i64, String),
+    rx: &Receiver<Record>,
+    shared: &Shared,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            match log::append(conn, &head, &batch) {
+                Ok(new_head) => {
+                    head = new_head;
+                    shared
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    shared.depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    crate::warn!("audit append failed (attempt {attempt}), retrying: {e}");
+                    std::thread::sleep(Duration::from_millis(50 * attempt));
+                }
+                Err(e) => {
+                    // Refuse every audited request from now on rather than pretend.
+                    shared.failed.store(true, Ordering::Relaxed);
+                    crate::error!("audit log is failing; {} records not written, refusing audited requests: {e}", batch.len());
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::{audit, Store};
+
+    fn rec(i: i64) -> Record {
+        Record {
+            ts_ms: i,
+            kind: "verify".into(),
+            decision: "allow".into(),
+            target: format!("t{i}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn writes_flush_on_close_and_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(Store::open(&path).unwrap());
+        let (a, thread) = Audit::start(&path, true).unwrap();
+        for i in 0..5000 {
+            a.record(rec(i)).unwrap();
+        }
+        a.close();
+        assert_eq!(a.record(rec(0)), Err(AuditError::Unavailable));
+        thread.unwrap().join().unwrap();
+        assert_eq!(a.written(), 5000);
+        assert_eq!(a.depth(), 0);
+        let conn = open_connection(&path).unwrap();
+        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(5000));
+        conn.execute("UPDATE audit_log SET reason = 'x' WHERE seq = 42", [])
+            .unwrap();
+        assert_eq!(
+            audit::verify_chain(&conn).unwrap(),
+            Err(audit::ChainBreak::Edited(42))
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! What operators look at: `/metrics`, `/v1/stats`, `/v1/events`, the audit log reads and the
+//! embedded dashboard.
+
+use super::body::{self, form_pairs};
+use super::error::ApiError;
+use super::{full, json_response, require_admin, require_reader, Response, Result};
+use crate::app::App;
+use crate::store::audit::{self as log, Query, Stored};
+use http::{header, HeaderValue, Request, StatusCode};
+use serde_json::{json, Value};
+use std::sync::OnceLock;
+
+const DASHBOARD: &str = include_str!("../dashboard.html");
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+pub fn redirect_to_dashboard() -> Response {
+    let mut resp = http::Response::new(full(""));
+    *resp.status_mut() = StatusCode::FOUND;
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static("/dashboard"));
+    resp
+}
+
+/// The CSP allows exactly the page's own inline script and style, by hash.
+fn csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash_of = |open: &str, close: &str| {
+            let start = DASHBOARD.find(open).map(|i| i + open.len());
+            let body = start.and_then(|s| DASHBOARD.get(s..).and_then(|rest| rest.find(close).and_then(|e| rest.get(..e))));
+            let digest = ring::digest::digest(&ring::digest::SHA256, body.unwrap_or("").as_bytes());
+            use base64::Engine;
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest.as_ref()))
+        };
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; img-src 'self' data:; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            hash_of("<script>", "</script>"),
+            hash_of("<style>", "</style>")
+        )
+    })
+}
+
+pub fn dashboard(app: &App) -> Response {
+    let page = DASHBOARD.replace(
+        "__TOOLGATE_MODE__",
+        if app.dev { "dev" } else { "production" },
+    );
+    let mut resp = http::Response::new(full(page));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(csp()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
+}
+
+pub fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
+    require_reader(app, req.headers())?;
+    let mut resp = http::Response::new(full(app.metrics.render(&app.gauges())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// The dashboard's numbers in one document.
+pub fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let g = app.gauges();
+    let (allowed, denied) = app.metrics.totals();
+    let total = allowed + denied;
+    let tools: Vec<Value> = app
+        .metrics
+        .tools()
+        .into_iter()
+        .map(|(tool_id, a, d, last)| {
+            json!({"tool_id": tool_id, "calls": a + d, "allowed": a, "denied": d,
+                   "last_seen": (last > 0).then(|| crate::clock::rfc3339(last / 1000))})
+        })
+        .collect();
+    let denials: serde_json::Map<String, Value> = app
+        .metrics
+        .denials()
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), json!(n)))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "mode": if app.dev { "dev" } else { "production" },
+            "unit_id": app.unit_id,
+            "tools_registered": g.tools_registered,
+            "verifications": {"total": total, "allowed": allowed, "denied": denied,
+                              "pass_rate": if total == 0 { Value::Null } else { json!(allowed as f64 / total as f64) }},
+            "verify_latency_ms": {"p50": app.metrics.verify_latency.quantile_ms(0.5),
+                                  "p99": app.metrics.verify_latency.quantile_ms(0.99)},
+            "denials_by_check": denials,
+            "tools": tools,
+            "revocations_active": g.revocations_active,
+            "audit": {"queue_depth": g.audit_queue_depth, "rows_written": g.audit_rows_written},
+            "event_stream_clients": g.sse_clients,
+        }),
+    ))
+}
+
+pub fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    let types: Vec<String> = match body::single(&pairs, "types") {
+        Ok(Some(t)) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(_) => return Err(ApiError::invalid_request("types is repeated")),
+    };
+    if let Some(bad) = types.iter().find(|t| {
+        !crate::events::TYPES
+            .iter()
+            .any(|k| k.starts_with(t.as_str()))
+    }) {
+        let _ = bad;
+        return Err(ApiError::invalid_request(format!(
+            "types must be a comma-separated list of {}",
+            crate::events::TYPES.join(", ")
+        )));
+    }
+    Ok(app.events.subscribe(types))
+}
+
+fn row_json(r: &Stored) -> Value {
+    let rec = &r.record;
+    json!({
+        "seq": r.seq,
+        "time": crate::clock::rfc3339(rec.ts_ms / 1000),
+        "kind": rec.kind,
+        "subject": rec.subject,
+        "target": rec.target,
+        "decision": rec.decision,
+        "check": rec.check,
+        "reason": rec.reason,
+        "request_id": rec.request_id,
+        "jti": rec.jti,
+        "hash": r.hash,
+    })
+}
+
+/// `GET /v1/audit?decision=&tool_id=&subject=&check=&kind=&since=&before=&limit=` and
+/// `GET /v1/tools/{tool_id}/audit`: newest first, paged with `before` (a `seq`).
+pub async fn audit<B>(app: &App, req: &Request<B>, tool_id: Option<&str>) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    let get = |name: &str| -> Result<String> {
+        body::single(&pairs, name)
+            .map(|v| v.unwrap_or("").to_string())
+            .map_err(|_| ApiError::invalid_request(format!("query parameter {name} is repeated")))
+    };
+    let number = |name: &str, default: i64| -> Result<i64> {
+        let v = get(name)?;
+        if v.is_empty() {
+            return Ok(default);
+        }
+        v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::invalid_request(format!("{name} must be a non-negative integer"))
+        })
+    };
+    let since = get("since")?;
+    let since_ms = if since.is_empty() {
+        0
+    } else if let Ok(secs) = since.parse::<i64>() {
+        secs.saturating_mul(1000)
+    } else {
+        return Err(ApiError::invalid_request(
+            "since must be a Unix time in seconds",
+        ));
+    };
+    let decision = get("decision")?;
+    let query = Query {
+        decision: match decision.as_str() {
+            "allow" | "deny" | "issued" | "denied" | "" => decision,
+            other if other.len() <= 64 => other.to_string(),
+            _ => return Err(ApiError::invalid_request("decision is too long")),
+        },
+        target: tool_id.map(str::to_string).unwrap_or(get("tool_id")?),
+        subject: get("subject")?,
+        check: get("check")?,
+        kind: get("kind")?,
+        since_ms,
+        before: number("before", 0)?,
+        limit: number("limit", DEFAULT_LIMIT)?.clamp(1, MAX_LIMIT),
+    };
+    let limit = query.limit;
+    let rows = app.store.call(move |c| log::query(c, &query)).await?;
+    let events: Vec<Value> = rows.iter().map(row_json).collect();
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
+    let mut body = json!({"events": events, "count": events.len(), "next_before": next_before});
+    if let (Some(id), Some(obj)) = (tool_id, body.as_object_mut()) {
+        obj.insert("tool_id".into(), json!(id));
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}

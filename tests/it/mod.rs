@@ -5,6 +5,7 @@ mod cli;
 mod discovery;
 mod exchange;
 mod interop;
+mod observe;
 mod production;
 mod signals;
 mod tools;

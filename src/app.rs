@@ -92,7 +92,7 @@ impl App {
             config.leeway,
             keys.clone(),
             registry.clone(),
-            revocations.clone(),
+            revocations.index().clone(),
         );
         let app = App {
             dev: config.dev,

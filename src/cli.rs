@@ -26,6 +26,46 @@ enum Command {
     Revoke(RevokeCmd),
     Revocations(RevocationsCmd),
     Audit(AuditCmd),
+    Gateway(GatewayCmd),
+}
+
+/// Run a gateway in front of an MCP server (Streamable HTTP) or plain HTTP / A2A tool servers:
+/// every request gets a tool or resource decision before it reaches the upstream.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "gateway")]
+struct GatewayCmd {
+    /// toolgate's URL (keys, tools and revocations come from there)
+    #[argh(option, default = "String::from(\"http://127.0.0.1:8693\")")]
+    toolgate: String,
+    /// address to listen on (default 127.0.0.1:8700)
+    #[argh(option, default = "String::from(\"127.0.0.1:8700\")")]
+    listen: String,
+    /// the upstream server's base URL, e.g. http://127.0.0.1:9000
+    #[argh(option)]
+    upstream: String,
+    /// tools registered with this server_id are this server's
+    #[argh(option)]
+    server_id: String,
+    /// this server's resource URI (tokens for it pass initialize, tools/list, ping, GET, DELETE)
+    #[argh(option)]
+    resource: String,
+    /// the MCP endpoint path (default /mcp)
+    #[argh(option, default = "String::from(\"/mcp\")")]
+    mcp_path: String,
+    /// a plain HTTP or A2A route, PREFIX=TOOL_ID (repeatable); other paths are denied
+    #[argh(option)]
+    route: Vec<String>,
+    /// the public URL of this gateway, for resource_metadata (default http://<listen>)
+    #[argh(option)]
+    public_url: Option<String>,
+    /// deny everything when toolgate could not be reached for this many seconds (default 5)
+    #[argh(option, default = "5")]
+    max_staleness: u64,
+    #[argh(
+        option,
+        description = "file holding toolgate's admin token (to read tools and report decisions in production)"
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// The audit log: tail it, or verify its hash chain.
@@ -436,6 +476,7 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Verify(v) => verify(v).await,
         Command::Revoke(r) => revoke(r.what).await,
+        Command::Gateway(g) => gateway(g).await,
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db),
             AuditAction::Tail(t) => {
@@ -569,6 +610,61 @@ async fn serve(s: ServeCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!("toolgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn gateway(g: GatewayCmd) -> ExitCode {
+    let listen: std::net::SocketAddr = match g.listen.parse() {
+        Ok(a) => a,
+        Err(_) => return usage("--listen must be IP:port"),
+    };
+    let mut routes = Vec::new();
+    for r in &g.route {
+        match r.split_once('=') {
+            Some((prefix, tool)) if prefix.starts_with('/') && crate::registry::valid_id(tool) => {
+                routes.push((prefix.to_string(), tool.to_string()))
+            }
+            _ => return usage("--route must be /path-prefix=tool_id"),
+        }
+    }
+    let admin_token = match &g.admin_token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => return usage(&format!("cannot read {}: {e}", p.display())),
+        },
+        None => std::env::var_os("TOOLGATE_ADMIN_TOKEN_FILE")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| t.trim().to_string()),
+    };
+    let public = g.public_url.unwrap_or_else(|| format!("http://{listen}"));
+    let cfg = crate::gateway::GatewayConfig {
+        listen,
+        upstream: g.upstream,
+        mcp_path: g.mcp_path,
+        routes,
+        max_connections: 1024,
+        guard: crate::guard::GuardConfig {
+            toolgate: g.toolgate,
+            admin_token,
+            resource: g.resource,
+            server_id: Some(g.server_id),
+            resource_metadata: format!(
+                "{}/.well-known/oauth-protected-resource",
+                public.trim_end_matches('/')
+            ),
+            max_staleness: std::time::Duration::from_secs(g.max_staleness.max(1)),
+            poll_interval: std::time::Duration::from_millis(250),
+        },
+    };
+    match crate::gateway::run(cfg, crate::server::shutdown_signal()).await {
+        Ok(()) => {
+            crate::info!("gateway stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toolgate gateway: {e}");
             ExitCode::FAILURE
         }
     }

@@ -262,8 +262,8 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
         .find(|t| t.issuer == iss)
         .ok_or(InvalidClient("subject token issuer is not trusted"))?;
     let raw = verify::verify_signature(token, |h| match &h.kid {
-        Some(kid) => trusted.keys.find(kid),
-        None if trusted.keys.keys.len() == 1 => trusted.keys.keys.first(),
+        Some(kid) => trusted.keys.find(kid).cloned(),
+        None if trusted.keys.keys.len() == 1 => trusted.keys.keys.first().cloned(),
         None => None,
     })
     .map_err(|_| InvalidClient("subject token signature is invalid"))?;

@@ -18,6 +18,12 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
+impl crate::verify::KeySource for KeyRing {
+    fn key(&self, kid: &str) -> Option<Jwk> {
+        self.find(kid).cloned()
+    }
+}
+
 impl KeyRing {
     /// Load the live keys, generating and storing the first key if there is none.
     /// Blocking: call at start-up, off the async workers.

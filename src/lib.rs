@@ -17,6 +17,8 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod exchange;
+pub mod gateway;
+pub mod guard;
 pub mod http;
 pub mod jose;
 pub mod keys;

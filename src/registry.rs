@@ -13,7 +13,7 @@ const MAX_ITEM_LEN: usize = 256;
 pub const PROTOCOLS: [&str; 3] = ["mcp", "http", "a2a"];
 
 /// A registered tool, as stored and as served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolEntry {
     pub tool_id: String,
     pub name: String,

@@ -157,9 +157,69 @@ impl Identity<'_> {
     }
 }
 
-/// The in-memory index plus the store it writes through to.
+/// The in-memory index: what every check reads. The daemon fills it from its database
+/// (`Revocations`); a guard fills it from toolgate's federation export.
+#[derive(Default)]
+pub struct RevocationIndex {
+    entries: RwLock<Entries>,
+}
+
+impl std::fmt::Debug for RevocationIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationIndex").finish_non_exhaustive()
+    }
+}
+
+impl RevocationIndex {
+    /// Is anything about this token, subject or tool revoked at `now`? `Err` if the index
+    /// cannot be read, which every caller treats as a denial.
+    pub fn is_revoked(
+        &self,
+        who: &Identity<'_>,
+        tool_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
+        let live = |k: &Key| entries.get(k).is_some_and(|exp| *exp > now);
+        if tool_id.is_some_and(|t| live(&key(Format::Tool, "", t))) {
+            return Ok(true);
+        }
+        Ok(who.keys().iter().any(live))
+    }
+
+    /// How many revocations count at `now`.
+    pub fn active(&self, now: i64) -> Result<usize, StoreError> {
+        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
+        Ok(entries.values().filter(|exp| **exp > now).count())
+    }
+
+    /// The federation digest of the unexpired set: XOR of every entry's key, hex. Any peer
+    /// can recompute it from `/v1/federation/revocation-export`.
+    pub fn digest(&self, now: i64) -> Result<(String, usize), StoreError> {
+        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
+        let mut acc = 0u128;
+        let mut n = 0;
+        for (k, exp) in entries.iter() {
+            if *exp > now {
+                acc ^= k;
+                n += 1;
+            }
+        }
+        Ok((format!("{acc:032x}"), n))
+    }
+
+    /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`.
+    pub fn replace(&self, all: impl IntoIterator<Item = (Key, i64)>) -> Result<(), StoreError> {
+        let fresh: Entries = all.into_iter().collect();
+        let mut entries = self.entries.write().map_err(|_| StoreError::Unavailable)?;
+        *entries = fresh;
+        Ok(())
+    }
+}
+
+/// The daemon's revocations: the index plus the store it writes through to.
 pub struct Revocations {
-    entries: Arc<RwLock<Entries>>,
+    index: Arc<RevocationIndex>,
     store: Store,
 }
 
@@ -195,31 +255,24 @@ impl Revocations {
             Ok(map)
         })?;
         Ok(Self {
-            entries: Arc::new(RwLock::new(entries)),
+            index: Arc::new(RevocationIndex {
+                entries: RwLock::new(entries),
+            }),
             store: store.clone(),
         })
     }
 
-    /// Is anything about this token, subject or tool revoked at `now`? `Err` if the index
-    /// cannot be read, which every caller treats as a denial.
-    pub fn is_revoked(
-        &self,
-        who: &Identity<'_>,
-        tool_id: Option<&str>,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
-        let live = |k: &Key| entries.get(k).is_some_and(|exp| *exp > now);
-        if tool_id.is_some_and(|t| live(&key(Format::Tool, "", t))) {
-            return Ok(true);
-        }
-        Ok(who.keys().iter().any(live))
+    /// The index every check reads.
+    pub fn index(&self) -> &Arc<RevocationIndex> {
+        &self.index
     }
 
-    /// How many revocations count at `now`.
     pub fn active(&self, now: i64) -> Result<usize, StoreError> {
-        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
-        Ok(entries.values().filter(|exp| **exp > now).count())
+        self.index.active(now)
+    }
+
+    pub fn digest(&self, now: i64) -> Result<(String, usize), StoreError> {
+        self.index.digest(now)
     }
 
     /// Apply a batch durably, then in memory, in commit order (the database thread does both,
@@ -232,11 +285,11 @@ impl Revocations {
         actions: Vec<Action>,
         now: i64,
     ) -> Result<Applied, StoreError> {
-        let entries = self.entries.clone();
+        let index = self.index.clone();
         self.store
             .call(move |c| {
                 let result = rows::apply(c, event.as_ref(), &actions, now);
-                let mut map = entries.write().map_err(|_| StoreError::Unavailable)?;
+                let mut map = index.entries.write().map_err(|_| StoreError::Unavailable)?;
                 let durable = matches!(result, Ok(Applied::Applied));
                 for action in &actions {
                     match action {
@@ -256,12 +309,12 @@ impl Revocations {
 
     /// Lift one stored revocation by id; the lifted row, `None` if there was none.
     pub async fn lift_by_id(&self, id: i64) -> Result<Option<Row>, StoreError> {
-        let entries = self.entries.clone();
+        let index = self.index.clone();
         self.store
             .call(move |c| {
                 let row = rows::delete(c, id)?;
                 if let Some(r) = &row {
-                    let mut map = entries.write().map_err(|_| StoreError::Unavailable)?;
+                    let mut map = index.entries.write().map_err(|_| StoreError::Unavailable)?;
                     map.remove(&r.target.key());
                 }
                 Ok(row)
@@ -271,30 +324,15 @@ impl Revocations {
 
     /// Forget expired entries, in the database and in memory.
     pub async fn prune(&self, now: i64, event_horizon: i64) -> Result<usize, StoreError> {
-        let entries = self.entries.clone();
+        let index = self.index.clone();
         self.store
             .call(move |c| {
                 let n = rows::prune(c, now, event_horizon)?;
-                let mut map = entries.write().map_err(|_| StoreError::Unavailable)?;
+                let mut map = index.entries.write().map_err(|_| StoreError::Unavailable)?;
                 map.retain(|_, exp| *exp > now);
                 Ok(n)
             })
             .await
-    }
-
-    /// The federation digest of the unexpired set: XOR of every entry's key, hex. Any peer
-    /// can recompute it from `/v1/federation/revocation-export`.
-    pub fn digest(&self, now: i64) -> Result<(String, usize), StoreError> {
-        let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
-        let mut acc = 0u128;
-        let mut n = 0;
-        for (k, exp) in entries.iter() {
-            if *exp > now {
-                acc ^= k;
-                n += 1;
-            }
-        }
-        Ok((format!("{acc:032x}"), n))
     }
 }
 
@@ -308,6 +346,7 @@ pub fn row_json(r: &Row) -> Value {
         "reason": r.reason,
         "revoked_at": crate::clock::rfc3339(r.revoked_at),
         "expires_at": r.expires_at.map(crate::clock::rfc3339),
+        "expires_at_unix": r.expires_at,
         "key": format!("{:032x}", r.target.key()),
     });
     if let Some(obj) = v.as_object_mut() {

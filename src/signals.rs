@@ -83,8 +83,8 @@ pub fn verify_signed(token: &str, policy: &Policy<'_>) -> Result<Signal, SignalE
         description: "SET signature does not verify with the transmitter's keys",
     };
     let claims = verify::verify_signature(token, |h| match &h.kid {
-        Some(kid) => transmitter.keys.find(kid),
-        None if transmitter.keys.keys.len() == 1 => transmitter.keys.keys.first(),
+        Some(kid) => transmitter.keys.find(kid).cloned(),
+        None if transmitter.keys.keys.len() == 1 => transmitter.keys.keys.first().cloned(),
         None => None,
     })
     .map_err(|_| invalid_key)?;

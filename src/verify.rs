@@ -4,9 +4,8 @@
 use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::jose::{self, Header, JoseError, Jwk};
-use crate::keys::KeyRing;
 use crate::registry::{Registry, ToolEntry};
-use crate::revocation::{Identity, Revocations};
+use crate::revocation::{Identity, RevocationIndex};
 use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -125,13 +124,13 @@ impl From<Malformed> for Denial {
 }
 
 /// Checks 1–3: shape, header, signature, with `key_for` choosing the key from the header.
-pub fn verify_signature<'k>(
+pub fn verify_signature(
     token: &str,
-    key_for: impl FnOnce(&Header) -> Option<&'k Jwk>,
+    key_for: impl FnOnce(&Header) -> Option<Jwk>,
 ) -> Result<Map<String, Value>, Denial> {
     let compact = jose::decode(token)?;
     let key = key_for(&compact.header).ok_or(deny(Check::Signature, "signing key is not known"))?;
-    compact.verify_with(key)?;
+    compact.verify_with(&key)?;
     Ok(compact.claims)
 }
 
@@ -275,13 +274,19 @@ impl Allowed {
     }
 }
 
+/// Where the pipeline finds the public key named by a token's `kid`: the daemon's own key
+/// ring, or a guard's copy of toolgate's JWKS.
+pub trait KeySource: Send + Sync {
+    fn key(&self, kid: &str) -> Option<Jwk>;
+}
+
 /// Everything the pipeline consults. Cheap to share; every entry point holds the same one.
 pub struct Verifier {
     pub issuer: String,
     pub leeway: i64,
-    pub keys: Arc<KeyRing>,
+    pub keys: Arc<dyn KeySource>,
     pub registry: Arc<RwLock<Registry>>,
-    pub revocations: Arc<Revocations>,
+    pub revocations: Arc<RevocationIndex>,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
 }
 
@@ -297,9 +302,9 @@ impl Verifier {
     pub fn new(
         issuer: String,
         leeway: i64,
-        keys: Arc<KeyRing>,
+        keys: Arc<dyn KeySource>,
         registry: Arc<RwLock<Registry>>,
-        revocations: Arc<Revocations>,
+        revocations: Arc<RevocationIndex>,
     ) -> Self {
         Self {
             issuer,
@@ -308,6 +313,13 @@ impl Verifier {
             registry,
             revocations,
             cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Forget remembered signatures (after the key set changed).
+    pub fn clear_cache(&self) {
+        if let Ok(mut map) = self.cache.write() {
+            map.clear();
         }
     }
 
@@ -329,7 +341,7 @@ impl Verifier {
             Some(c) => c,
             None => {
                 let raw =
-                    verify_signature(token, |h| h.kid.as_deref().and_then(|k| self.keys.find(k)))?;
+                    verify_signature(token, |h| h.kid.as_deref().and_then(|k| self.keys.key(k)))?;
                 let claims = Arc::new(TokenClaims::read(raw)?);
                 if let Ok(mut map) = self.cache.write() {
                     if map.len() >= CACHE_CAPACITY {

@@ -126,6 +126,7 @@ fn admin_route(method: &Method, path: &str) -> Option<&'static str> {
         "/v1/audit" => Some("GET /v1/audit"),
         "/v1/events" => Some("GET /v1/events"),
         "/v1/stats" => Some("GET /v1/stats"),
+        "/v1/mcp/decisions" => Some("POST /v1/mcp/decisions"),
         _ => None,
     }
 }
@@ -169,6 +170,10 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
         ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
         ["v1", "exchange", "token"] => match method {
             Method::POST => tokens::exchange(app, req, rid).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
+        ["v1", "mcp", "decisions"] => match method {
+            Method::POST => tokens::decisions(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
         },
         ["v1", "mcp", "verify"] => match method {

@@ -250,3 +250,95 @@ pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
         Err(denial) => Err(denial.into()),
     }
 }
+
+/// Most decisions one gateway report may carry.
+const MAX_REPORTED: usize = 1000;
+
+/// `POST /v1/mcp/decisions` (admin): decisions a gateway or guard made locally, audited and
+/// counted exactly like verify calls. `{"source", "decisions":[{tool_id, subject, jti,
+/// decision: "allow"|"deny", check, reason, micros}]}`.
+pub async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    super::require_admin(app, req.headers())?;
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read(&parts.headers, incoming).await?;
+    let obj = body::json_object(&bytes)?;
+    let source = opt_string(&obj, "source")?.unwrap_or_else(|| "gateway".into());
+    let list = match obj.get("decisions") {
+        Some(Value::Array(a)) if a.len() <= MAX_REPORTED => a,
+        _ => {
+            return Err(ApiError::invalid_request(
+                "decisions must be a list of at most 1000 decisions",
+            ))
+        }
+    };
+    let mut rows = Vec::with_capacity(list.len());
+    for d in list {
+        let d = d
+            .as_object()
+            .ok_or_else(|| ApiError::invalid_request("each decision must be an object"))?;
+        let field = |k: &'static str| opt_string(d, k).map(|v| clip(&v.unwrap_or_default()));
+        let decision = field("decision")?;
+        let check = field("check")?;
+        let denial = match decision.as_str() {
+            "allow" => None,
+            "deny" => Some(
+                crate::verify::Check::ALL
+                    .iter()
+                    .copied()
+                    .find(|c| c.name() == check),
+            ),
+            _ => return Err(ApiError::invalid_request("decision must be allow or deny")),
+        };
+        let micros = d.get("micros").and_then(Value::as_u64).unwrap_or(0);
+        rows.push((
+            field("tool_id")?,
+            field("subject")?,
+            field("jti")?,
+            decision,
+            check,
+            field("reason")?,
+            denial,
+            micros,
+        ));
+    }
+    app.audit_ready()
+        .map_err(|_| ApiError::unavailable("the audit log is unavailable; report again"))?;
+    let now_ms = app.now_ms();
+    for (tool_id, subject, jti, decision, check, reason, denial, micros) in rows {
+        let registered = app
+            .registry
+            .read()
+            .map(|r| r.get(&tool_id).is_some())
+            .unwrap_or(false);
+        // An unknown check name on a denial still counts as a denial (under `malformed`).
+        let check_kind = denial.map(|c| c.unwrap_or(crate::verify::Check::Malformed));
+        app.metrics
+            .verify(&tool_id, registered, check_kind, micros, now_ms);
+        let event = if denial.is_some() {
+            "verify.deny"
+        } else {
+            "verify.allow"
+        };
+        let row = Record {
+            ts_ms: now_ms,
+            kind: "gateway".into(),
+            subject,
+            target: tool_id,
+            decision,
+            check,
+            reason: if reason.is_empty() {
+                clip(&source)
+            } else {
+                format!("{}: {reason}", clip(&source))
+            },
+            request_id: rid.into(),
+            jti,
+        };
+        app.record(event, row)
+            .map_err(|_| ApiError::unavailable("the audit log is unavailable; report again"))?;
+    }
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"status": "recorded"}),
+    ))
+}

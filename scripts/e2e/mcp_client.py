@@ -1,0 +1,67 @@
+"""Drive the gateway with the official MCP SDK's own Streamable HTTP client.
+
+usage: mcp_client.py URL TOKEN TOOL   -> prints "OK <result text>" or "REFUSED <status> <detail>";
+exit 0 when the call succeeded, 3 when it was refused at initialize, 4 when refused at the call."""
+import asyncio
+import sys
+
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def status_of(exc: BaseException) -> str:
+    seen = [exc]
+    while seen:
+        e = seen.pop()
+        resp = getattr(e, "response", None)
+        if resp is not None and getattr(resp, "status_code", None):
+            return str(resp.status_code)
+        seen.extend(getattr(e, "exceptions", []) or [])
+        if e.__cause__ is not None:
+            seen.append(e.__cause__)
+        if e.__context__ is not None:
+            seen.append(e.__context__)
+    text = repr(exc)
+    for code in ("401", "403"):
+        if code in text:
+            return code
+    return "error"
+
+
+async def main(url: str, token: str, tool: str) -> int:
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    refusals: list[str] = []
+
+    async def on_response(response) -> None:  # the SDK turns HTTP errors into JSON-RPC errors
+        if response.status_code >= 400:
+            challenge = response.headers.get("www-authenticate", "")
+            refusals.append(f"{response.status_code} {challenge}".strip())
+
+    http.event_hooks.setdefault("response", []).append(on_response)
+    stage = "initialize"
+    try:
+        async with http:
+            async with streamable_http_client(url, http_client=http, terminate_on_close=False) as streams:
+                read, write = streams[0], streams[1]
+                async with ClientSession(read, write) as session:
+                    await asyncio.wait_for(session.initialize(), 20)
+                    stage = "call"
+                    arg = {"query": "audience"} if tool == "code_search" else {"statement": "DROP TABLE users"}
+                    result = await asyncio.wait_for(session.call_tool(tool, arg), 20)
+                    if refusals or getattr(result, "is_error", False) or getattr(result, "isError", False):
+                        print(f"REFUSED {refusals[-1] if refusals else 'tool-error'} at call")
+                        return 4
+                    text = " ".join(getattr(c, "text", "") for c in result.content)
+                    print(f"OK {text}")
+                    return 0
+    except BaseException as exc:  # the SDK wraps HTTP failures in task groups
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        status = refusals[-1] if refusals else status_of(exc)
+        print(f"REFUSED {status} at {stage}")
+        return 3 if stage == "initialize" else 4
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3])))

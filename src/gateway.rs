@@ -1,0 +1,483 @@
+//! `toolgate gateway`: a reverse proxy in front of an MCP server (Streamable HTTP) or plain
+//! HTTP / A2A tool servers. Every request gets a tool or resource decision from the guard
+//! before anything reaches the upstream; responses, event streams included, are streamed
+//! through untouched. Decisions are reported to toolgate, audited and counted like verifies.
+
+use crate::client::Client;
+use crate::clock::{Clock, SystemClock};
+use crate::guard::{rejection_response, Guard, GuardConfig, Rejection, Target};
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Largest request body the gateway reads to find the JSON-RPC messages in it.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Decisions waiting to be reported before requests are refused (shed load, never lose one).
+const REPORT_QUEUE: usize = 10_000;
+const REPORT_BATCH: usize = 500;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// How the gateway is set up.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub guard: GuardConfig,
+    /// The MCP endpoint's path on this gateway (and upstream), e.g. `/mcp`.
+    pub mcp_path: String,
+    /// Plain HTTP and A2A tools: path prefix → `tool_id`.
+    pub routes: Vec<(String, String)>,
+    pub max_connections: usize,
+}
+
+/// One JSON-RPC message's decision target.
+fn message_target(msg: &Value) -> Result<Option<String>, &'static str> {
+    let obj = msg
+        .as_object()
+        .ok_or("each JSON-RPC message must be an object")?;
+    match obj.get("method") {
+        Some(Value::String(m)) if m == "tools/call" => {
+            let name = obj
+                .get("params")
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .ok_or("tools/call needs params.name")?;
+            Ok(Some(name.to_string()))
+        }
+        Some(Value::String(_)) => Ok(None),
+        Some(_) => Err("method must be a string"),
+        // A response or an error sent by the client (to a server request): no tool involved.
+        None => Ok(None),
+    }
+}
+
+/// The tool names called in a body: one entry per message, `None` for non-tool messages.
+/// Exposed for the fuzz target.
+pub fn jsonrpc_targets(body: &[u8]) -> Result<Vec<Option<String>>, &'static str> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
+    match &v {
+        Value::Array(batch) if batch.is_empty() => Err("an empty batch is not a JSON-RPC request"),
+        Value::Array(batch) => batch.iter().map(message_target).collect(),
+        _ => Ok(vec![message_target(&v)?]),
+    }
+}
+
+struct Gateway {
+    guard: Arc<Guard>,
+    upstream: Uri,
+    client: HttpClient<HttpConnector, Body>,
+    cfg: GatewayConfig,
+    reports: mpsc::Sender<Value>,
+}
+
+/// A decision to report: tool (or the server's resource), subject, outcome.
+fn decision(
+    tool_id: &str,
+    outcome: &Result<Arc<crate::verify::TokenClaims>, Rejection>,
+    micros: u64,
+) -> Value {
+    match outcome {
+        Ok(c) => {
+            json!({"tool_id": tool_id, "subject": c.sub, "jti": c.jti, "decision": "allow", "micros": micros})
+        }
+        Err(r) => {
+            json!({"tool_id": tool_id, "decision": "deny", "check": r.check.map(|c| c.name()).unwrap_or("malformed"),
+                         "reason": r.description, "micros": micros})
+        }
+    }
+}
+
+impl Gateway {
+    fn error(status: StatusCode, code: &str, description: &str) -> http::Response<Body> {
+        let mut resp = http::Response::new(full(
+            json!({"error": code, "error_description": description}).to_string(),
+        ));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    fn metadata(&self) -> http::Response<Body> {
+        let body = json!({
+            "resource": self.guard.resource(),
+            "authorization_servers": [self.guard.issuer()],
+            "bearer_methods_supported": ["header"],
+            "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
+        });
+        let mut resp = http::Response::new(full(body.to_string()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+
+    /// Decide one target and queue its report; the claims or the refusal response.
+    #[allow(clippy::result_large_err)] // the refusal is the response: built once, returned once
+    fn decide(
+        &self,
+        headers: &http::HeaderMap,
+        target: Target<'_>,
+    ) -> Result<Arc<crate::verify::TokenClaims>, http::Response<Body>> {
+        let started = Instant::now();
+        let outcome = self.guard.check(headers, target);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let label = match target {
+            Target::Tool(t) => t.to_string(),
+            Target::Server => self.guard.resource().to_string(),
+        };
+        if self
+            .reports
+            .try_send(decision(&label, &outcome, micros))
+            .is_err()
+        {
+            return Err(Self::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "decisions cannot be reported to toolgate right now",
+            ));
+        }
+        outcome.map_err(|r| {
+            rejection_response(&r, self.guard.resource_metadata())
+                .map(|b| b.map_err(|never| match never {}).boxed())
+        })
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> http::Response<Body> {
+        let path = req.uri().path().to_string();
+        if path == "/.well-known/oauth-protected-resource" {
+            return self.metadata();
+        }
+        if path == self.cfg.mcp_path {
+            return self.mcp(req).await;
+        }
+        let routed = self.cfg.routes.iter().find(|(prefix, _)| {
+            path == *prefix || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
+        });
+        let Some((_, tool_id)) = routed else {
+            return Self::error(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "no tool or resource is mapped to this path",
+            );
+        };
+        let tool_id = tool_id.clone();
+        match self.decide(req.headers(), Target::Tool(&tool_id)) {
+            Ok(claims) => {
+                let (parts, body) = req.into_parts();
+                self.forward(parts, body.boxed(), &claims.sub).await
+            }
+            Err(resp) => resp,
+        }
+    }
+
+    async fn mcp(&self, req: Request<Incoming>) -> http::Response<Body> {
+        match *req.method() {
+            Method::POST => {}
+            Method::GET | Method::DELETE => {
+                return match self.decide(req.headers(), Target::Server) {
+                    Ok(claims) => {
+                        let (parts, body) = req.into_parts();
+                        self.forward(parts, body.boxed(), &claims.sub).await
+                    }
+                    Err(resp) => resp,
+                };
+            }
+            _ => {
+                let mut resp = Self::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use POST, GET or DELETE",
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
+                return resp;
+            }
+        }
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Self::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body too large",
+            );
+        }
+        let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Self::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    "request body too large",
+                )
+            }
+            Err(_) => {
+                return Self::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "request body could not be read",
+                )
+            }
+        };
+        let targets = match jsonrpc_targets(&bytes) {
+            Ok(t) => t,
+            Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),
+        };
+        // Every message must pass; the first refusal refuses the whole request.
+        let mut subject = String::new();
+        for target in &targets {
+            let decided = match target {
+                Some(name) => match self.guard.tool(name) {
+                    Some(tool) => self.decide(&parts.headers, Target::Tool(&tool.tool_id)),
+                    None => {
+                        let r = Rejection {
+                            status: StatusCode::FORBIDDEN,
+                            error: "insufficient_scope",
+                            description: "tool is not registered for this server",
+                            check: Some(crate::verify::Check::Registration),
+                        };
+                        let _ = self.reports.try_send(decision(name, &Err(r.clone()), 0));
+                        Err(rejection_response(&r, self.guard.resource_metadata())
+                            .map(|b| b.map_err(|never| match never {}).boxed()))
+                    }
+                },
+                None => self.decide(&parts.headers, Target::Server),
+            };
+            match decided {
+                Ok(claims) => subject.clone_from(&claims.sub),
+                Err(resp) => return resp,
+            }
+        }
+        self.forward(parts, full(bytes), &subject).await
+    }
+
+    /// Send to the upstream without the caller's token (no token passthrough), and stream the
+    /// answer back.
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        subject: &str,
+    ) -> http::Response<Body> {
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let base = self.upstream.to_string();
+        let uri: Uri = match format!("{}{}", base.trim_end_matches('/'), path_and_query).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return Self::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "request path is not a valid URI",
+                )
+            }
+        };
+        for h in [
+            header::AUTHORIZATION,
+            header::HOST,
+            header::CONNECTION,
+            header::TE,
+            header::TRAILER,
+            header::UPGRADE,
+            header::PROXY_AUTHORIZATION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+        ] {
+            parts.headers.remove(h);
+        }
+        if let Ok(v) = HeaderValue::from_str(subject) {
+            parts.headers.insert("x-toolgate-subject", v);
+        }
+        parts.uri = uri;
+        let req = Request::from_parts(parts, body);
+        match self.client.request(req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                for h in [
+                    header::CONNECTION,
+                    header::TRAILER,
+                    header::UPGRADE,
+                    HeaderName::from_static("keep-alive"),
+                ] {
+                    parts.headers.remove(h);
+                }
+                http::Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                crate::warn!("gateway: upstream failed: {e}");
+                Self::error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    "the upstream server did not answer",
+                )
+            }
+        }
+    }
+}
+
+/// Report decisions to toolgate in batches; on failure keep them and retry.
+async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String) {
+    let mut pending: Vec<Value> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(v) => pending.push(v),
+                None => return,
+            }
+        }
+        while pending.len() < REPORT_BATCH {
+            match rx.try_recv() {
+                Ok(v) => pending.push(v),
+                Err(_) => break,
+            }
+        }
+        let body = json!({"source": source, "decisions": pending});
+        let sent = client
+            .send(
+                Method::POST,
+                "/v1/mcp/decisions",
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        match sent {
+            Ok((status, _)) if status.is_success() => pending.clear(),
+            Ok((status, _)) if status.is_client_error() => {
+                crate::error!(
+                    "gateway: toolgate refused a decision report ({status}); dropping {} decisions",
+                    pending.len()
+                );
+                pending.clear();
+            }
+            other => {
+                let why = match other {
+                    Ok((s, _)) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                crate::warn!("gateway: cannot report decisions yet ({why}); retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Run the gateway until `shutdown`.
+pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let guard = Guard::connect(cfg.guard.clone(), clock)
+        .await
+        .map_err(|e| e.to_string())?;
+    let upstream: Uri = cfg
+        .upstream
+        .parse()
+        .map_err(|_| format!("--upstream {} is not a URI", cfg.upstream))?;
+    if upstream.scheme_str() != Some("http") {
+        return Err("--upstream must be an http:// URL".into());
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let mut report_client = Client::new(&cfg.guard.toolgate).map_err(|e| e.to_string())?;
+    if let Some(t) = &cfg.guard.admin_token {
+        report_client = report_client.with_admin_token(t.clone());
+    }
+    let (reports, rx) = mpsc::channel(REPORT_QUEUE);
+    let source = format!(
+        "gateway {}",
+        cfg.guard
+            .server_id
+            .clone()
+            .unwrap_or_else(|| cfg.listen.to_string())
+    );
+    let reporter_task = tokio::spawn(reporter(report_client, rx, source));
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector);
+    crate::info!(
+        "toolgate gateway on http://{} -> {} (resource {}, mcp path {})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        cfg.upstream,
+        guard.resource(),
+        cfg.mcp_path
+    );
+    let gateway = Arc::new(Gateway {
+        guard,
+        upstream,
+        client,
+        cfg: cfg.clone(),
+        reports,
+    });
+    let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => { crate::warn!("gateway accept failed: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gateway.clone();
+        let service = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(gateway);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => crate::warn!("gateway: some connections did not finish in time"),
+    }
+    // Give the reporter a moment to deliver what is queued.
+    let _ = tokio::time::timeout(Duration::from_secs(5), reporter_task).await;
+    Ok(())
+}

@@ -1,0 +1,564 @@
+//! The guard: the audience check done for a resource server, offline, with the same verify
+//! pipeline the daemon uses. It keeps a copy of toolgate's JWKS, of the tools registered for
+//! its server, and of the revocation set, refreshes them in the background, and denies while
+//! it cannot confirm its copy is current (fail closed).
+
+use crate::client::Client;
+use crate::clock::Clock;
+use crate::jose::{Jwk, JwkSet};
+use crate::registry::{Registry, ToolEntry};
+use crate::revocation::{Key, RevocationIndex};
+use crate::verify::{Check, Denial, KeySource, TokenClaims, Verifier, VerifyRequest};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+/// How a guard is set up.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// toolgate's base URL (`http://127.0.0.1:8693`).
+    pub toolgate: String,
+    /// The admin token, when toolgate's reads are not open (non-loopback production).
+    pub admin_token: Option<String>,
+    /// This server's own RFC 8707 resource URI: tokens for it are accepted for every method.
+    pub resource: String,
+    /// Tools registered with this `server_id` belong to this server.
+    pub server_id: Option<String>,
+    /// The URL of this server's RFC 9728 metadata, named in every `WWW-Authenticate`.
+    pub resource_metadata: String,
+    /// Deny everything when the last successful sync is older than this.
+    pub max_staleness: Duration,
+    /// How often the revocation digest is polled (and so how late a revocation can arrive).
+    pub poll_interval: Duration,
+}
+
+/// Why the guard could not start.
+#[derive(Debug)]
+pub struct GuardError(pub String);
+
+impl std::fmt::Display for GuardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for GuardError {}
+
+/// What a request is for: one tool (by `tool_id`), or this server as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    Tool(&'a str),
+    Server,
+}
+
+/// A refusal, as a resource server answers it (RFC 6750 §3, MCP authorization).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    /// `invalid_token`, `insufficient_scope`, or empty for a request with no token at all.
+    pub error: &'static str,
+    pub description: &'static str,
+    /// The pipeline check that failed, if one did.
+    pub check: Option<Check>,
+}
+
+impl Rejection {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: &'static str,
+        check: Option<Check>,
+    ) -> Self {
+        Self {
+            status,
+            error,
+            description,
+            check,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge naming this server's metadata.
+    pub fn challenge(&self, resource_metadata: &str) -> String {
+        if self.error.is_empty() {
+            format!("Bearer resource_metadata=\"{resource_metadata}\"")
+        } else {
+            format!(
+                "Bearer error=\"{}\", error_description=\"{}\", resource_metadata=\"{resource_metadata}\"",
+                self.error, self.description
+            )
+        }
+    }
+
+    /// The JSON body `{"error","error_description","check"?}`.
+    pub fn body(&self) -> Value {
+        let mut v = serde_json::json!({
+            "error": if self.error.is_empty() { "invalid_token" } else { self.error },
+            "error_description": self.description,
+        });
+        if let (Some(check), Some(obj)) = (self.check, v.as_object_mut()) {
+            obj.insert("check".into(), Value::from(check.name()));
+        }
+        v
+    }
+}
+
+/// Map a pipeline denial to the resource server's answer.
+fn reject(d: Denial) -> Rejection {
+    use Check::*;
+    let status = |s| {
+        if d.unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            s
+        }
+    };
+    match d.check {
+        Audience => Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "audience mismatch",
+            Some(Audience),
+        ),
+        Capabilities | BlastRadius | Execution => Rejection::new(
+            status(StatusCode::FORBIDDEN),
+            "insufficient_scope",
+            d.reason,
+            Some(d.check),
+        ),
+        Registration => Rejection::new(
+            status(StatusCode::FORBIDDEN),
+            "insufficient_scope",
+            "tool is not served here",
+            Some(Registration),
+        ),
+        _ => Rejection::new(
+            status(StatusCode::UNAUTHORIZED),
+            "invalid_token",
+            d.reason,
+            Some(d.check),
+        ),
+    }
+}
+
+/// toolgate's public keys as last fetched; an unknown `kid` asks for a refresh.
+#[derive(Default)]
+struct RemoteKeys {
+    set: RwLock<JwkSet>,
+    wanted: AtomicBool,
+}
+
+impl KeySource for RemoteKeys {
+    fn key(&self, kid: &str) -> Option<Jwk> {
+        let found = self.set.read().ok().and_then(|s| s.find(kid).cloned());
+        if found.is_none() {
+            self.wanted.store(true, Ordering::Relaxed);
+        }
+        found
+    }
+}
+
+/// The guard. Cheap to share (`Arc<Guard>`).
+pub struct Guard {
+    cfg: GuardConfig,
+    client: Client,
+    clock: Arc<dyn Clock>,
+    keys: Arc<RemoteKeys>,
+    registry: Arc<RwLock<Registry>>,
+    revocations: Arc<RevocationIndex>,
+    verifier: Verifier,
+    resources: RwLock<HashSet<String>>,
+    /// Unix seconds of the last successful sync of the revocation set.
+    synced_at: AtomicI64,
+    digest: RwLock<String>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("resource", &self.cfg.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// Learn toolgate's issuer, keys, this server's tools and the revocations, then keep them
+    /// current in the background for as long as the guard lives.
+    pub async fn connect(
+        cfg: GuardConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Guard>, GuardError> {
+        let mut client = Client::new(&cfg.toolgate).map_err(|e| GuardError(e.to_string()))?;
+        if let Some(t) = &cfg.admin_token {
+            client = client.with_admin_token(t.clone());
+        }
+        let meta = client
+            .send(
+                http::Method::GET,
+                "/.well-known/oauth-authorization-server",
+                None,
+            )
+            .await
+            .map_err(|e| GuardError(format!("cannot reach toolgate: {e}")))?
+            .1;
+        let issuer = meta
+            .get("issuer")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GuardError("toolgate's metadata names no issuer".into()))?
+            .to_string();
+        let resource = crate::resource::canonicalize(&cfg.resource)
+            .map_err(|e| GuardError(format!("--resource: {e}")))?;
+        let keys = Arc::new(RemoteKeys::default());
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        let revocations = Arc::new(RevocationIndex::default());
+        let verifier = Verifier::new(
+            issuer,
+            60,
+            keys.clone(),
+            registry.clone(),
+            revocations.clone(),
+        );
+        let guard = Arc::new(Guard {
+            cfg: GuardConfig { resource, ..cfg },
+            client,
+            clock,
+            keys,
+            registry,
+            revocations,
+            verifier,
+            resources: RwLock::new(HashSet::new()),
+            synced_at: AtomicI64::new(i64::MIN),
+            digest: RwLock::new(String::new()),
+        });
+        guard.refresh_keys().await?;
+        guard.refresh_tools().await?;
+        guard.refresh_revocations().await?;
+        tokio::spawn(refresher(Arc::downgrade(&guard)));
+        Ok(guard)
+    }
+
+    /// The resource URI this guard protects.
+    pub fn resource(&self) -> &str {
+        &self.cfg.resource
+    }
+
+    pub fn resource_metadata(&self) -> &str {
+        &self.cfg.resource_metadata
+    }
+
+    /// toolgate's issuer, the authorization server of this resource.
+    pub fn issuer(&self) -> &str {
+        &self.verifier.issuer
+    }
+
+    /// A tool of this server by MCP tool name (its `tool_id`, or its display `name`).
+    pub fn tool(&self, name: &str) -> Option<Arc<ToolEntry>> {
+        let registry = self.registry.read().ok()?;
+        registry
+            .get(name)
+            .or_else(|| registry.list(None).into_iter().find(|t| t.name == name))
+    }
+
+    /// Decide a request from its headers: `Ok` with the token's claims, or the refusal.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        target: Target<'_>,
+    ) -> Result<Arc<TokenClaims>, Rejection> {
+        let now = self.clock.now();
+        let age = now.saturating_sub(self.synced_at.load(Ordering::Relaxed));
+        if age > i64::try_from(self.cfg.max_staleness.as_secs()).unwrap_or(i64::MAX) {
+            return Err(Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the guard cannot confirm its revocation list is current",
+                Some(Check::Revocation),
+            ));
+        }
+        let token = bearer(headers).ok_or(Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "",
+            "a bearer token is required",
+            None,
+        ))?;
+        match target {
+            Target::Tool(tool_id) => {
+                let req = VerifyRequest {
+                    token,
+                    tool_id,
+                    ..Default::default()
+                };
+                let verdict = self.verifier.decide(&req, now);
+                verdict.result.map(|a| a.claims).map_err(reject)
+            }
+            Target::Server => {
+                let claims = self.verifier.check_own_token(token, now).map_err(reject)?;
+                let aud_ok = claims.aud.single().is_some_and(|a| {
+                    self.resources
+                        .read()
+                        .map(|r| r.contains(a))
+                        .unwrap_or(false)
+                });
+                if !aud_ok {
+                    return Err(reject(crate::verify::deny(
+                        Check::Audience,
+                        "audience mismatch",
+                    )));
+                }
+                match self.revocations.is_revoked(&claims.identity(), None, now) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        return Err(reject(crate::verify::deny(
+                            Check::Revocation,
+                            "token, subject or tool is revoked",
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(reject(Denial {
+                            check: Check::Revocation,
+                            reason: "revocation status is unavailable",
+                            unavailable: true,
+                        }))
+                    }
+                }
+                if claims.raw.contains_key("cnf") {
+                    return Err(reject(crate::verify::deny(
+                        Check::Dpop,
+                        "proof-of-possession is not supported",
+                    )));
+                }
+                Ok(claims)
+            }
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, GuardError> {
+        let (status, body) = self
+            .client
+            .send(http::Method::GET, path, None)
+            .await
+            .map_err(|e| GuardError(e.to_string()))?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(GuardError(format!("toolgate answered {status} for {path}")))
+        }
+    }
+
+    async fn refresh_keys(&self) -> Result<(), GuardError> {
+        let body = self.get("/v1/identity/jwks").await?;
+        let set = JwkSet::from_json_bytes(body.to_string().as_bytes())
+            .map_err(|e| GuardError(format!("JWKS: {e}")))?;
+        let mut current = self
+            .keys
+            .set
+            .write()
+            .map_err(|_| GuardError("key set lock poisoned".into()))?;
+        let removed = current
+            .keys
+            .iter()
+            .any(|k| k.kid.as_ref().is_some_and(|kid| set.find(kid).is_none()));
+        *current = set;
+        drop(current);
+        if removed {
+            self.verifier.clear_cache();
+        }
+        Ok(())
+    }
+
+    async fn refresh_tools(&self) -> Result<(), GuardError> {
+        let body = self.get("/v1/tools").await?;
+        let tools: Vec<ToolEntry> =
+            serde_json::from_value(body.get("tools").cloned().unwrap_or(Value::Null))
+                .map_err(|_| GuardError("toolgate's tool list is malformed".into()))?;
+        let mine: Vec<ToolEntry> = tools
+            .into_iter()
+            .filter(|t| {
+                self.cfg
+                    .server_id
+                    .as_ref()
+                    .is_none_or(|s| &t.server_id == s)
+            })
+            .collect();
+        let mut resources: HashSet<String> =
+            mine.iter().map(|t| t.resource().to_string()).collect();
+        resources.insert(self.cfg.resource.clone());
+        if let Ok(mut r) = self.registry.write() {
+            *r = Registry::from_entries(mine);
+        }
+        if let Ok(mut r) = self.resources.write() {
+            *r = resources;
+        }
+        Ok(())
+    }
+
+    /// Poll the digest; fetch the export only when it changed. A success marks the copy current.
+    async fn refresh_revocations(&self) -> Result<(), GuardError> {
+        let digest = self.get("/v1/federation/revocation-hash").await?;
+        let hash = digest
+            .get("hash")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let known = self.digest.read().map(|d| d.clone()).unwrap_or_default();
+        if hash != known {
+            let mut entries: Vec<(Key, i64)> = Vec::new();
+            let mut after = 0i64;
+            loop {
+                let page = self
+                    .get(&format!(
+                        "/v1/federation/revocation-export?after={after}&limit=10000"
+                    ))
+                    .await?;
+                for r in page
+                    .get("revocations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let key = r
+                        .get("key")
+                        .and_then(Value::as_str)
+                        .and_then(|k| u128::from_str_radix(k, 16).ok())
+                        .ok_or_else(|| {
+                            GuardError("revocation export entry without a key".into())
+                        })?;
+                    let exp = r
+                        .get("expires_at_unix")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(i64::MAX);
+                    entries.push((key, exp));
+                }
+                match page.get("next_after").and_then(Value::as_i64) {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            self.revocations
+                .replace(entries)
+                .map_err(|e| GuardError(e.to_string()))?;
+            if let Ok(mut d) = self.digest.write() {
+                *d = hash;
+            }
+        }
+        self.synced_at.store(self.clock.now(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The Bearer token of the `Authorization` header (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Keep the guard's copies current: revocations every poll, tools every second, keys when an
+/// unknown `kid` was seen (at most every 2 s) and every minute.
+async fn refresher(guard: Weak<Guard>) {
+    let mut ticks: u64 = 0;
+    let interval = match guard.upgrade() {
+        Some(g) => g.cfg.poll_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        let Some(g) = guard.upgrade() else { return };
+        if let Err(e) = g.refresh_revocations().await {
+            crate::warn!("guard: revocation sync failed: {e}");
+        }
+        let per_second = (1000 / interval.as_millis().max(1)).max(1) as u64;
+        if ticks % per_second == 0 {
+            if let Err(e) = g.refresh_tools().await {
+                crate::warn!("guard: tool sync failed: {e}");
+            }
+        }
+        let wanted = g.keys.wanted.swap(false, Ordering::Relaxed) && ticks % (2 * per_second) == 0;
+        if wanted || ticks % (60 * per_second) == 0 {
+            if let Err(e) = g.refresh_keys().await {
+                crate::warn!("guard: key refresh failed: {e}");
+            }
+        }
+    }
+}
+
+/// A hyper service wrapper: the guard in front of any handler. Requests for a tool name the
+/// tool with `tool_for`; everything else must carry a token for this server. The verified
+/// claims travel to the handler as a request extension (`Arc<TokenClaims>`).
+#[derive(Clone)]
+pub struct Protected<S> {
+    guard: Arc<Guard>,
+    inner: S,
+    tool_for: fn(&http::request::Parts) -> Option<String>,
+}
+
+impl<S> Protected<S> {
+    pub fn new(
+        guard: Arc<Guard>,
+        inner: S,
+        tool_for: fn(&http::request::Parts) -> Option<String>,
+    ) -> Self {
+        Self {
+            guard,
+            inner,
+            tool_for,
+        }
+    }
+}
+
+/// A rejection as an HTTP response, with the challenge header.
+pub fn rejection_response(r: &Rejection, resource_metadata: &str) -> http::Response<Full<Bytes>> {
+    let mut resp = http::Response::new(Full::new(Bytes::from(r.body().to_string())));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&r.challenge(resource_metadata)) {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> hyper::service::Service<http::Request<B>> for Protected<S>
+where
+    S: hyper::service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<Either<R, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn call(&self, req: http::Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let tool = (self.tool_for)(&parts);
+        let target = match &tool {
+            Some(t) => Target::Tool(t),
+            None => Target::Server,
+        };
+        match self.guard.check(&parts.headers, target) {
+            Ok(claims) => {
+                parts.extensions.insert(claims);
+                let fut = self.inner.call(http::Request::from_parts(parts, body));
+                Box::pin(async move { fut.await.map(|r| r.map(Either::Left)) })
+            }
+            Err(r) => {
+                let resp =
+                    rejection_response(&r, self.guard.resource_metadata()).map(Either::Right);
+                Box::pin(std::future::ready(Ok(resp)))
+            }
+        }
+    }
+}

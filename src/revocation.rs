@@ -8,7 +8,7 @@ use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// How a revoked thing is named. Subjects follow RFC 9493 formats; `spiffe` IDs are kept as
 /// `uri` (they are URIs) and also match the equivalent `wimse://` subject.
@@ -221,6 +221,7 @@ impl RevocationIndex {
 pub struct Revocations {
     index: Arc<RevocationIndex>,
     store: Store,
+    unstored: Arc<Mutex<HashMap<Key, NewRevocation>>>,
 }
 
 impl std::fmt::Debug for Revocations {
@@ -259,6 +260,7 @@ impl Revocations {
                 entries: RwLock::new(entries),
             }),
             store: store.clone(),
+            unstored: Arc::default(),
         })
     }
 
@@ -286,18 +288,26 @@ impl Revocations {
         now: i64,
     ) -> Result<Applied, StoreError> {
         let index = self.index.clone();
+        let unstored = self.unstored.clone();
         self.store
             .call(move |c| {
                 let result = rows::apply(c, event.as_ref(), &actions, now);
                 let mut map = index.entries.write().map_err(|_| StoreError::Unavailable)?;
+                let mut pending = unstored.lock().map_err(|_| StoreError::Unavailable)?;
                 let durable = matches!(result, Ok(Applied::Applied));
                 for action in &actions {
                     match action {
                         Action::Revoke(r) if result.is_err() || durable => {
                             map.insert(r.target.key(), r.expires_at.unwrap_or(i64::MAX));
+                            if durable {
+                                pending.remove(&r.target.key());
+                            } else {
+                                pending.insert(r.target.key(), r.clone());
+                            }
                         }
                         Action::Lift(t) if durable => {
                             map.remove(&t.key());
+                            pending.remove(&t.key());
                         }
                         _ => {}
                     }
@@ -307,15 +317,50 @@ impl Revocations {
             .await
     }
 
+    /// Revocations enforced in memory whose write failed (until a retry stores them or a
+    /// restart forgets them), that the database does not already hold: the export lists them
+    /// so that the digest can be recomputed from it and guards enforce them too.
+    pub async fn unstored(&self, now: i64) -> Result<Vec<NewRevocation>, StoreError> {
+        let pending: Vec<NewRevocation> = {
+            let p = self.unstored.lock().map_err(|_| StoreError::Unavailable)?;
+            p.values()
+                .filter(|r| r.expires_at.is_none_or(|e| e > now))
+                .cloned()
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(pending);
+        }
+        self.store
+            .call(move |c| {
+                let mut out = Vec::new();
+                for r in pending {
+                    if !rows::holds(c, &r.target, now)? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// Lift one stored revocation by id; the lifted row, `None` if there was none.
     pub async fn lift_by_id(&self, id: i64) -> Result<Option<Row>, StoreError> {
         let index = self.index.clone();
+        let unstored = self.unstored.clone();
         self.store
             .call(move |c| {
                 let row = rows::delete(c, id)?;
                 if let Some(r) = &row {
                     let mut map = index.entries.write().map_err(|_| StoreError::Unavailable)?;
-                    map.remove(&r.target.key());
+                    // An unstored (failed) re-revocation of the same target still holds.
+                    if !unstored
+                        .lock()
+                        .map(|p| p.contains_key(&r.target.key()))
+                        .unwrap_or(true)
+                    {
+                        map.remove(&r.target.key());
+                    }
                 }
                 Ok(row)
             })
@@ -334,6 +379,23 @@ impl Revocations {
             })
             .await
     }
+}
+
+/// An enforced revocation that could not be stored, as the API shows it.
+pub fn unstored_json(r: &NewRevocation, now: i64) -> Value {
+    json!({
+        "id": null,
+        "stored": false,
+        "kind": r.target.format.kind(),
+        "format": r.target.format.name(),
+        "value": r.target.value,
+        "issuer": r.target.issuer,
+        "reason": r.reason,
+        "revoked_at": crate::clock::rfc3339(now),
+        "expires_at": r.expires_at.map(crate::clock::rfc3339),
+        "expires_at_unix": r.expires_at,
+        "key": format!("{:032x}", r.target.key()),
+    })
 }
 
 /// A stored revocation as the API shows it.

@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::{json_response, require_admin, require_reader, Response, Result};
 use crate::app::App;
 use crate::registry::valid_id;
-use crate::revocation::{row_json, Action, Applied, Format, Target};
+use crate::revocation::{row_json, unstored_json, Action, Applied, Format, Target};
 use crate::signals::{self, Policy, SignalError};
 use crate::store::audit::Record;
 use crate::store::revocations::{self as rows, NewRevocation};
@@ -198,7 +198,14 @@ async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<
     } else {
         None
     };
-    Ok((found.iter().map(row_json).collect(), next))
+    let mut entries: Vec<Value> = found.iter().map(row_json).collect();
+    if next.is_none() {
+        // Enforced but not yet stored (a failed write): listed last, so that the digest over
+        // the export matches and guards enforce them too.
+        let unstored = app.revocations.unstored(now).await?;
+        entries.extend(unstored.iter().map(|r| unstored_json(r, now)));
+    }
+    Ok((entries, next))
 }
 
 /// `GET /v1/signals/revocations` (admin).

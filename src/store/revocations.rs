@@ -20,6 +20,8 @@ const SELECT_LIVE_KEYS: &str = "SELECT format, issuer, value, expires_at FROM re
 const SELECT_PAGE: &str = "SELECT id, format, issuer, value, reason, event_type, event_jti, source, \
      revoked_at, expires_at FROM revocations WHERE (expires_at IS NULL OR expires_at > ?1) AND id > ?2 \
      ORDER BY id LIMIT ?3";
+const HOLDS: &str = "SELECT 1 FROM revocations WHERE format = ?1 AND issuer = ?2 AND value = ?3 \
+     AND (expires_at IS NULL OR expires_at > ?4)";
 const INSERT_EVENT: &str =
     "INSERT INTO signal_events (issuer, jti, received_at) VALUES (?1, ?2, ?3)";
 const SEEN_EVENT: &str = "SELECT 1 FROM signal_events WHERE issuer = ?1 AND jti = ?2";
@@ -134,6 +136,18 @@ pub fn apply(
     }
     tx.commit()?;
     Ok(Applied::Applied)
+}
+
+/// Does the database hold an unexpired revocation of `target`?
+pub fn holds(conn: &Connection, target: &Target, now: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            HOLDS,
+            params![target.format.name(), target.issuer, target.value, now],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 pub fn delete(conn: &Connection, id: i64) -> Result<Option<Row>, StoreError> {

@@ -1842,8 +1842,10 @@ async fn a_store_failure_is_503_yet_the_revocation_is_enforced() {
     let (status, body) = exchange_stub(&daemon, json!({"sub": "alice"})).await;
     assert_exchange_denied(status, &body);
     assert_allowed(&daemon, &carol, "search").await;
-    // Not stored.
-    assert!(find(&daemon, &wimse("alice")).await.is_none());
+    // Not stored: listed as enforced-but-unstored, without an id.
+    let listed = find(&daemon, &wimse("alice")).await.unwrap();
+    assert_eq!(listed["stored"], false, "{listed}");
+    assert!(listed["id"].is_null(), "{listed}");
 
     conn.execute_batch("DROP TRIGGER fail_revocations;")
         .unwrap();

@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod discovery;
 mod exchange;
+mod gateway;
 mod interop;
 mod observe;
 mod production;

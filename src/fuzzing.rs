@@ -55,3 +55,58 @@ pub fn jwk_parse(data: &[u8]) {
     };
     assert_eq!(again.as_ref().map(prints).ok(), Some(prints(&set)));
 }
+
+/// Arbitrary bytes as a pushed Security Event Token, signed (compact JWS) and dev JSON: never
+/// panics; a refusal always names an RFC 8935 error code.
+pub fn set_parse(data: &[u8]) {
+    let Some(key) = fuzz_key() else { return };
+    let transmitters = [crate::config::Transmitter {
+        issuer: "https://siem.example.com".into(),
+        keys: crate::jose::JwkSet { keys: vec![key] },
+    }];
+    let policy = crate::signals::Policy {
+        audience: "https://toolgate.example.com",
+        transmitters: &transmitters,
+        now: 1_700_000_000,
+        leeway: 60,
+        max_age: 3600,
+        default_ttl: Some(60),
+    };
+    const CODES: [&str; 4] = [
+        "invalid_request",
+        "invalid_issuer",
+        "invalid_audience",
+        "invalid_key",
+    ];
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Err(e) = crate::signals::verify_signed(text, &policy) {
+            assert!(CODES.contains(&e.code));
+        }
+    }
+    if let Ok(claims) = crate::jose::json::parse_object(data) {
+        match crate::signals::read_unsigned(&claims, &policy) {
+            Ok(signal) => assert!(!signal.actions.is_empty() && !signal.jti.is_empty()),
+            Err(e) => assert!(CODES.contains(&e.code)),
+        }
+    }
+}
+
+/// Arbitrary bytes as an exchange request body, in both encodings: never panics.
+pub fn exchange_request(data: &[u8]) {
+    let _ = crate::http::tokens::from_json(data);
+    let _ = crate::http::tokens::from_form(data);
+}
+
+/// Arbitrary bytes as a gateway request body: never panics, and whatever is accepted has at
+/// least one message, each of which got a decision target (no message is skipped).
+pub fn jsonrpc(data: &[u8]) {
+    if let Ok(targets) = crate::gateway::jsonrpc_targets(data) {
+        let messages = match serde_json::from_slice::<serde_json::Value>(data) {
+            Ok(serde_json::Value::Array(batch)) => batch.len(),
+            Ok(_) => 1,
+            Err(_) => 0,
+        };
+        assert!(!targets.is_empty());
+        assert_eq!(targets.len(), messages);
+    }
+}

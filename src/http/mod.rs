@@ -6,7 +6,7 @@ mod discovery;
 pub mod error;
 mod observe;
 mod signals;
-mod tokens;
+pub(crate) mod tokens;
 mod tools;
 
 pub use signals::MAX_SET_AGE;

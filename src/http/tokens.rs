@@ -118,7 +118,7 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     Ok(resp)
 }
 
-fn from_json(bytes: &[u8]) -> Result<ExchangeRequest> {
+pub(crate) fn from_json(bytes: &[u8]) -> Result<ExchangeRequest> {
     let obj = body::json_object(bytes)?;
     for target in ["audience", "resource"] {
         if matches!(obj.get(target), Some(Value::Array(_))) {
@@ -143,7 +143,7 @@ fn from_json(bytes: &[u8]) -> Result<ExchangeRequest> {
     })
 }
 
-fn from_form(bytes: &[u8]) -> Result<ExchangeRequest> {
+pub(crate) fn from_form(bytes: &[u8]) -> Result<ExchangeRequest> {
     let pairs = body::form_pairs(bytes)?;
     let mut fields = FIELDS.iter().map(|name| {
         body::single(&pairs, name)

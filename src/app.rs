@@ -166,7 +166,7 @@ impl App {
     pub fn audit_ready(&self) -> Result<(), AuditError> {
         if self.audit.failed() {
             Err(AuditError::Unavailable)
-        } else if self.audit.depth() >= crate::audit::QUEUE_CAPACITY - 16 {
+        } else if self.audit.depth() >= crate::audit::QUEUE_CAPACITY - 4096 {
             Err(AuditError::Overloaded)
         } else {
             Ok(())

@@ -20,13 +20,14 @@ const BROADCAST_CAPACITY: usize = 1024;
 const CLIENT_BUFFER: usize = 64;
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Event types a client may ask for with `?types=` (a prefix matches: `verify` = both).
-pub const TYPES: [&str; 6] = [
+pub const TYPES: [&str; 7] = [
     "exchange",
     "verify.allow",
     "verify.deny",
     "signal",
     "registration",
     "revocation",
+    "admin",
 ];
 
 /// One event, serialised once for every client.

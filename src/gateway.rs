@@ -167,6 +167,20 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> http::Response<Body> {
         let path = req.uri().path().to_string();
+        // A path the upstream might normalise into another one is never decided.
+        let lowered = path.to_ascii_lowercase();
+        if path.split('/').any(|seg| seg == "." || seg == "..")
+            || lowered.contains("%2e")
+            || lowered.contains("%2f")
+            || lowered.contains("%5c")
+            || path.contains('\\')
+        {
+            return Self::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "dot segments and encoded separators are not accepted in paths",
+            );
+        }
         if path == "/.well-known/oauth-protected-resource" {
             return self.metadata();
         }
@@ -250,6 +264,12 @@ impl Gateway {
             Ok(t) => t,
             Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),
         };
+        // No token at all: the 401 challenge, before anything about the tools is revealed.
+        if crate::guard::bearer(&parts.headers).is_none() {
+            if let Err(resp) = self.decide(&parts.headers, Target::Server) {
+                return resp;
+            }
+        }
         // Every message must pass; the first refusal refuses the whole request.
         let mut subject = String::new();
         for target in &targets {

@@ -461,6 +461,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// unknown `kid` was seen (at most every 2 s) and every minute.
 async fn refresher(guard: Weak<Guard>) {
     let mut ticks: u64 = 0;
+    let mut last_keys = std::time::Instant::now();
     let interval = match guard.upgrade() {
         Some(g) => g.cfg.poll_interval,
         None => return,
@@ -480,8 +481,11 @@ async fn refresher(guard: Weak<Guard>) {
                 crate::warn!("guard: tool sync failed: {e}");
             }
         }
-        let wanted = g.keys.wanted.swap(false, Ordering::Relaxed) && ticks % (2 * per_second) == 0;
-        if wanted || ticks % (60 * per_second) == 0 {
+        // An unknown kid asks for new keys: honoured at once, at most every two seconds.
+        let due = last_keys.elapsed() >= Duration::from_secs(2)
+            && g.keys.wanted.swap(false, Ordering::Relaxed);
+        if due || ticks % (60 * per_second) == 0 {
+            last_keys = std::time::Instant::now();
             if let Err(e) = g.refresh_keys().await {
                 crate::warn!("guard: key refresh failed: {e}");
             }

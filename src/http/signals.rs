@@ -106,6 +106,17 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             app.metrics.signal(t);
         }
     }
+    let row = Record {
+        ts_ms: app.now_ms(),
+        kind: "signal".into(),
+        subject: clip(&signal.issuer),
+        target: clip(&signal.event_types.join(" ")),
+        decision: decision.into(),
+        request_id: rid.into(),
+        jti: clip(&signal.jti),
+        ..Default::default()
+    };
+    let _ = app.record("signal", row);
     for action in &signal.actions {
         record_action(app, rid, action, decision, &signal.jti, &signal.issuer);
     }

@@ -38,30 +38,34 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     let (parts, incoming) = req.into_parts();
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
-    let request = match media.as_str() {
+    let parsed = match media.as_str() {
         // curl -d sends JSON labelled as a form; a form body never starts with '{'.
         "application/x-www-form-urlencoded" if !bytes.trim_ascii_start().starts_with(b"{") => {
-            from_form(&bytes)?
+            from_form(&bytes)
         }
-        "application/x-www-form-urlencoded" => from_json(&bytes)?,
-        "application/json" | "" => from_json(&bytes)?,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                "Content-Type must be application/json or application/x-www-form-urlencoded",
-            ))
-        }
+        "application/x-www-form-urlencoded" | "application/json" | "" => from_json(&bytes),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "Content-Type must be application/json or application/x-www-form-urlencoded",
+        )),
     };
-    let outcome = exchange::exchange(app, &request, app.now());
+    // Every exchange, even one refused while parsing, is counted and audited.
+    let target = parsed
+        .as_ref()
+        .ok()
+        .map(|r| {
+            clip(
+                r.audience
+                    .as_deref()
+                    .or(r.resource.as_deref())
+                    .unwrap_or(""),
+            )
+        })
+        .unwrap_or_default();
+    let outcome = parsed
+        .and_then(|request| exchange::exchange(app, &request, app.now()).map_err(ApiError::from));
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let target = clip(
-        request
-            .audience
-            .as_deref()
-            .or(request.resource.as_deref())
-            .unwrap_or(""),
-    );
     let (row, result) = match &outcome {
         Ok(issued) => (
             Record {
@@ -73,12 +77,11 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
             },
             "issued",
         ),
-        Err(e) => {
-            let api = ApiError::from(*e);
-            let code = if api.status.as_u16() == 503 {
-                "unavailable"
-            } else {
-                api.code
+        Err(api) => {
+            let code = match api.status.as_u16() {
+                503 => "unavailable",
+                500 => "error",
+                _ => api.code,
             };
             (
                 Record {
@@ -92,7 +95,6 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
             )
         }
     };
-    app.metrics.exchange(result, micros);
     let row = Record {
         ts_ms: app.now_ms(),
         kind: "exchange".into(),
@@ -102,6 +104,7 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     app.record("exchange", row).map_err(|_| {
         ApiError::unavailable("the audit log is unavailable; the exchange was refused")
     })?;
+    app.metrics.exchange(result, micros);
     let issued = outcome?;
     let mut body = json!({
         "access_token": issued.access_token,
@@ -213,13 +216,6 @@ pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
         .map(|r| r.get(&tool_id).is_some())
         .unwrap_or(false);
     let denial = verdict.result.as_ref().err().copied();
-    app.metrics.verify(
-        &tool_id,
-        registered,
-        denial.map(|d| d.check),
-        micros,
-        app.now_ms(),
-    );
     let claims = verdict.claims.as_deref();
     let row = Record {
         ts_ms: app.now_ms(),
@@ -242,6 +238,13 @@ pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
     // An allow that cannot be audited is not an allow.
     app.record(event, row)
         .map_err(|_| ApiError::unavailable("the audit log is unavailable; the call is refused"))?;
+    app.metrics.verify(
+        &tool_id,
+        registered,
+        denial.map(|d| d.check),
+        micros,
+        app.now_ms(),
+    );
     match verdict.result {
         Ok(allowed) => Ok(json_response(
             StatusCode::OK,

@@ -168,9 +168,11 @@ pub enum ChainBreak {
     Gap { expected: i64, found: i64 },
     /// Row `seq` does not link to the row before it.
     Unlinked(i64),
-    /// The head says `head`, the last row is `last` (rows deleted from the tail, or the head
-    /// edited).
+    /// The head says `head`, the last row is `last < head`: rows deleted from the tail.
     Truncated { last: i64, head: i64 },
+    /// The head record does not match the last row `last` (the row or the head was edited,
+    /// rows were appended behind the writer's back, or the head was deleted).
+    HeadMismatch { last: i64, head: i64 },
 }
 
 impl std::fmt::Display for ChainBreak {
@@ -183,6 +185,13 @@ impl std::fmt::Display for ChainBreak {
                 f,
                 "the log ends at row {last} but its head records row {head}: rows {}..={head} were deleted",
                 last + 1
+            ),
+            Self::HeadMismatch { last, head: 0 } => {
+                write!(f, "the chain head record is missing (the log ends at row {last})")
+            }
+            Self::HeadMismatch { last, head } => write!(
+                f,
+                "row {last} does not match the chain head (which records row {head}): the row or the head was modified"
             ),
         }
     }
@@ -212,8 +221,14 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
         expected += 1;
     }
     let last = expected - 1;
-    if last != head_seq || prev != head_hash {
+    if last < head_seq {
         return Ok(Err(ChainBreak::Truncated {
+            last,
+            head: head_seq,
+        }));
+    }
+    if last != head_seq || prev != head_hash {
+        return Ok(Err(ChainBreak::HeadMismatch {
             last,
             head: head_seq,
         }));

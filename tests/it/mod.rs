@@ -1,5 +1,6 @@
 pub mod harness;
 
+mod attacks;
 mod bad_input;
 mod cli;
 mod discovery;
@@ -8,6 +9,7 @@ mod gateway;
 mod interop;
 mod observe;
 mod production;
+mod robustness;
 mod signals;
 mod tools;
 mod verify;

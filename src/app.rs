@@ -162,6 +162,33 @@ impl App {
         }
     }
 
+    /// Like `record`, but waits until the row is committed: for state changes, so that their
+    /// acknowledgement implies their audit row survives a crash.
+    pub async fn record_durable(
+        &self,
+        event: &'static str,
+        record: Record,
+    ) -> Result<(), AuditError> {
+        let timestamp = crate::clock::rfc3339(record.ts_ms / 1000);
+        let detail = if record.check.is_empty() {
+            record.reason.clone()
+        } else {
+            format!("{}: {}", record.check, record.reason)
+        };
+        let (subject, target, decision) = (
+            record.subject.clone(),
+            record.target.clone(),
+            record.decision.clone(),
+        );
+        self.audit.record_durable(record).await.inspect_err(|e| {
+            self.metrics.audit_refused();
+            crate::warn!("audit record not committed ({e:?})");
+        })?;
+        self.events
+            .publish(event, &timestamp, &subject, &target, &decision, &detail);
+        Ok(())
+    }
+
     /// Can a state change be audited right now? Checked before changing anything.
     pub fn audit_ready(&self) -> Result<(), AuditError> {
         if self.audit.failed() {

@@ -25,6 +25,9 @@ pub enum AuditError {
     Unavailable,
 }
 
+/// A record, and who waits for its commit.
+type Queued = (Record, Option<tokio::sync::oneshot::Sender<bool>>);
+
 #[derive(Debug, Default)]
 struct Shared {
     depth: AtomicUsize,
@@ -34,7 +37,7 @@ struct Shared {
 
 /// The request side of the audit log.
 pub struct Audit {
-    sender: RwLock<Option<SyncSender<Record>>>,
+    sender: RwLock<Option<SyncSender<Queued>>>,
     shared: Arc<Shared>,
     enabled: bool,
 }
@@ -81,6 +84,28 @@ impl Audit {
 
     /// Queue a record; the caller refuses its request on error.
     pub fn record(&self, record: Record) -> Result<(), AuditError> {
+        self.enqueue(record, None)
+    }
+
+    /// Queue a record and wait until it is committed (group commit: it shares its batch's
+    /// transaction). For state changes, whose acknowledgement must imply their audit row.
+    pub async fn record_durable(&self, record: Record) -> Result<(), AuditError> {
+        if !self.enabled {
+            return self.enqueue(record, None);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(record, Some(tx))?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(AuditError::Unavailable),
+        }
+    }
+
+    fn enqueue(
+        &self,
+        record: Record,
+        done: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> Result<(), AuditError> {
         if !self.enabled {
             self.shared.written.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -91,7 +116,7 @@ impl Audit {
         let guard = self.sender.read().map_err(|_| AuditError::Unavailable)?;
         let sender = guard.as_ref().ok_or(AuditError::Unavailable)?;
         self.shared.depth.fetch_add(1, Ordering::Relaxed);
-        match sender.try_send(record) {
+        match sender.try_send((record, done)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.shared.depth.fetch_sub(1, Ordering::Relaxed);
@@ -129,23 +154,31 @@ impl Audit {
 fn write_loop(
     conn: &mut rusqlite::Connection,
     mut head: (i64, String),
-    rx: &Receiver<Record>,
+    rx: &Receiver<Queued>,
     shared: &Shared,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut waiters = Vec::new();
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        let (record, done) = first;
+        batch.push(record);
+        waiters.extend(done);
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok((record, done)) => {
+                    batch.push(record);
+                    waiters.extend(done);
+                }
                 Err(_) => break,
             }
         }
         let mut attempt = 0;
+        let mut committed = false;
         loop {
             match log::append(conn, &head, &batch) {
                 Ok(new_head) => {
                     head = new_head;
+                    committed = true;
                     shared
                         .written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -164,6 +197,9 @@ fn write_loop(
                     break;
                 }
             }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(committed);
         }
         batch.clear();
     }

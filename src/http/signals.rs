@@ -116,10 +116,12 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
         jti: clip(&signal.jti),
         ..Default::default()
     };
-    let _ = app.record("signal", row);
     for action in &signal.actions {
         record_action(app, rid, action, decision, &signal.jti, &signal.issuer);
     }
+    // The queue is first in, first out: once the summary row is committed, so are the rows
+    // before it. A signal is acknowledged only with its audit rows on disk.
+    let audited = app.record_durable("signal", row).await;
     match outcome {
         Ok(Applied::Applied) => {
             crate::info!(
@@ -147,13 +149,19 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             ));
         }
     }
+    audited.map_err(|_| durable_audit_failed())?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({"status": "accepted"}),
     ))
 }
 
-/// One audit row (and live event) per revocation or lift.
+/// The change is stored but its audit row is not: say so rather than acknowledge.
+pub(super) fn durable_audit_failed() -> ApiError {
+    ApiError::unavailable("the change was stored but its audit record could not be written; audited requests are refused until the audit log recovers")
+}
+
+/// One audit row (and live event) per revocation or lift, queued.
 fn record_action(
     app: &App,
     rid: &str,
@@ -162,11 +170,25 @@ fn record_action(
     event_jti: &str,
     source: &str,
 ) {
+    let _ = app.record(
+        "revocation",
+        action_row(app, rid, action, outcome, event_jti, source),
+    );
+}
+
+fn action_row(
+    app: &App,
+    rid: &str,
+    action: &Action,
+    outcome: &str,
+    event_jti: &str,
+    source: &str,
+) -> Record {
     let (verb, target) = match action {
         Action::Revoke(r) => ("revoke", &r.target),
         Action::Lift(t) => ("lift", t),
     };
-    let row = Record {
+    Record {
         ts_ms: app.now_ms(),
         kind: "revocation".into(),
         subject: clip(&target.value),
@@ -176,8 +198,7 @@ fn record_action(
         request_id: rid.into(),
         jti: clip(event_jti),
         ..Default::default()
-    };
-    let _ = app.record("revocation", row);
+    }
 }
 
 fn query_i64(req: &Request<Incoming>, name: &str, default: i64) -> Result<i64> {
@@ -294,22 +315,22 @@ pub async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
         .revocations
         .apply(None, vec![action.clone()], app.now())
         .await;
-    record_action(
-        app,
-        rid,
-        &action,
-        if outcome.is_ok() {
-            "applied"
-        } else {
-            "unstored"
-        },
-        "",
-        "admin",
-    );
+    let verdict = if outcome.is_ok() {
+        "applied"
+    } else {
+        "unstored"
+    };
+    let audited = app
+        .record_durable(
+            "revocation",
+            action_row(app, rid, &action, verdict, "", "admin"),
+        )
+        .await;
     outcome.map_err(|e| {
         crate::error!("operator revocation not stored: {e}");
         ApiError::unavailable("the revocation could not be stored; it is enforced until restart, retry to make it durable")
     })?;
+    audited.map_err(|_| durable_audit_failed())?;
     crate::info!("operator revoked {} {}", format.kind(), format.name());
     Ok(json_response(
         StatusCode::CREATED,
@@ -344,14 +365,19 @@ pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Re
             )
         })?;
     crate::info!("operator lifted revocation {id}");
-    record_action(
-        app,
-        rid,
-        &Action::Lift(row.target.clone()),
-        "applied",
-        "",
-        "admin",
-    );
+    app.record_durable(
+        "revocation",
+        action_row(
+            app,
+            rid,
+            &Action::Lift(row.target.clone()),
+            "applied",
+            "",
+            "admin",
+        ),
+    )
+    .await
+    .map_err(|_| durable_audit_failed())?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"status": "lifted", "revocation": row_json(&row)}),

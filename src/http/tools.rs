@@ -77,7 +77,7 @@ pub async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     match app.register_tool(entry).await {
         Ok(stored) => {
             crate::info!("registered tool {tool_id} for {}", stored.resource());
-            record(app, rid, &tool_id, "registered", stored.resource());
+            record(app, rid, &tool_id, "registered", stored.resource()).await?;
             Ok(json_response(StatusCode::CREATED, &json!(stored)))
         }
         Err(crate::store::StoreError::Conflict) => Err(ApiError::new(
@@ -110,8 +110,8 @@ fn audit_unavailable() -> ApiError {
     ApiError::unavailable("the audit log is unavailable; nothing was changed")
 }
 
-/// The registration's audit row and live event (queue room was checked before the change).
-fn record(app: &App, rid: &str, tool_id: &str, decision: &str, resource: &str) {
+/// The registration's audit row and live event, committed before the change is acknowledged.
+async fn record(app: &App, rid: &str, tool_id: &str, decision: &str, resource: &str) -> Result<()> {
     let row = Record {
         ts_ms: app.now_ms(),
         kind: "registration".into(),
@@ -126,7 +126,9 @@ fn record(app: &App, rid: &str, tool_id: &str, decision: &str, resource: &str) {
         request_id: rid.into(),
         ..Default::default()
     };
-    let _ = app.record("registration", row);
+    app.record_durable("registration", row)
+        .await
+        .map_err(|_| super::signals::durable_audit_failed())
 }
 
 async fn remove(app: &App, tool_id: &str, rid: &str) -> Result<Response> {
@@ -141,7 +143,7 @@ async fn remove(app: &App, tool_id: &str, rid: &str) -> Result<Response> {
         .await?
         .ok_or_else(tool_not_found)?;
     crate::info!("deregistered tool {tool_id}");
-    record(app, rid, tool_id, "deregistered", removed.resource());
+    record(app, rid, tool_id, "deregistered", removed.resource()).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"status": "deregistered", "tool_id": tool_id}),

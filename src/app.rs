@@ -43,6 +43,44 @@ pub struct App {
     pub metrics: Metrics,
 }
 
+/// What the live stream shows of an audit row.
+struct LiveEvent {
+    kind: &'static str,
+    timestamp: String,
+    subject: String,
+    target: String,
+    result: String,
+    detail: String,
+}
+
+impl LiveEvent {
+    fn of(kind: &'static str, r: &Record) -> Self {
+        Self {
+            kind,
+            timestamp: crate::clock::rfc3339(r.ts_ms / 1000),
+            subject: r.subject.clone(),
+            target: r.target.clone(),
+            result: r.decision.clone(),
+            detail: if r.check.is_empty() {
+                r.reason.clone()
+            } else {
+                format!("{}: {}", r.check, r.reason)
+            },
+        }
+    }
+
+    fn publish(&self, hub: &Hub) {
+        hub.publish(
+            self.kind,
+            &self.timestamp,
+            &self.subject,
+            &self.target,
+            &self.result,
+            &self.detail,
+        );
+    }
+}
+
 /// The threads behind an `App`, joined at shutdown once the app is gone.
 pub struct Threads {
     pub db: JoinHandle<()>,
@@ -137,29 +175,12 @@ impl App {
     /// Append an audit row and publish the live event. `Err` means the row could not be
     /// queued: the caller refuses the request (shed load, never drop the record).
     pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
-        let timestamp = crate::clock::rfc3339(record.ts_ms / 1000);
-        let detail = if record.check.is_empty() {
-            record.reason.clone()
-        } else {
-            format!("{}: {}", record.check, record.reason)
-        };
-        let (subject, target, decision) = (
-            record.subject.clone(),
-            record.target.clone(),
-            record.decision.clone(),
-        );
-        match self.audit.record(record) {
-            Ok(()) => {
-                self.events
-                    .publish(event, &timestamp, &subject, &target, &decision, &detail);
-                Ok(())
-            }
-            Err(e) => {
-                self.metrics.audit_refused();
-                crate::warn!("audit record refused ({e:?}); refusing the request");
-                Err(e)
-            }
-        }
+        let live = LiveEvent::of(event, &record);
+        self.audit
+            .record(record)
+            .inspect_err(|e| self.audit_refused(e))?;
+        live.publish(&self.events);
+        Ok(())
     }
 
     /// Like `record`, but waits until the row is committed: for state changes, so that their
@@ -169,24 +190,18 @@ impl App {
         event: &'static str,
         record: Record,
     ) -> Result<(), AuditError> {
-        let timestamp = crate::clock::rfc3339(record.ts_ms / 1000);
-        let detail = if record.check.is_empty() {
-            record.reason.clone()
-        } else {
-            format!("{}: {}", record.check, record.reason)
-        };
-        let (subject, target, decision) = (
-            record.subject.clone(),
-            record.target.clone(),
-            record.decision.clone(),
-        );
-        self.audit.record_durable(record).await.inspect_err(|e| {
-            self.metrics.audit_refused();
-            crate::warn!("audit record not committed ({e:?})");
-        })?;
-        self.events
-            .publish(event, &timestamp, &subject, &target, &decision, &detail);
+        let live = LiveEvent::of(event, &record);
+        self.audit
+            .record_durable(record)
+            .await
+            .inspect_err(|e| self.audit_refused(e))?;
+        live.publish(&self.events);
         Ok(())
+    }
+
+    fn audit_refused(&self, e: &AuditError) {
+        self.metrics.audit_refused();
+        crate::warn!("audit record refused ({e:?}); refusing the request");
     }
 
     /// Can a state change be audited right now? Checked before changing anything.

@@ -9,18 +9,15 @@ use crate::guard::{rejection_response, Guard, GuardConfig, Rejection, Target};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// Largest request body the gateway reads to find the JSON-RPC messages in it.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -461,42 +458,16 @@ pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Resu
         cfg: cfg.clone(),
         reports,
     });
-    let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => { crate::warn!("gateway accept failed: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let limits = crate::server::Limits {
+        max_connections: cfg.max_connections,
+        header_read_timeout: Duration::from_secs(10),
+        grace: Duration::from_secs(10),
+    };
+    let handler = move |req| {
         let gw = gateway.clone();
-        let service = service_fn(move |req| {
-            let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
-    }
-    drop(gateway);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(10)) => crate::warn!("gateway: some connections did not finish in time"),
-    }
+        async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
+    };
+    crate::server::accept_loop(listener, &limits, shutdown, handler, || {}).await;
     // Give the reporter a moment to deliver what is queued.
     let _ = tokio::time::timeout(Duration::from_secs(5), reporter_task).await;
     Ok(())

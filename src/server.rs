@@ -124,15 +124,53 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
     events: &crate::events::Hub,
 ) -> bool {
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        grace: config.shutdown_grace,
+    };
+    let handler = move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
+    };
+    // Event streams never end by themselves: end them so their connections can finish.
+    accept_loop(listener, &limits, shutdown, handler, || events.close()).await
+}
+
+/// Connection limits shared by the daemon and the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub grace: Duration,
+}
+
+/// Accept HTTP/1.1 connections until `shutdown`, each served by `handler`: at most
+/// `max_connections` at once (the rest wait in the kernel's backlog), heads capped and timed.
+/// Then `on_shutdown`, and a graceful wait; whether every connection finished in time.
+pub async fn accept_loop<H, F, B>(
+    listener: TcpListener,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+    on_shutdown: impl FnOnce(),
+) -> bool
+where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
-        // Wait for room before accepting: excess clients queue in the kernel's backlog.
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = &mut shutdown => break,
@@ -149,24 +187,19 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), service_fn(handler.clone())));
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
         });
     }
     drop(listener);
-    drop(app);
-    // Event streams never end by themselves: end them so their connections can finish.
-    events.close();
+    drop(handler);
+    on_shutdown();
     tokio::select! {
         () = graceful.shutdown() => true,
-        () = tokio::time::sleep(config.shutdown_grace) => {
+        () = tokio::time::sleep(limits.grace) => {
             crate::warn!("shutdown: some connections did not finish in time");
             false
         }

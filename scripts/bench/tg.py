@@ -11,6 +11,22 @@
   tg.py verify URL TOKEN TOOL_ID STATUS [CHECK]  one verify; fail unless STATUS (and CHECK)
   tg.py mint URL AUDIENCE N OUT [THREADS]      exchange N stubs with distinct `sub`s, write the
                                                tokens one per line to OUT
+  tg.py exchange-expect URL SUB NAMESPACE AUDIENCE STATUS ERROR
+                                               one exchange of a stub for SUB in NAMESPACE; fail
+                                               unless it answers STATUS with `error` ERROR
+  tg.py startup-wait URL PATH SECONDS READY    write a line to READY (a FIFO) once running, then
+                                               poll GET URL+PATH every 10 ms until it answers 200;
+                                               print that moment (epoch seconds, as bash's
+                                               $EPOCHREALTIME). Start it before the server so
+                                               that Python's own start-up is not measured.
+  tg.py quiesce SECONDS URL...                 wait until every toolgate's audit queue is empty
+                                               (GET /v1/stats: audit.queue_depth == 0), so that
+                                               no writer drains one run's records into the next
+  tg.py revoke-bulk DB N NAMESPACE             insert N subject revocations (format uri,
+                                               wimse://dev.local/ns/NAMESPACE/sa/revoked-<i>) into
+                                               DB's `revocations` table in one transaction
+  tg.py sql-scan DB                            time the start-up SELECT of src/store/revocations.rs
+                                               (SELECT_LIVE_KEYS) over DB; print "MS ROWS MS_IN_C"
 """
 
 import base64
@@ -18,6 +34,7 @@ import concurrent.futures
 import http.client
 import json
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -36,16 +53,19 @@ def b64(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def stub(sub):
+def stub(sub, namespace=None):
     header = b64(b'{"alg":"none","typ":"JWT"}')
-    claims = b64(json.dumps({"sub": sub}, separators=(",", ":")).encode())
+    claims = {"sub": sub}
+    if namespace is not None:
+        claims["namespace"] = namespace
+    claims = b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{header}.{claims}.stub"
 
 
-def exchange_body(sub, audience):
+def exchange_body(sub, audience, namespace=None):
     return {
         "grant_type": GRANT,
-        "subject_token": stub(sub),
+        "subject_token": stub(sub, namespace),
         "subject_token_type": JWT,
         "audience": audience,
     }
@@ -173,6 +193,117 @@ def cmd_mint(url, audience, n, out, threads=16):
     print(f"minted {n} distinct tokens in {elapsed:.1f}s ({n / elapsed:.0f}/s, {threads} threads)", file=sys.stderr)
 
 
+def cmd_exchange_expect(url, sub, namespace, audience, want_status, want_error):
+    status, body = once(url, "POST", "/v1/exchange/token", exchange_body(sub, audience, namespace))
+    error = body.get("error") if isinstance(body, dict) else None
+    if status != int(want_status) or error != want_error:
+        die(f"exchange for {sub} in {namespace}: HTTP {status} error {error!r} "
+            f"(want {want_status} {want_error!r}): {body}")
+
+
+def cmd_startup_wait(url, path, seconds, ready):
+    """The server binds its port before it loads its state, so a connection may be accepted
+    and then answered only once start-up is done; either way the first 200 marks "up"."""
+    with open(ready, "w", encoding="ascii") as f:
+        f.write("ready\n")
+    deadline = time.monotonic() + float(seconds)
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = once(url, "GET", path)
+            if status == 200:
+                print(f"{time.time():.6f}")
+                return
+            last = f"HTTP {status}: {body}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.01)
+    die(f"{url}{path} not up after {seconds}s ({last})")
+
+
+def cmd_quiesce(seconds, *urls):
+    t0 = time.monotonic()
+    deadline = t0 + float(seconds)
+    for url in urls:
+        while True:
+            status, body = once(url, "GET", "/v1/stats")
+            if status != 200 or not isinstance(body, dict):
+                die(f"{url}/v1/stats: HTTP {status}: {body}")
+            depth = (body.get("audit") or {}).get("queue_depth")
+            if depth is None:
+                return  # a build without an audit queue: nothing to wait for
+            if depth == 0:
+                break
+            if time.monotonic() > deadline:
+                die(f"{url}: audit queue still holds {depth} records after {seconds}s")
+            time.sleep(0.05)
+    waited = time.monotonic() - t0
+    if waited >= 0.1:
+        print(f"waited {waited:.1f}s for audit queues to drain", file=sys.stderr)
+
+
+# The row every bulk revocation gets; columns not named here take their schema defaults.
+INSERT_REVOCATION = (
+    "INSERT INTO revocations (format, issuer, value, reason, revoked_at, expires_at) "
+    "VALUES ('uri', '', ?, 'bench', ?, NULL)"
+)
+# Keep in step with SELECT_LIVE_KEYS in src/store/revocations.rs.
+SELECT_LIVE_KEYS = (
+    "SELECT format, issuer, value, expires_at FROM revocations "
+    "WHERE expires_at IS NULL OR expires_at > ?1"
+)
+
+
+def cmd_revoke_bulk(db, n, namespace):
+    n = int(n)
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'revocations'").fetchone()[0] != 1:
+            die(f"{db} has no revocations table (start toolgate on it once first)")
+        # A throw-away database: no fsync, and a cache that holds the whole UNIQUE index.
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -524288")
+        now = int(time.time())
+        prefix = f"wimse://dev.local/ns/{namespace}/sa/revoked-"
+        t0 = time.monotonic()
+        conn.execute("BEGIN")
+        conn.executemany(INSERT_REVOCATION, ((f"{prefix}{i}", now) for i in range(n)))
+        conn.execute("COMMIT")
+        elapsed = time.monotonic() - t0
+        got = conn.execute("SELECT count(*) FROM revocations WHERE reason = 'bench'").fetchone()[0]
+        if got != n:
+            die(f"inserted {got} revocations, wanted {n}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    print(f"inserted {n} revocations in {elapsed:.1f}s", file=sys.stderr)
+
+
+def cmd_sql_scan(db):
+    """Two timings of the start-up SELECT: rows handed to Python one by one (an upper bound:
+    Python builds a tuple and three strings per row), and the same rows consumed inside SQLite
+    by an aggregate that reads every selected column (close to the database's own share)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        now = int(time.time())
+        t0 = time.monotonic()
+        rows = 0
+        for _ in conn.execute(SELECT_LIVE_KEYS, (now,)):
+            rows += 1
+        py_ms = (time.monotonic() - t0) * 1000
+        t0 = time.monotonic()
+        (agg_rows, _) = conn.execute(
+            "SELECT count(*), sum(length(format) + length(issuer) + length(value) "
+            f"+ coalesce(expires_at, 0)) FROM ({SELECT_LIVE_KEYS})", (now,)
+        ).fetchone()
+        c_ms = (time.monotonic() - t0) * 1000
+    finally:
+        conn.close()
+    if agg_rows != rows:
+        die(f"sql-scan: {rows} rows iterated, {agg_rows} aggregated")
+    print(f"{py_ms:.0f} {rows} {c_ms:.0f}")
+
+
 def main(argv):
     if not argv:
         die(__doc__)
@@ -187,6 +318,11 @@ def main(argv):
         "verify-body": (lambda tok, tool, out: write_json(out, verify_body(tok, tool)), 3, 3),
         "verify": (cmd_verify, 4, 5),
         "mint": (cmd_mint, 4, 5),
+        "exchange-expect": (cmd_exchange_expect, 6, 6),
+        "startup-wait": (cmd_startup_wait, 4, 4),
+        "quiesce": (cmd_quiesce, 2, 9),
+        "revoke-bulk": (cmd_revoke_bulk, 3, 3),
+        "sql-scan": (cmd_sql_scan, 1, 1),
     }
     if cmd not in table:
         die(f"unknown command {cmd!r}\n{__doc__}")

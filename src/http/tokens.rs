@@ -13,17 +13,6 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
-const FIELDS: [&str; 8] = [
-    "grant_type",
-    "subject_token",
-    "subject_token_type",
-    "audience",
-    "resource",
-    "scope",
-    "actor_token",
-    "actor_token_type",
-];
-
 pub(super) fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
@@ -121,58 +110,53 @@ pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     Ok(resp)
 }
 
+fn one_target() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
+        "exactly one audience is required",
+    )
+}
+
+/// The request from its fields, whichever encoding they came in.
+fn request_from(
+    mut field: impl FnMut(&'static str) -> Result<Option<String>>,
+) -> Result<ExchangeRequest> {
+    Ok(ExchangeRequest {
+        grant_type: field("grant_type")?,
+        subject_token: field("subject_token")?,
+        subject_token_type: field("subject_token_type")?,
+        audience: field("audience")?,
+        resource: field("resource")?,
+        scope: field("scope")?,
+        actor_token: field("actor_token")?,
+        actor_token_type: field("actor_token_type")?,
+    })
+}
+
 pub(crate) fn from_json(bytes: &[u8]) -> Result<ExchangeRequest> {
     let obj = body::json_object(bytes)?;
-    for target in ["audience", "resource"] {
-        if matches!(obj.get(target), Some(Value::Array(_))) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                "exactly one audience is required",
-            ));
-        }
+    if ["audience", "resource"]
+        .iter()
+        .any(|t| matches!(obj.get(*t), Some(Value::Array(_))))
+    {
+        return Err(one_target());
     }
-    let mut fields = FIELDS.iter().map(|name| opt_string(&obj, name));
-    let mut next = || fields.next().unwrap_or(Ok(None));
-    Ok(ExchangeRequest {
-        grant_type: next()?,
-        subject_token: next()?,
-        subject_token_type: next()?,
-        audience: next()?,
-        resource: next()?,
-        scope: next()?,
-        actor_token: next()?,
-        actor_token_type: next()?,
-    })
+    request_from(|name| opt_string(&obj, name))
 }
 
 pub(crate) fn from_form(bytes: &[u8]) -> Result<ExchangeRequest> {
     let pairs = body::form_pairs(bytes)?;
-    let mut fields = FIELDS.iter().map(|name| {
+    request_from(|name| {
         body::single(&pairs, name)
             .map(|v| v.map(str::to_string))
             .map_err(|_| {
-                if matches!(*name, "audience" | "resource") {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_target",
-                        "exactly one audience is required",
-                    )
+                if matches!(name, "audience" | "resource") {
+                    one_target()
                 } else {
                     ApiError::invalid_request(format!("{name} is repeated"))
                 }
             })
-    });
-    let mut next = || fields.next().unwrap_or(Ok(None));
-    Ok(ExchangeRequest {
-        grant_type: next()?,
-        subject_token: next()?,
-        subject_token_type: next()?,
-        audience: next()?,
-        resource: next()?,
-        scope: next()?,
-        actor_token: next()?,
-        actor_token_type: next()?,
     })
 }
 

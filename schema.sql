@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS revocations (
     UNIQUE (format, issuer, value)
 ) STRICT;
 
+-- Pruning finds expiring revocations without scanning the whole table.
+CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations (expires_at) WHERE expires_at IS NOT NULL;
+
 -- Security Event Tokens already applied, by (transmitter, jti): a replay is acknowledged, not
 -- applied twice. Rows older than the accepted SET age are pruned.
 CREATE TABLE IF NOT EXISTS signal_events (

@@ -210,6 +210,8 @@ where
 async fn prune_revocations(app: std::sync::Weak<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; start-up already skipped expired entries.
+    tick.tick().await;
     loop {
         tick.tick().await;
         let Some(app) = app.upgrade() else { return };

@@ -17,7 +17,8 @@ use std::thread::JoinHandle;
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4: revocations_by_expiry.
+pub const SCHEMA_VERSION: i64 = 4;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 

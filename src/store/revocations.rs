@@ -17,6 +17,8 @@ const DELETE_ID: &str =
      reason, event_type, event_jti, source, revoked_at, expires_at";
 const SELECT_LIVE_KEYS: &str = "SELECT format, issuer, value, expires_at FROM revocations \
      WHERE expires_at IS NULL OR expires_at > ?1";
+const COUNT_LIVE: &str =
+    "SELECT count(*) FROM revocations WHERE expires_at IS NULL OR expires_at > ?1";
 const SELECT_PAGE: &str = "SELECT id, format, issuer, value, reason, event_type, event_jti, source, \
      revoked_at, expires_at FROM revocations WHERE (expires_at IS NULL OR expires_at > ?1) AND id > ?2 \
      ORDER BY id LIMIT ?3";
@@ -74,6 +76,12 @@ fn row(r: &SqlRow<'_>) -> rusqlite::Result<Row> {
         revoked_at: r.get(8)?,
         expires_at: r.get(9)?,
     })
+}
+
+/// How many revocations are unexpired at `now`.
+pub fn count_live(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    let n: i64 = conn.query_row(COUNT_LIVE, params![now], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Visit every unexpired revocation's name (start-up load).

@@ -332,6 +332,8 @@ impl Gateway {
         ] {
             parts.headers.remove(h);
         }
+        // Only the gateway speaks for the subject: whatever the client sent is dropped.
+        parts.headers.remove("x-toolgate-subject");
         if let Ok(v) = HeaderValue::from_str(subject) {
             parts.headers.insert("x-toolgate-subject", v);
         }

@@ -175,11 +175,14 @@ impl App {
     /// Append an audit row and publish the live event. `Err` means the row could not be
     /// queued: the caller refuses the request (shed load, never drop the record).
     pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
-        let live = LiveEvent::of(event, &record);
+        // Nobody watching the stream: no copies to make.
+        let live = (self.events.clients() > 0).then(|| LiveEvent::of(event, &record));
         self.audit
             .record(record)
             .inspect_err(|e| self.audit_refused(e))?;
-        live.publish(&self.events);
+        if let Some(live) = live {
+            live.publish(&self.events);
+        }
         Ok(())
     }
 

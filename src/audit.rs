@@ -15,6 +15,8 @@ use std::time::Duration;
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Most records in one transaction.
 const BATCH: usize = 2048;
+/// How long the writer gathers records after the first before committing.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Why a record could not be queued: the request is refused (503).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,8 +165,11 @@ fn write_loop(
         let (record, done) = first;
         batch.push(record);
         waiters.extend(done);
+        // Gather for a moment: one commit (one fsync) per batch, not per record.
+        let deadline = std::time::Instant::now() + GATHER;
         while batch.len() < BATCH {
-            match rx.try_recv() {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
                 Ok((record, done)) => {
                     batch.push(record);
                     waiters.extend(done);

@@ -109,7 +109,6 @@ impl Audit {
         done: Option<tokio::sync::oneshot::Sender<bool>>,
     ) -> Result<(), AuditError> {
         if !self.enabled {
-            self.shared.written.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         if self.shared.failed.load(Ordering::Relaxed) {

@@ -4,6 +4,14 @@
 --   BENCH_TOKENS_FILE  one token per line: each request verifies the next token, as
 --                      {"token":<token>,"tool_id":BENCH_TOOL_ID}; every wrk thread starts
 --                      at a different offset (BENCH_THREADS = wrk's -t)
+--   BENCH_BEARER       if set, every request carries "Authorization: Bearer <it>"
+--   BENCH_MODE         "register" or "signal": every request POSTs a body of its own (unique
+--                      per run, thread and request; BENCH_RUN names the run):
+--                        register: {"tool_id":"bench-<run>-<thread>-<n>",
+--                                   "resource_uri":"https://bench.example.com/t/<run>-<thread>-<n>"}
+--                        signal:   a dev-mode (unsigned JSON) session-revoked SET with
+--                                  jti "bench-<run>-<thread>-<n>" and its own subject
+--                                  wimse://dev.local/ns/bench/sa/sig-<run>-<thread>-<n>
 --   BENCH_EXPECT       the only acceptable status (default 200)
 -- done() prints "BENCH_RESULT responses=N unexpected=M first_unexpected=S"; bench.sh fails
 -- the run when M is not 0 or N is 0.
@@ -38,10 +46,25 @@ if body_file and body_file ~= "" then
   wrk.headers["Content-Type"] = "application/json"
 end
 
+local bearer = os.getenv("BENCH_BEARER")
+if bearer and bearer ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. bearer
+end
+
 local tokens_file = os.getenv("BENCH_TOKENS_FILE")
+local mode = os.getenv("BENCH_MODE") or ""
+local run = os.getenv("BENCH_RUN") or "run"
 local reqs, nreqs, pos
+local counter, iat, prefix
 
 function init(args)
+  if mode == "register" or mode == "signal" then
+    counter = 0
+    iat = os.time()
+    prefix = run .. "-" .. id .. "-"
+    return
+  end
+  assert(mode == "", "unknown BENCH_MODE " .. mode)
   if not tokens_file or tokens_file == "" then
     return
   end
@@ -61,8 +84,28 @@ function init(args)
   pos = math.floor(id * nreqs / nthreads) -- 0-based
 end
 
--- Only defined in token-cycling mode; otherwise wrk sends its static request.
-if tokens_file and tokens_file ~= "" then
+local json_headers = { ["Content-Type"] = "application/json" }
+local SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
+
+-- Only defined in the token-cycling and unique-body modes; otherwise wrk sends its static
+-- request.
+if mode == "register" then
+  function request()
+    counter = counter + 1
+    local key = prefix .. counter
+    return wrk.format("POST", wrk.path, json_headers,
+      '{"tool_id":"bench-' .. key .. '","resource_uri":"https://bench.example.com/t/' .. key .. '"}')
+  end
+elseif mode == "signal" then
+  function request()
+    counter = counter + 1
+    local key = prefix .. counter
+    return wrk.format("POST", wrk.path, json_headers,
+      '{"iss":"https://siem.example.com","jti":"bench-' .. key .. '","iat":' .. iat ..
+      ',"sub_id":{"format":"uri","uri":"wimse://dev.local/ns/bench/sa/sig-' .. key .. '"}' ..
+      ',"events":{"' .. SESSION_REVOKED .. '":{}}}')
+  end
+elseif tokens_file and tokens_file ~= "" then
   function request()
     pos = pos + 1
     if pos > nreqs then

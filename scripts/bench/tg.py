@@ -3,7 +3,8 @@
 
   tg.py port                                   print a free loopback TCP port
   tg.py wait URL PATH SECONDS                  poll GET URL+PATH until it answers 200
-  tg.py register URL TOOL_ID RESOURCE          POST /v1/mcp/tools, expect 201
+  tg.py register URL TOOL_ID RESOURCE [SERVER_ID]
+                                               POST /v1/mcp/tools, expect 201
   tg.py stub SUB                               print a dev stub subject token for SUB
   tg.py exchange-body SUB AUDIENCE OUT         write an exchange request body (JSON) to OUT
   tg.py exchange URL SUB AUDIENCE              exchange a stub; print the access token
@@ -22,6 +23,11 @@
   tg.py quiesce SECONDS URL...                 wait until every toolgate's audit queue is empty
                                                (GET /v1/stats: audit.queue_depth == 0), so that
                                                no writer drains one run's records into the next
+  tg.py metric URL NAME                        print the value of metric NAME in GET URL/metrics
+  tg.py request URL METHOD PATH STATUS [BEARER [BODY_FILE]]
+                                               one request (BEARER "" for none; BODY_FILE sent as
+                                               application/json); fail unless it answers STATUS
+  tg.py db-count DB TABLE                      print the number of rows of TABLE in DB (read-only)
   tg.py revoke-bulk DB N NAMESPACE             insert N subject revocations (format uri,
                                                wimse://dev.local/ns/NAMESPACE/sa/revoked-<i>) into
                                                DB's `revocations` table in one transaction
@@ -132,8 +138,11 @@ def cmd_wait(url, path, seconds):
     die(f"{url}{path} not up after {seconds}s ({last})")
 
 
-def cmd_register(url, tool_id, resource):
-    status, body = once(url, "POST", "/v1/mcp/tools", {"tool_id": tool_id, "resource_uri": resource})
+def cmd_register(url, tool_id, resource, server_id=None):
+    tool = {"tool_id": tool_id, "resource_uri": resource}
+    if server_id is not None:
+        tool["server_id"] = server_id
+    status, body = once(url, "POST", "/v1/mcp/tools", tool)
     if status != 201:
         die(f"register {tool_id}: HTTP {status}: {body}")
 
@@ -242,6 +251,47 @@ def cmd_quiesce(seconds, *urls):
         print(f"waited {waited:.1f}s for audit queues to drain", file=sys.stderr)
 
 
+def cmd_metric(url, name):
+    conn = connect(url)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        die(f"{url}/metrics: HTTP {resp.status}: {text[:200]}")
+    for line in text.splitlines():
+        parts = line.split()
+        # No labels on the metrics read here: "NAME VALUE".
+        if len(parts) == 2 and parts[0] == name:
+            value = float(parts[1])
+            print(int(value) if value.is_integer() else value)
+            return
+    die(f"{url}/metrics has no unlabelled metric {name}")
+
+
+def cmd_request(url, method, path, want_status, bearer="", body_file=None):
+    headers = {}
+    data = None
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
+    if body_file:
+        with open(body_file, "rb") as f:
+            data = f.read()
+        headers["Content-Type"] = "application/json"
+    conn = connect(url)
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    if resp.status != int(want_status):
+        die(f"{method} {url}{path}: HTTP {resp.status} (want {want_status}): "
+            f"{raw[:300].decode('utf-8', 'replace')}")
+
+
 # The row every bulk revocation gets; columns not named here take their schema defaults.
 INSERT_REVOCATION = (
     "INSERT INTO revocations (format, issuer, value, reason, revoked_at, expires_at) "
@@ -279,6 +329,16 @@ def cmd_revoke_bulk(db, n, namespace):
     print(f"inserted {n} revocations in {elapsed:.1f}s", file=sys.stderr)
 
 
+def cmd_db_count(db, table):
+    if not table.replace("_", "").isalnum():
+        die(f"db-count: bad table name {table!r}")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        print(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def cmd_sql_scan(db):
     """Two timings of the start-up SELECT: rows handed to Python one by one (an upper bound:
     Python builds a tuple and three strings per row), and the same rows consumed inside SQLite
@@ -311,7 +371,7 @@ def main(argv):
     table = {
         "port": (cmd_port, 0, 0),
         "wait": (cmd_wait, 3, 3),
-        "register": (cmd_register, 3, 3),
+        "register": (cmd_register, 3, 4),
         "stub": (lambda sub: print(stub(sub)), 1, 1),
         "exchange-body": (lambda sub, aud, out: write_json(out, exchange_body(sub, aud)), 3, 3),
         "exchange": (cmd_exchange, 3, 3),
@@ -321,8 +381,11 @@ def main(argv):
         "exchange-expect": (cmd_exchange_expect, 6, 6),
         "startup-wait": (cmd_startup_wait, 4, 4),
         "quiesce": (cmd_quiesce, 2, 9),
+        "metric": (cmd_metric, 2, 2),
+        "request": (cmd_request, 4, 6),
         "revoke-bulk": (cmd_revoke_bulk, 3, 3),
         "sql-scan": (cmd_sql_scan, 1, 1),
+        "db-count": (cmd_db_count, 2, 2),
     }
     if cmd not in table:
         die(f"unknown command {cmd!r}\n{__doc__}")

@@ -308,7 +308,10 @@ impl Guard {
                         "audience mismatch",
                     )));
                 }
-                match self.revocations.is_revoked(&claims.identity(), None, now) {
+                match self
+                    .revocations
+                    .any_revoked(&claims.revocation_keys, None, now)
+                {
                     Ok(false) => {}
                     Ok(true) => {
                         return Err(reject(crate::verify::deny(

@@ -128,7 +128,7 @@ pub struct Identity<'a> {
 }
 
 impl Identity<'_> {
-    fn keys(&self) -> Vec<Key> {
+    pub fn keys(&self) -> Vec<Key> {
         let mut keys = vec![
             key(Format::Uri, "", self.subject),
             key(Format::IssSub, self.issuer, self.subject),
@@ -179,12 +179,23 @@ impl RevocationIndex {
         tool_id: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        self.any_revoked(&who.keys(), tool_id, now)
+    }
+
+    /// As `is_revoked`, with the identity's keys computed beforehand (a verified token keeps
+    /// its own, so a repeated token hashes nothing here).
+    pub fn any_revoked(
+        &self,
+        keys: &[Key],
+        tool_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let entries = self.entries.read().map_err(|_| StoreError::Unavailable)?;
         let live = |k: &Key| entries.get(k).is_some_and(|exp| *exp > now);
         if tool_id.is_some_and(|t| live(&key(Format::Tool, "", t))) {
             return Ok(true);
         }
-        Ok(who.keys().iter().any(live))
+        Ok(keys.iter().any(live))
     }
 
     /// How many revocations count at `now`.

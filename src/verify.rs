@@ -179,6 +179,8 @@ pub struct TokenClaims {
     pub aud: Audience,
     pub caps: Vec<String>,
     pub blast_radius: Option<String>,
+    /// The names a revocation may use for this token, hashed once.
+    pub revocation_keys: Vec<crate::revocation::Key>,
 }
 
 impl TokenClaims {
@@ -206,7 +208,7 @@ impl TokenClaims {
         let aud = claims::audience(&raw);
         let caps = claims::string_list(&raw, "caps")?.unwrap_or_default();
         let blast_radius = claims::string(&raw, "blast_radius")?.map(str::to_string);
-        Ok(Self {
+        let mut claims = Self {
             raw,
             times,
             iss,
@@ -215,7 +217,10 @@ impl TokenClaims {
             aud,
             caps,
             blast_radius,
-        })
+            revocation_keys: Vec::new(),
+        };
+        claims.revocation_keys = claims.identity().keys();
+        Ok(claims)
     }
 }
 
@@ -442,7 +447,7 @@ impl Verifier {
         // 10. revocation, fail closed
         match self
             .revocations
-            .is_revoked(&claims.identity(), Some(&tool.tool_id), now)
+            .any_revoked(&claims.revocation_keys, Some(&tool.tool_id), now)
         {
             Ok(false) => {}
             Ok(true) => return Err(deny(Check::Revocation, "token, subject or tool is revoked")),

@@ -109,6 +109,30 @@ impl Daemon {
         (status.as_u16(), v)
     }
 
+    /// Send only the head of a request that declares a `len`-byte body, and read the
+    /// answer: for limits enforced before any body is read. (Sending the whole body races the
+    /// server's close and can end in a reset instead of the answer.)
+    pub async fn declared_only(&self, path: &str, content_type: &str, len: usize) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let authority = self.url.strip_prefix("http://").unwrap();
+        let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let read = stream.read_to_end(&mut buf);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf);
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
     pub async fn register(&self, tool_id: &str, resource: &str) -> Value {
         let (status, body) = self
             .call(

@@ -1677,16 +1677,18 @@ async fn a_body_over_one_mib_is_413() {
         json!({}),
     );
     set["padding"] = json!("x".repeat(1024 * 1024));
-    let (status, body) = post_json(&daemon, &set).await;
+    let len = set.to_string().len();
+    let (status, body) = daemon
+        .declared_only("/v1/signals/events", "application/json", len)
+        .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"], "invalid_request", "{body}");
     // Same for a signed-SET media type.
     let (status, body) = daemon
-        .raw(
-            Method::POST,
+        .declared_only(
             "/v1/signals/events",
             "application/secevent+jwt",
-            vec![b'a'; 1024 * 1024 + 1],
+            1024 * 1024 + 1,
         )
         .await;
     assert_eq!(status, 413, "{body}");

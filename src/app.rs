@@ -60,7 +60,7 @@ impl LiveEvent {
             timestamp: crate::clock::rfc3339(r.ts_ms / 1000),
             subject: r.subject.clone(),
             target: r.target.clone(),
-            result: r.decision.clone(),
+            result: r.decision.to_string(),
             detail: if r.check.is_empty() {
                 r.reason.clone()
             } else {

@@ -68,7 +68,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
             },
             target: what.into(),
             decision: decision.into(),
-            check: status.as_u16().to_string(),
+            check: status.as_u16().to_string().into(),
             request_id: rid.clone(),
             ..Default::default()
         };

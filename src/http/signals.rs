@@ -193,7 +193,7 @@ fn action_row(
         kind: "revocation".into(),
         subject: clip(&target.value),
         target: format!("{}:{}", target.format.kind(), target.format.name()),
-        decision: format!("{verb}:{outcome}"),
+        decision: format!("{verb}:{outcome}").into(),
         reason: clip(source),
         request_id: rid.into(),
         jti: clip(event_jti),

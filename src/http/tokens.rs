@@ -207,9 +207,7 @@ pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
         subject: claims.map(|c| clip(&c.sub)).unwrap_or_default(),
         target: clip(&tool_id),
         decision: if denial.is_some() { "deny" } else { "allow" }.into(),
-        check: denial
-            .map(|d| d.check.name().to_string())
-            .unwrap_or_default(),
+        check: denial.map(|d| d.check.name().into()).unwrap_or_default(),
         reason: denial.map(|d| d.reason.to_string()).unwrap_or_default(),
         request_id: rid.into(),
         jti: claims.map(|c| clip(&c.jti)).unwrap_or_default(),
@@ -311,8 +309,8 @@ pub async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             kind: "gateway".into(),
             subject,
             target: tool_id,
-            decision,
-            check,
+            decision: decision.into(),
+            check: check.into(),
             reason: if reason.is_empty() {
                 clip(&source)
             } else {

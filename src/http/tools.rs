@@ -111,7 +111,13 @@ fn audit_unavailable() -> ApiError {
 }
 
 /// The registration's audit row and live event, committed before the change is acknowledged.
-async fn record(app: &App, rid: &str, tool_id: &str, decision: &str, resource: &str) -> Result<()> {
+async fn record(
+    app: &App,
+    rid: &str,
+    tool_id: &str,
+    decision: &'static str,
+    resource: &str,
+) -> Result<()> {
     let row = Record {
         ts_ms: app.now_ms(),
         kind: "registration".into(),

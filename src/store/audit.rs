@@ -5,8 +5,6 @@ use super::StoreError;
 use ring::digest::{Context, SHA256};
 use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
 
-const INSERT: &str = "INSERT INTO audit_log (seq, ts_ms, kind, subject, target, decision, check_name, \
-     reason, request_id, jti, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
      ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
@@ -15,15 +13,18 @@ const COLUMNS: &str = "seq, ts_ms, kind, subject, target, decision, check_name, 
 /// The hash of the empty chain: what the first row's `prev_hash` is.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A field that is usually one of a fixed set of names: no allocation for those.
+pub type Name = std::borrow::Cow<'static, str>;
+
 /// One audit row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub ts_ms: i64,
-    pub kind: String,
+    pub kind: Name,
     pub subject: String,
     pub target: String,
-    pub decision: String,
-    pub check: String,
+    pub decision: Name,
+    pub check: Name,
     pub reason: String,
     pub request_id: String,
     pub jti: String,
@@ -38,33 +39,63 @@ pub struct Stored {
     pub hash: String,
 }
 
-/// SHA-256 over the previous hash and every field, each length-prefixed so that no two rows
-/// serialise alike.
-pub fn chain_hash(prev: &str, seq: i64, r: &Record) -> String {
+/// A row's SHA-256 chain hash.
+pub type Hash = [u8; 32];
+
+/// SHA-256 over the previous hash (lowercase hex) and every field, each length-prefixed so
+/// that no two rows serialise alike: `len ":" bytes` for prev, seq, ts_ms (decimal) and the
+/// text fields in column order.
+pub fn chain_hash(prev: &str, seq: i64, r: &Record) -> Hash {
     let mut ctx = Context::new(&SHA256);
-    let seq = seq.to_string();
-    let ts = r.ts_ms.to_string();
+    let (mut seq_buf, mut ts_buf) = ([0u8; 20], [0u8; 20]);
+    let seq = decimal(seq, &mut seq_buf);
+    let ts = decimal(r.ts_ms, &mut ts_buf);
     for field in [
-        prev,
-        &seq,
-        &ts,
-        &r.kind,
-        &r.subject,
-        &r.target,
-        &r.decision,
-        &r.check,
-        &r.reason,
-        &r.request_id,
-        &r.jti,
+        prev.as_bytes(),
+        seq,
+        ts,
+        r.kind.as_bytes(),
+        r.subject.as_bytes(),
+        r.target.as_bytes(),
+        r.decision.as_bytes(),
+        r.check.as_bytes(),
+        r.reason.as_bytes(),
+        r.request_id.as_bytes(),
+        r.jti.as_bytes(),
     ] {
-        ctx.update(field.len().to_string().as_bytes());
+        let mut len_buf = [0u8; 20];
+        ctx.update(decimal(field.len() as i64, &mut len_buf));
         ctx.update(b":");
-        ctx.update(field.as_bytes());
+        ctx.update(field);
     }
-    hex(ctx.finish().as_ref())
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `n` in decimal, as `to_string` writes it, without allocating (20 bytes hold `i64::MIN`).
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut v = n.unsigned_abs();
+    let mut start = buf.len();
+    for slot in buf.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        start -= 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        start = start.saturating_sub(1);
+        if let Some(sign) = buf.get_mut(start) {
+            *sign = b'-';
+        }
+    }
+    buf.get(start..).unwrap_or_default()
+}
+
+/// Lowercase hex of a hash, as the chain, the head record and the API show it.
+pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         for nibble in [b >> 4, b & 0x0f] {
@@ -82,39 +113,91 @@ pub fn head(conn: &Connection) -> Result<(i64, String), StoreError> {
         .unwrap_or((0, GENESIS.to_string())))
 }
 
+/// Rows per multi-row INSERT: one statement step per group of rows, not per row.
+const GROUP: usize = 16;
+/// Bound parameters per row of `INSERT`.
+const COLUMN_COUNT: usize = 12;
+
+/// `INSERT` of `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let one = format!("({})", ["?"; COLUMN_COUNT].join(", "));
+    format!(
+        "INSERT INTO audit_log ({COLUMNS}) VALUES {}",
+        vec![one.as_str(); rows].join(", ")
+    )
+}
+
+/// Bind one row's values at parameter `at` (1-based) onwards.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    at: usize,
+    seq: i64,
+    r: &Record,
+    prev: &str,
+    hash: &str,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(at, seq)?;
+    stmt.raw_bind_parameter(at + 1, r.ts_ms)?;
+    for (i, text) in [
+        &*r.kind,
+        &r.subject,
+        &r.target,
+        &r.decision,
+        &r.check,
+        &r.reason,
+        &r.request_id,
+        &r.jti,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        stmt.raw_bind_parameter(at + 2 + i, text)?;
+    }
+    stmt.raw_bind_parameter(at + 10, prev)?;
+    stmt.raw_bind_parameter(at + 11, hash)
+}
+
 /// Append a batch in one transaction, extending the chain from `head`; the new head.
 pub fn append(
     conn: &mut Connection,
     head: &(i64, String),
     batch: &[Record],
 ) -> Result<(i64, String), StoreError> {
+    let Some(first_seq) = head.0.checked_add(1) else {
+        return Err(StoreError::Corrupt("audit sequence"));
+    };
+    // Each row's hash covers the one before it.
+    let mut hashes: Vec<String> = Vec::with_capacity(batch.len());
+    let mut seq = head.0;
+    for r in batch {
+        seq += 1;
+        let prev = hashes.last().unwrap_or(&head.1);
+        hashes.push(hex(&chain_hash(prev, seq, r)));
+    }
+    let prevs = std::iter::once(&head.1).chain(hashes.iter());
+    let mut rows = batch.iter().zip(prevs.zip(hashes.iter())).zip(first_seq..);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (mut seq, mut prev) = head.clone();
     {
-        let mut stmt = tx.prepare_cached(INSERT)?;
-        for r in batch {
-            seq += 1;
-            let hash = chain_hash(&prev, seq, r);
-            stmt.execute(params![
-                seq,
-                r.ts_ms,
-                r.kind,
-                r.subject,
-                r.target,
-                r.decision,
-                r.check,
-                r.reason,
-                r.request_id,
-                r.jti,
-                prev,
-                hash
-            ])?;
-            prev = hash;
+        let full_groups = batch.len() / GROUP;
+        if full_groups > 0 {
+            let mut stmt = tx.prepare_cached(&insert_sql(GROUP))?;
+            for _ in 0..full_groups {
+                for (i, ((r, (prev, hash)), seq)) in rows.by_ref().take(GROUP).enumerate() {
+                    bind_row(&mut stmt, 1 + i * COLUMN_COUNT, seq, r, prev, hash)?;
+                }
+                stmt.raw_execute()?;
+            }
+        }
+        let mut stmt = tx.prepare_cached(&insert_sql(1))?;
+        for ((r, (prev, hash)), seq) in rows {
+            bind_row(&mut stmt, 1, seq, r, prev, hash)?;
+            stmt.raw_execute()?;
         }
     }
-    tx.execute(SET_HEAD, params![seq, prev])?;
+    let new_head = (seq, hashes.pop().unwrap_or_else(|| head.1.clone()));
+    tx.execute(SET_HEAD, params![new_head.0, new_head.1])?;
     tx.commit()?;
-    Ok((seq, prev))
+    Ok(new_head)
 }
 
 fn stored(r: &SqlRow<'_>) -> rusqlite::Result<Stored> {
@@ -122,11 +205,11 @@ fn stored(r: &SqlRow<'_>) -> rusqlite::Result<Stored> {
         seq: r.get(0)?,
         record: Record {
             ts_ms: r.get(1)?,
-            kind: r.get(2)?,
+            kind: Name::Owned(r.get(2)?),
             subject: r.get(3)?,
             target: r.get(4)?,
-            decision: r.get(5)?,
-            check: r.get(6)?,
+            decision: Name::Owned(r.get(5)?),
+            check: Name::Owned(r.get(6)?),
             reason: r.get(7)?,
             request_id: r.get(8)?,
             jti: r.get(9)?,
@@ -220,7 +303,7 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
         if row.prev_hash != prev {
             return Ok(Err(ChainBreak::Unlinked(row.seq)));
         }
-        if chain_hash(&prev, row.seq, &row.record) != row.hash {
+        if hex(&chain_hash(&prev, row.seq, &row.record)) != row.hash {
             return Ok(Err(ChainBreak::Edited(row.seq)));
         }
         prev = row.hash;
@@ -240,4 +323,84 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
         }));
     }
     Ok(Ok(last))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_matches_to_string() {
+        for n in [0, 7, -7, 10, 1_764_000_000_123, -1, i64::MAX, i64::MIN] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+
+    /// The chain's definition is fixed: logs written by earlier versions must keep verifying.
+    /// The expected value was computed independently (Python hashlib over the same framing).
+    #[test]
+    fn chain_hash_is_the_documented_framing() {
+        let r = Record {
+            ts_ms: -1_764_000_000_123,
+            kind: "verify".into(),
+            subject: "wimse://dev.local/ns/a/sa/b".into(),
+            target: "code-search".into(),
+            decision: "deny".into(),
+            check: "audience".into(),
+            reason: "aud is sql".into(),
+            request_id: "req-1".into(),
+            jti: "jti-1".into(),
+        };
+        assert_eq!(
+            hex(&chain_hash(GENESIS, 7, &r)),
+            "d60407fbae8ea11b75512c34d88a97da0ec3f85a8ae9038a53f9da293365bc40"
+        );
+    }
+
+    /// Batches of every shape around the multi-row group size chain exactly like one row at
+    /// a time, and the head follows the last row.
+    #[test]
+    fn batches_of_any_size_extend_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(crate::store::Store::open(&path).unwrap());
+        let mut conn = crate::store::open_connection(&path).unwrap();
+        let mut head = head(&conn).unwrap();
+        let mut expected = (0i64, GENESIS.to_string());
+        let mut n = 0i64;
+        for size in [0, 1, GROUP - 1, GROUP, GROUP + 1, 2 * GROUP, 3 * GROUP + 5] {
+            let batch: Vec<Record> = (0..size)
+                .map(|_| {
+                    n += 1;
+                    Record {
+                        ts_ms: n,
+                        kind: "verify".into(),
+                        target: format!("t{n}"),
+                        decision: "allow".into(),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            for r in &batch {
+                expected.0 += 1;
+                expected.1 = hex(&chain_hash(&expected.1, expected.0, r));
+            }
+            head = append(&mut conn, &head, &batch).unwrap();
+            assert_eq!(head, expected, "after a batch of {size}");
+        }
+        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
+        let rows = query(
+            &conn,
+            &Query {
+                target: "t20".into(),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows.first().unwrap().record.ts_ms, 20);
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use toolgate::store::audit::{chain_hash, verify_chain, ChainBreak, Record};
+use toolgate::store::audit::{chain_hash, hex, verify_chain, ChainBreak, Record};
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 const CODE: &str = "https://mcp.example.com/tools/code-search";
@@ -253,11 +253,11 @@ impl Row {
     fn record(&self) -> Record {
         Record {
             ts_ms: self.ts_ms,
-            kind: self.kind.clone(),
+            kind: self.kind.clone().into(),
             subject: self.subject.clone(),
             target: self.target.clone(),
-            decision: self.decision.clone(),
-            check: self.check.clone(),
+            decision: self.decision.clone().into(),
+            check: self.check.clone().into(),
             reason: self.reason.clone(),
             request_id: self.request_id.clone(),
             jti: self.jti.clone(),
@@ -720,7 +720,7 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
         if i > 0 {
             assert_eq!(r.prev_hash, rows[i - 1].hash);
         }
-        assert_eq!(r.hash, chain_hash(&r.prev_hash, r.seq, &r.record()));
+        assert_eq!(r.hash, hex(&chain_hash(&r.prev_hash, r.seq, &r.record())));
     }
 
     let (code, out) = cli_verify(&db);
@@ -820,7 +820,7 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     let relinked = tampered(&db, "relinked.db", |c| {
         let mut record = victim.record();
         record.reason = "rewritten".into();
-        let hash = chain_hash(&victim.prev_hash, victim.seq, &record);
+        let hash = hex(&chain_hash(&victim.prev_hash, victim.seq, &record));
         c.execute(
             "UPDATE audit_log SET reason = ?1, hash = ?2 WHERE seq = ?3",
             params![record.reason, hash, victim.seq],
@@ -864,7 +864,7 @@ async fn audit_verify_names_the_row_when_only_the_head_disagrees() {
     let rehashed = tampered(&db, "rehashed-last.db", |c| {
         let mut record = last.record();
         record.decision = "deny".into();
-        let hash = chain_hash(&last.prev_hash, last.seq, &record);
+        let hash = hex(&chain_hash(&last.prev_hash, last.seq, &record));
         c.execute(
             "UPDATE audit_log SET decision = ?1, hash = ?2 WHERE seq = ?3",
             params![record.decision, hash, last.seq],

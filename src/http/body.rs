@@ -11,6 +11,12 @@ use std::time::Duration;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A body that has not arrived by then is abandoned.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// An over-limit body declared at most this long is read and discarded before the 413, so
+/// that the client, still sending, sees the answer rather than a reset of the connection.
+/// Longer ones are answered at once and the connection is closed.
+const MAX_DRAINED_BYTES: u64 = 4 * 1024 * 1024;
+/// How long such a body may take to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read the whole body, refusing more than `MAX_BODY_BYTES` (413) before buffering it.
 pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
@@ -18,7 +24,10 @@ pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Ap
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if let Some(n) = declared.filter(|&n| n > MAX_BODY_BYTES as u64) {
+        if n <= MAX_DRAINED_BYTES {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(body)).await;
+        }
         return Err(ApiError::too_large());
     }
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
@@ -31,6 +40,11 @@ pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Ap
         Ok(Err(_)) => Err(ApiError::invalid_request("request body could not be read")),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+}
+
+/// Read a body to its end without keeping any of it.
+async fn drain(mut body: Incoming) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// A JSON object body: strict UTF-8 JSON, no duplicate member names.

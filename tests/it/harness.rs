@@ -109,8 +109,8 @@ impl Daemon {
         (status.as_u16(), v)
     }
 
-    /// Send only the head of a request that declares a `len`-byte body, and read the
-    /// answer: for limits enforced before any body is read. (Sending the whole body races the
+    /// Send only the head of a request that declares a `len`-byte body, close the sending
+    /// side, and read the answer: for limits enforced on the declared length. (Sending the whole body races the
     /// server's close and can end in a reset instead of the answer.)
     pub async fn declared_only(&self, path: &str, content_type: &str, len: usize) -> (u16, Value) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,6 +121,8 @@ impl Daemon {
              Content-Length: {len}\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.unwrap();
+        // No body follows: the server must not wait for one.
+        stream.shutdown().await.unwrap();
         let mut buf = Vec::new();
         let read = stream.read_to_end(&mut buf);
         tokio::time::timeout(std::time::Duration::from_secs(10), read)

@@ -136,7 +136,10 @@ fn admin_route(method: &Method, path: &str) -> Option<&'static str> {
 
 /// Clip attacker-supplied text before it reaches the audit log.
 pub(crate) fn clip(s: &str) -> String {
-    s.chars().take(256).collect()
+    match s.char_indices().nth(256) {
+        Some((end, _)) => s.get(..end).unwrap_or_default().to_string(),
+        None => s.to_string(),
+    }
 }
 
 async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {

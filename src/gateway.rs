@@ -6,8 +6,9 @@
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::guard::{rejection_response, Guard, GuardConfig, Rejection, Target};
+use crate::http::body::BodyError;
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
 use hyper_util::rt::TokioExecutor;
@@ -113,6 +114,10 @@ impl Gateway {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
@@ -228,35 +233,31 @@ impl Gateway {
             }
         }
         let (parts, body) = req.into_parts();
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Self::error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                "request body too large",
-            );
-        }
-        let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Self::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request",
-                    "request body too large",
-                )
-            }
-            Err(_) => {
-                return Self::error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "request body could not be read",
-                )
-            }
-        };
+        let bytes =
+            match crate::http::body::read_limited(&parts.headers, body, MAX_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => {
+                    return Self::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid_request",
+                        "request body too large",
+                    )
+                }
+                Err(BodyError::TimedOut) => {
+                    return Self::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request",
+                        "request body did not arrive in time",
+                    )
+                }
+                Err(BodyError::Unreadable) => {
+                    return Self::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "request body could not be read",
+                    )
+                }
+            };
         let targets = match jsonrpc_targets(&bytes) {
             Ok(t) => t,
             Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),

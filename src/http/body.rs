@@ -1,7 +1,7 @@
 //! Reading request bodies within limits, and decoding JSON and form encodings strictly.
 
 use super::error::ApiError;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
@@ -18,33 +18,86 @@ const MAX_DRAINED_BYTES: u64 = 4 * 1024 * 1024;
 /// How long such a body may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Read the whole body, refusing more than `MAX_BODY_BYTES` (413) before buffering it.
-pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+/// Why a body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit, declared or sent (413).
+    TooLarge,
+    /// Did not arrive within `BODY_TIMEOUT` (408).
+    TimedOut,
+    /// The connection failed mid-body (400).
+    Unreadable,
+}
+
+/// Read a whole body of at most `max` bytes, never buffering more. Over the limit, the rest is
+/// read and discarded (up to `MAX_DRAINED_BYTES` in all, for `DRAIN_TIMEOUT`) so that a client
+/// still sending gets the 413 rather than a reset. Shared by the API and the gateway.
+pub async fn read_limited(
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+    max: usize,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|&n| n > MAX_BODY_BYTES as u64) {
+    if let Some(n) = declared.filter(|&n| n > max as u64) {
         if n <= MAX_DRAINED_BYTES {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(body)).await;
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(&mut body, MAX_DRAINED_BYTES)).await;
         }
-        return Err(ApiError::too_large());
+        return Err(BodyError::TooLarge);
     }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
-        Err(_) => Err(ApiError::new(
-            http::StatusCode::REQUEST_TIMEOUT,
-            "invalid_request",
-            "request body did not arrive in time",
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large()),
-        Ok(Err(_)) => Err(ApiError::invalid_request("request body could not be read")),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let collected = tokio::time::timeout(BODY_TIMEOUT, async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Unreadable)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len().saturating_add(data.len()) > max {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match collected {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Err(BodyError::TooLarge)) => {
+            let budget = MAX_DRAINED_BYTES.saturating_sub(buf.len() as u64);
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(&mut body, budget)).await;
+            Err(BodyError::TooLarge)
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok(Bytes::from(buf)),
     }
 }
 
-/// Read a body to its end without keeping any of it.
-async fn drain(mut body: Incoming) {
-    while let Some(Ok(_)) = body.frame().await {}
+/// Read and discard at most `budget` more bytes of a body, or to its end.
+async fn drain(body: &mut Incoming, mut budget: u64) {
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            match budget.checked_sub(data.len() as u64) {
+                Some(left) => budget = left,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Read an API request body (at most `MAX_BODY_BYTES`).
+pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+    read_limited(headers, body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => ApiError::too_large(),
+            BodyError::TimedOut => ApiError::new(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "request body did not arrive in time",
+            ),
+            BodyError::Unreadable => ApiError::invalid_request("request body could not be read"),
+        })
 }
 
 /// A JSON object body: strict UTF-8 JSON, no duplicate member names.

@@ -101,6 +101,11 @@ impl ApiError {
                 HeaderValue::from_static("Bearer realm=\"toolgate\""),
             );
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // What is left of an over-limit body is not read: the connection ends here.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

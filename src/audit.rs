@@ -64,7 +64,7 @@ impl std::fmt::Debug for Audit {
 
 impl Audit {
     /// Start the writer on its own connection to `path`. With `enabled` false (benchmarks
-    /// only) records are counted and discarded.
+    /// only) records are discarded.
     pub fn start(
         path: &Path,
         enabled: bool,
@@ -172,7 +172,35 @@ fn write_loop(
     let mut waiters = Vec::new();
     let mut synced_at = std::time::Instant::now();
     let mut full = true;
-    while let Ok(first) = rx.recv() {
+    // Whether the last commit went without an fsync.
+    let mut unsynced = false;
+    loop {
+        let first = if unsynced {
+            match rx.recv_timeout(SYNC_EVERY) {
+                Ok(queued) => queued,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle with commits not yet on disk: an fsynced commit (of the head alone)
+                    // takes them there.
+                    match set_synchronous(conn, &mut full, true)
+                        .and_then(|()| log::append(conn, &head, &[]))
+                    {
+                        Ok(new_head) => {
+                            head = new_head;
+                            unsynced = false;
+                            synced_at = std::time::Instant::now();
+                        }
+                        Err(e) => crate::warn!("audit log: sync failed, will retry: {e}"),
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(queued) => queued,
+                Err(_) => break,
+            }
+        };
         let (record, done) = first;
         batch.push(record);
         waiters.extend(done);
@@ -204,6 +232,7 @@ fn write_loop(
                 Ok(new_head) => {
                     head = new_head;
                     committed = true;
+                    unsynced = !durable;
                     if durable {
                         synced_at = std::time::Instant::now();
                     }
@@ -232,10 +261,12 @@ fn write_loop(
         batch.clear();
     }
     // Shutting down: whatever was committed without an fsync goes to disk now.
-    if let Err(e) = set_synchronous(conn, &mut full, true)
-        .and_then(|()| Ok(conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)")?))
-    {
-        crate::error!("audit log: final sync failed: {e}");
+    if unsynced {
+        if let Err(e) =
+            set_synchronous(conn, &mut full, true).and_then(|()| log::append(conn, &head, &[]))
+        {
+            crate::error!("audit log: final sync failed: {e}");
+        }
     }
 }
 

@@ -179,13 +179,9 @@ fn write_loop(
             match rx.recv_timeout(SYNC_EVERY) {
                 Ok(queued) => queued,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Idle with commits not yet on disk: an fsynced commit (of the head alone)
-                    // takes them there.
-                    match set_synchronous(conn, &mut full, true)
-                        .and_then(|()| log::append(conn, &head, &[]))
-                    {
-                        Ok(new_head) => {
-                            head = new_head;
+                    // Idle with commits not yet on disk: an fsynced commit takes them there.
+                    match set_synchronous(conn, &mut full, true).and_then(|()| log::sync(conn)) {
+                        Ok(()) => {
                             unsynced = false;
                             synced_at = std::time::Instant::now();
                         }
@@ -262,9 +258,7 @@ fn write_loop(
     }
     // Shutting down: whatever was committed without an fsync goes to disk now.
     if unsynced {
-        if let Err(e) =
-            set_synchronous(conn, &mut full, true).and_then(|()| log::append(conn, &head, &[]))
-        {
+        if let Err(e) = set_synchronous(conn, &mut full, true).and_then(|()| log::sync(conn)) {
             crate::error!("audit log: final sync failed: {e}");
         }
     }
@@ -299,6 +293,38 @@ mod tests {
             target: format!("t{i}"),
             ..Default::default()
         }
+    }
+
+    fn syncs(path: &Path) -> Option<i64> {
+        let conn = open_connection(path).unwrap();
+        conn.query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'audit_syncs'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+    }
+
+    /// Batches committed without an fsync are followed, once the writer is idle, by a commit
+    /// that really writes (and so fsyncs under FULL); and again at shutdown.
+    #[test]
+    fn unsynced_batches_get_a_real_sync_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(Store::open(&path).unwrap());
+        let (a, thread) = Audit::start(&path, true).unwrap();
+        // Batches 20 ms apart: after the first (fsynced), the next ones within 100 ms are not.
+        for i in 0..10 {
+            a.record(rec(i)).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(SYNC_EVERY * 4);
+        let idle = syncs(&path).unwrap_or(0);
+        assert!(idle >= 1, "no sync after the writer went idle");
+        a.close();
+        thread.unwrap().join().unwrap();
+        assert_eq!(a.written(), 10);
+        assert!(syncs(&path).unwrap() >= idle);
     }
 
     #[test]

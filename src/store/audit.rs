@@ -113,6 +113,19 @@ pub fn head(conn: &Connection) -> Result<(i64, String), StoreError> {
         .unwrap_or((0, GENESIS.to_string())))
 }
 
+/// Counts the writer's explicit syncs; every sync changes it.
+const COUNT_SYNC: &str = "INSERT INTO meta (key, value) VALUES ('audit_syncs', '1') \
+     ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)";
+
+/// Commit a change that is never a no-op (the `audit_syncs` counter in `meta`): under
+/// `synchronous = FULL` that commit fsyncs the WAL, and with it every earlier commit made
+/// without one. (Rewriting the head with its own values changes no page; SQLite would then
+/// skip both the write and the fsync.)
+pub fn sync(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(COUNT_SYNC, [])?;
+    Ok(())
+}
+
 /// Rows per multi-row INSERT: one statement step per group of rows, not per row.
 const GROUP: usize = 16;
 /// Bound parameters per row of `INSERT`.

@@ -30,8 +30,9 @@ pub enum BodyError {
 }
 
 /// Read a whole body of at most `max` bytes, never buffering more. Over the limit, the rest is
-/// read and discarded (up to `MAX_DRAINED_BYTES` in all, for `DRAIN_TIMEOUT`) so that a client
-/// still sending gets the 413 rather than a reset. Shared by the API and the gateway.
+/// read and discarded (up to `MAX_DRAINED_BYTES` in all, for `DRAIN_TIMEOUT`; not at all when
+/// the client sent `Expect: 100-continue`) so that a client still sending gets the 413 rather
+/// than a reset. Shared by the API and the gateway.
 pub async fn read_limited(
     headers: &http::HeaderMap,
     mut body: Incoming,
@@ -42,7 +43,12 @@ pub async fn read_limited(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|&n| n > max as u64) {
-        if n <= MAX_DRAINED_BYTES {
+        // A client waiting for `100 Continue` has sent nothing yet: reading would invite the
+        // whole body; answering now spares it the upload.
+        let waits_to_send = headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if n <= MAX_DRAINED_BYTES && !waits_to_send {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(&mut body, MAX_DRAINED_BYTES)).await;
         }
         return Err(BodyError::TooLarge);

@@ -331,8 +331,7 @@ async fn oversized_bodies_get_413() {
     big.extend_from_slice(tail);
     assert_eq!(big.len(), MIB + 1);
 
-    // Refused on its declared length, before any of it is read (sending it all would race
-    // the server's close: oversized_chunked_bodies_get_413 covers bodies that are read).
+    // Refused on its declared length (the client sends the head only and closes its side).
     for path in ["/v1/mcp/tools", "/v1/exchange/token", "/v1/mcp/verify"] {
         let (status, body) = d.declared_only(path, "application/json", big.len()).await;
         assert_error((status, &body), 413, "invalid_request", path);
@@ -341,6 +340,14 @@ async fn oversized_bodies_get_413() {
             json!("request body too large"),
             "{path}"
         );
+        assert_unchanged(&d, &before).await;
+    }
+
+    // The same body sent in full: it is read and discarded, and the client, still sending,
+    // gets the 413 (not a reset).
+    for path in ["/v1/mcp/tools", "/v1/mcp/verify"] {
+        let (status, body) = post(&d, path, "application/json", big.clone()).await;
+        assert_error((status, &body), 413, "invalid_request", path);
         assert_unchanged(&d, &before).await;
     }
 
@@ -391,13 +398,14 @@ async fn oversized_chunked_bodies_get_413() {
         assert_unchanged(&d, &before).await;
     }
 
-    // A lying Content-Length over the limit is refused before any body is sent.
+    // A client that waits for `100 Continue` before sending an over-limit body gets the 413
+    // straight away, never an invitation to upload it.
     let req = request_head(
         "POST",
         "/v1/mcp/tools",
         &addr,
         &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            "Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n",
             MIB + 1
         ),
     );

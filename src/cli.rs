@@ -164,9 +164,13 @@ struct RevokeSubject {
 
 /// Revoke one token by its jti.
 #[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "token")]
+#[argh(
+    subcommand,
+    name = "token",
+    note = "A jti is base64url and may start with '-': put it after `--`, as in\n`toolgate revoke token -- <jti>`."
+)]
 struct RevokeToken {
-    /// the token's jti
+    /// the token's jti (after `--` if it starts with '-')
     #[argh(positional)]
     jti: String,
     #[argh(option, description = "why (recorded)")]

@@ -2178,13 +2178,22 @@ async fn cli_revoke_list_and_lift() {
     let (status, body) = exchange_stub(&daemon, json!({"sub": "alice"})).await;
     assert_exchange_denied(status, &body);
 
-    let out = cli_json(
-        &cli(cli_args(&["revoke", "token", &jti_of(&bob_1)], &url)).await,
-        0,
-    );
+    // A jti is base64url and may start with '-' (one in 64): it goes after `--`.
+    let args = ["revoke", "token", "--url", &url, "--", &jti_of(&bob_1)];
+    let out = cli_json(&cli(args.iter().map(|a| a.to_string()).collect()).await, 0);
     assert_eq!(out["kind"], "token", "{out}");
     assert_revoked(&daemon, &bob_1, "search").await;
     assert_allowed(&daemon, &bob_2, "search").await;
+    let args = [
+        "revoke",
+        "token",
+        "--url",
+        &url,
+        "--",
+        "-starts-with-a-dash",
+    ];
+    let out = cli_json(&cli(args.iter().map(|a| a.to_string()).collect()).await, 0);
+    assert_eq!(out["value"], "-starts-with-a-dash", "{out}");
 
     let out = cli_json(&cli(cli_args(&["revoke", "tool", "files"], &url)).await, 0);
     assert_eq!(out["kind"], "tool", "{out}");
@@ -2192,13 +2201,14 @@ async fn cli_revoke_list_and_lift() {
     assert_allowed(&daemon, &carol_search, "search").await;
 
     let listed = cli_json(&cli(cli_args(&["revocations"], &url)).await, 0);
-    assert_eq!(listed["count"], 3, "{listed}");
+    assert_eq!(listed["count"], 4, "{listed}");
     let rows = listed["revocations"].as_array().unwrap();
     let values: Vec<&str> = rows.iter().map(|r| r["value"].as_str().unwrap()).collect();
     let bob_jti = jti_of(&bob_1);
     assert!(values.contains(&wimse("alice").as_str()), "{listed}");
     assert!(values.contains(&bob_jti.as_str()), "{listed}");
     assert!(values.contains(&"files"), "{listed}");
+    assert!(values.contains(&"-starts-with-a-dash"), "{listed}");
     let alice_row = rows.iter().find(|r| r["value"] == wimse("alice")).unwrap();
     assert_eq!(alice_row["reason"], "offboarded", "{alice_row}");
     let id = alice_row["id"].to_string();
@@ -2224,7 +2234,7 @@ async fn cli_revoke_list_and_lift() {
         0,
     );
     assert_eq!(listed["count"], 1, "{listed}");
-    assert_eq!(listed["active"], 2, "{listed}");
+    assert_eq!(listed["active"], 3, "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

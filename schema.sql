@@ -66,9 +66,10 @@ CREATE TABLE IF NOT EXISTS signal_events (
     PRIMARY KEY (issuer, jti)
 ) STRICT;
 
--- The audit log: every decision and every change, hash-chained. Each row's hash covers the
--- previous row's hash and all of its own fields; audit_head records the last (seq, hash) so
--- that deleting rows from the tail shows. Tokens are never stored: only their jti.
+-- The audit log: every decision and every change, hash-chained. Each row's hash (SHA-256,
+-- 32 bytes) covers the previous row's hash and all of its own fields; audit_head records the
+-- last (seq, hash) so that deleting rows from the tail shows. Tokens are never stored: only
+-- their jti.
 CREATE TABLE IF NOT EXISTS audit_log (
     seq        INTEGER PRIMARY KEY,
     ts_ms      INTEGER NOT NULL,
@@ -80,12 +81,20 @@ CREATE TABLE IF NOT EXISTS audit_log (
     reason     TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT '',
     jti        TEXT NOT NULL DEFAULT '',
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL
+    hash       BLOB NOT NULL
 ) STRICT;
 
-CREATE INDEX IF NOT EXISTS audit_by_target ON audit_log (target, seq);
-CREATE INDEX IF NOT EXISTS audit_by_subject ON audit_log (subject, seq);
+-- Where each subject's and each tool's audit rows are: spans of seq holding its rows (at most
+-- 16 rows apart), added with each batch. A subject or tool query reads its spans instead of
+-- an index entry per row, which made every append pay two index insertions.
+-- field: subject | target.
+CREATE TABLE IF NOT EXISTS audit_runs (
+    field     TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    PRIMARY KEY (field, value, first_seq)
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS audit_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),

@@ -17,8 +17,9 @@ use std::thread::JoinHandle;
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
-/// 4: revocations_by_expiry.
-pub const SCHEMA_VERSION: i64 = 4;
+/// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
+/// place of its two indexes.
+pub const SCHEMA_VERSION: i64 = 5;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -167,27 +168,145 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))
 }
 
-/// Bring the schema up to `SCHEMA_VERSION`. Every change so far only adds tables, and
-/// `schema.sql` creates only what is missing, so each rung re-applies it; a rung that alters
-/// a table will add its own statements here.
+/// Bring the schema up to `SCHEMA_VERSION`. `schema.sql` creates only what is missing, so
+/// each rung re-applies it; a rung that alters a table adds its own statements around it.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew(version));
     }
     if version < SCHEMA_VERSION {
+        // Versions 3 and 4 have the audit log with hex hashes, prev_hash and two indexes.
+        let audit_v4 = (3..5).contains(&version);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if audit_v4 {
+            tx.execute_batch(AUDIT_V4_ASIDE)?;
+        }
         tx.execute_batch(SCHEMA)?;
+        if audit_v4 {
+            tx.execute_batch(AUDIT_V4_MOVE)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
     Ok(())
 }
 
+/// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...
+const AUDIT_V4_ASIDE: &str = "ALTER TABLE audit_log RENAME TO audit_log_v4;";
+/// ...then its rows move over with their hashes as bytes (the chain's definition is unchanged:
+/// each hash covers the previous one as hex, which `prev_hash` only repeated; a hash that is not
+/// hex becomes empty, so the chain check still names that row), and each row gets a run of its
+/// own.
+const AUDIT_V4_MOVE: &str = "
+    INSERT INTO audit_log (seq, ts_ms, kind, subject, target, decision, check_name, reason,
+                           request_id, jti, hash)
+        SELECT seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id,
+               jti, coalesce(unhex(hash), x'') FROM audit_log_v4 ORDER BY seq;
+    DROP TABLE audit_log_v4;
+    INSERT INTO audit_runs (field, value, first_seq, last_seq)
+        SELECT 'subject', subject, seq, seq FROM audit_log WHERE subject != '';
+    INSERT INTO audit_runs (field, value, first_seq, last_seq)
+        SELECT 'target', target, seq, seq FROM audit_log WHERE target != '';
+";
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A version-4 log (hex hashes, prev_hash, two indexes) moves to version 5 with every row,
+    /// still verifies, and its rows are found by subject and tool.
+    #[test]
+    fn a_version_4_audit_log_migrates_and_still_verifies() {
+        use audit::{chain_hash, hex, Query, Record, GENESIS};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL,
+                 kind TEXT NOT NULL, subject TEXT NOT NULL DEFAULT '',
+                 target TEXT NOT NULL DEFAULT '', decision TEXT NOT NULL,
+                 check_name TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
+                 request_id TEXT NOT NULL DEFAULT '', jti TEXT NOT NULL DEFAULT '',
+                 prev_hash TEXT NOT NULL, hash TEXT NOT NULL) STRICT;
+             CREATE INDEX audit_by_target ON audit_log (target, seq);
+             CREATE INDEX audit_by_subject ON audit_log (subject, seq);
+             CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1),
+                 seq INTEGER NOT NULL, hash TEXT NOT NULL) STRICT;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let mut prev = GENESIS.to_string();
+        for seq in 1..=3i64 {
+            let r = Record {
+                ts_ms: 1_764_000_000_000 + seq,
+                kind: "verify".into(),
+                subject: format!("agent-{}", seq % 2),
+                target: "code-search".into(),
+                decision: "allow".into(),
+                jti: format!("jti-{seq}"),
+                ..Default::default()
+            };
+            let hash = hex(&chain_hash(&prev, seq, &r));
+            conn.execute(
+                "INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', '', '', ?7, ?8, ?9)",
+                rusqlite::params![
+                    seq, r.ts_ms, r.kind, r.subject, r.target, r.decision, r.jti, prev, hash
+                ],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT OR REPLACE INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)",
+                rusqlite::params![seq, hash],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        drop(conn);
+
+        let (store, thread) = Store::open(&path).unwrap();
+        drop(store);
+        thread.join().unwrap();
+        let conn = open_connection(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(3));
+        assert_eq!(audit::head(&conn).unwrap(), (3, prev.clone()));
+        let by_subject = audit::query(
+            &conn,
+            &Query {
+                subject: "agent-1".into(),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let seqs: Vec<i64> = by_subject.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [3, 1]);
+        assert_eq!(by_subject.first().unwrap().hash, prev);
+        let by_tool = audit::query(
+            &conn,
+            &Query {
+                target: "code-search".into(),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(by_tool.len(), 3);
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'audit_log_v4%' \
+                 OR name IN ('audit_by_target', 'audit_by_subject')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
+    }
 
     #[test]
     fn open_applies_schema_and_refuses_newer() {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use toolgate::store::audit::{chain_hash, hex, verify_chain, ChainBreak, Record};
+use toolgate::store::audit::{chain_hash, hex, verify_chain, ChainBreak, Record, GENESIS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 const CODE: &str = "https://mcp.example.com/tools/code-search";
@@ -230,12 +230,12 @@ struct Row {
     reason: String,
     request_id: String,
     jti: String,
-    prev_hash: String,
+    /// Lowercase hex (stored as 32 bytes).
     hash: String,
 }
 
 impl Row {
-    fn text_columns(&self) -> [(&'static str, &str); 10] {
+    fn text_columns(&self) -> [(&'static str, &str); 9] {
         [
             ("kind", &self.kind),
             ("subject", &self.subject),
@@ -245,7 +245,6 @@ impl Row {
             ("reason", &self.reason),
             ("request_id", &self.request_id),
             ("jti", &self.jti),
-            ("prev_hash", &self.prev_hash),
             ("hash", &self.hash),
         ]
     }
@@ -269,7 +268,7 @@ fn read_rows(conn: &Connection) -> Vec<Row> {
     let mut stmt = conn
         .prepare(
             "SELECT seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id, \
-             jti, prev_hash, hash FROM audit_log ORDER BY seq",
+             jti, hash FROM audit_log ORDER BY seq",
         )
         .unwrap();
     let rows = stmt
@@ -285,8 +284,7 @@ fn read_rows(conn: &Connection) -> Vec<Row> {
                 reason: r.get(7)?,
                 request_id: r.get(8)?,
                 jti: r.get(9)?,
-                prev_hash: r.get(10)?,
-                hash: r.get(11)?,
+                hash: hex(&r.get::<_, Vec<u8>>(10)?),
             })
         })
         .unwrap();
@@ -714,13 +712,15 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     for kind in ["registration", "admin", "exchange", "verify", "revocation"] {
         assert!(kinds.contains(&kind), "no {kind} row: {kinds:?}");
     }
-    // Sequence numbers are 1..=n and every row links to its predecessor.
+    // Sequence numbers are 1..=n and every row's hash covers its predecessor's.
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.seq, i as i64 + 1);
-        if i > 0 {
-            assert_eq!(r.prev_hash, rows[i - 1].hash);
-        }
-        assert_eq!(r.hash, hex(&chain_hash(&r.prev_hash, r.seq, &r.record())));
+        let prev = if i > 0 {
+            rows[i - 1].hash.as_str()
+        } else {
+            GENESIS
+        };
+        assert_eq!(r.hash, hex(&chain_hash(prev, r.seq, &r.record())));
     }
 
     let (code, out) = cli_verify(&db);
@@ -815,12 +815,13 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
         Err(ChainBreak::Truncated { last: 0, head: n })
     );
 
-    // (d) An attacker who edits a row and recomputes its hash: the next row does not link.
+    // (d) An attacker who edits a row and recomputes its hash: the next row's hash, which
+    // covers the original, no longer matches.
     let victim = rows[2].clone();
     let relinked = tampered(&db, "relinked.db", |c| {
         let mut record = victim.record();
         record.reason = "rewritten".into();
-        let hash = hex(&chain_hash(&victim.prev_hash, victim.seq, &record));
+        let hash = chain_hash(&rows[1].hash, victim.seq, &record).to_vec();
         c.execute(
             "UPDATE audit_log SET reason = ?1, hash = ?2 WHERE seq = ?3",
             params![record.reason, hash, victim.seq],
@@ -831,15 +832,14 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!(
-            "row {} does not link to the row before it",
-            victim.seq + 1
+            "row {} was modified: its hash does not match its contents and the row before it \
+             (or row {} was modified and its hash recomputed)",
+            victim.seq + 1,
+            victim.seq
         )),
         "{out}"
     );
-    assert_eq!(
-        chain_of(&relinked),
-        Err(ChainBreak::Unlinked(victim.seq + 1))
-    );
+    assert_eq!(chain_of(&relinked), Err(ChainBreak::Edited(victim.seq + 1)));
 
     // The original is untouched by all this.
     assert_eq!(chain_of(&db), Ok(n));
@@ -864,7 +864,7 @@ async fn audit_verify_names_the_row_when_only_the_head_disagrees() {
     let rehashed = tampered(&db, "rehashed-last.db", |c| {
         let mut record = last.record();
         record.decision = "deny".into();
-        let hash = hex(&chain_hash(&last.prev_hash, last.seq, &record));
+        let hash = chain_hash(&rows[rows.len() - 2].hash, last.seq, &record).to_vec();
         c.execute(
             "UPDATE audit_log SET decision = ?1, hash = ?2 WHERE seq = ?3",
             params![record.decision, hash, last.seq],

@@ -284,6 +284,7 @@ fn set_synchronous(
 mod tests {
     use super::*;
     use crate::store::{audit, Store};
+    use std::path::PathBuf;
 
     fn rec(i: i64) -> Record {
         Record {
@@ -293,6 +294,15 @@ mod tests {
             target: format!("t{i}"),
             ..Default::default()
         }
+    }
+
+    /// A new database in a temporary directory (kept alive by the guard) and its writer.
+    fn started() -> (tempfile::TempDir, PathBuf, Audit, Option<JoinHandle<()>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(Store::open(&path).unwrap());
+        let (a, thread) = Audit::start(&path, true).unwrap();
+        (dir, path, a, thread)
     }
 
     fn syncs(path: &Path) -> Option<i64> {
@@ -309,10 +319,7 @@ mod tests {
     /// that really writes (and so fsyncs under FULL); and again at shutdown.
     #[test]
     fn unsynced_batches_get_a_real_sync_when_idle() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        drop(Store::open(&path).unwrap());
-        let (a, thread) = Audit::start(&path, true).unwrap();
+        let (_dir, path, a, thread) = started();
         // Batches 20 ms apart: after the first (fsynced), the next ones within 100 ms are not.
         for i in 0..10 {
             a.record(rec(i)).unwrap();
@@ -329,10 +336,7 @@ mod tests {
 
     #[test]
     fn writes_flush_on_close_and_chain_verifies() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        drop(Store::open(&path).unwrap());
-        let (a, thread) = Audit::start(&path, true).unwrap();
+        let (_dir, path, a, thread) = started();
         for i in 0..5000 {
             a.record(rec(i)).unwrap();
         }

@@ -334,6 +334,24 @@ mod tests {
         assert!(syncs(&path).unwrap() >= idle);
     }
 
+    /// A head the writer could not extend refuses the start instead of failing every audited
+    /// request later.
+    #[test]
+    fn a_corrupt_head_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(Store::open(&path).unwrap());
+        open_connection(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, 3, 'not hex')",
+                [],
+            )
+            .unwrap();
+        let refused = Audit::start(&path, true).map(|_| ()).unwrap_err();
+        assert_eq!(refused, StoreError::Corrupt("audit head"));
+    }
+
     #[test]
     fn writes_flush_on_close_and_chain_verifies() {
         let (_dir, path, a, thread) = started();

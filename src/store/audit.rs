@@ -3,6 +3,7 @@
 
 use super::StoreError;
 use ring::digest::{digest, SHA256};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
 
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
@@ -132,11 +133,16 @@ fn hex_array(hex: &str) -> Option<HexHash> {
 }
 
 /// The chain head: the last appended (seq, hash), or (0, GENESIS).
+/// A head whose hash is not 64 hex digits is corrupt: the writer cannot extend it.
 pub fn head(conn: &Connection) -> Result<(i64, String), StoreError> {
-    Ok(conn
+    let head: (i64, String) = conn
         .query_row(HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .unwrap_or((0, GENESIS.to_string())))
+        .unwrap_or((0, GENESIS.to_string()));
+    if head.1.len() != 64 || !head.1.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::Corrupt("audit head"));
+    }
+    Ok(head)
 }
 
 /// Counts the writer's explicit syncs; every sync changes it.
@@ -386,6 +392,9 @@ pub enum ChainBreak {
     /// The head record does not match the last row `last` (the row or the head was edited,
     /// rows were appended behind the writer's back, or the head was deleted).
     HeadMismatch { last: i64, head: i64 },
+    /// The chain is intact but row `seq` lies in no run of its subject or tool (`field`):
+    /// queries by that field would not show it (runs were deleted or edited).
+    Unfindable { seq: i64, field: &'static str },
 }
 
 impl std::fmt::Display for ChainBreak {
@@ -407,6 +416,12 @@ impl std::fmt::Display for ChainBreak {
             Self::HeadMismatch { last, head: 0 } => {
                 write!(f, "the chain head record is missing (the log ends at row {last})")
             }
+            Self::Unfindable { seq, field } => write!(
+                f,
+                "row {seq} is missing from audit_runs: a query by its {} would not show it \
+                 (lookup rows were deleted or modified)",
+                if *field == "target" { "tool" } else { field }
+            ),
             Self::HeadMismatch { last, head } => write!(
                 f,
                 "row {last} does not match the chain head (which records row {head}): the row or the head was modified"
@@ -432,10 +447,18 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
             }));
         }
         let hash = chain_hash_with(&mut framed, &prev, seq, &record);
-        if r.get_ref(10)?.as_blob().ok() != Some(&hash[..]) {
+        let hash_hex = hex_into(&hash);
+        // Version 5 stores the hash as bytes; a log not yet migrated (the daemon migrates at
+        // start, `audit verify` opens read-only) has it as lowercase hex.
+        let matches = match r.get_ref(10)? {
+            ValueRef::Blob(stored) => stored == hash,
+            ValueRef::Text(stored) => stored == hash_hex,
+            _ => false,
+        };
+        if !matches {
             return Ok(Err(ChainBreak::Edited(seq)));
         }
-        prev = hex_into(&hash);
+        prev = hash_hex;
         expected += 1;
     }
     let last = expected - 1;
@@ -451,7 +474,39 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
             head: head_seq,
         }));
     }
+    if let Some(broken) = unfindable(conn)? {
+        return Ok(Err(broken));
+    }
     Ok(Ok(last))
+}
+
+/// The first row that the runs of its subject or tool do not cover: for each row, the run of
+/// that key starting at or before it must reach it (one index seek per row and field).
+fn unfindable(conn: &Connection) -> Result<Option<ChainBreak>, StoreError> {
+    // A log not migrated yet has no runs (its indexes find every row).
+    let has_runs: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'audit_runs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_runs {
+        return Ok(None);
+    }
+    let mut first: Option<(i64, &'static str)> = None;
+    for field in ["subject", "target"] {
+        let sql = format!(
+            "SELECT min(a.seq) FROM audit_log a WHERE a.{field} != '' AND coalesce(( \
+                SELECT r.last_seq FROM audit_runs r WHERE r.field = ?1 AND r.value = a.{field} \
+                AND r.first_seq <= a.seq ORDER BY r.first_seq DESC LIMIT 1), 0) < a.seq"
+        );
+        let seq: Option<i64> = conn.query_row(&sql, [field], |r| r.get(0))?;
+        if let Some(seq) = seq {
+            if first.is_none_or(|(s, _)| seq < s) {
+                first = Some((seq, field));
+            }
+        }
+    }
+    Ok(first.map(|(seq, field)| ChainBreak::Unfindable { seq, field }))
 }
 
 #[cfg(test)]
@@ -522,6 +577,8 @@ mod tests {
             all.extend((head.0 + 1..).zip(batch.iter().cloned()));
             head = append(&mut conn, &head, &batch).unwrap();
         }
+        // Every row lies in a run of its subject and of its tool.
+        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
         let keys = ["rare", "agent-0", "agent-2", "nobody"];
         let queries = keys
             .iter()

@@ -841,6 +841,51 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     );
     assert_eq!(chain_of(&relinked), Err(ChainBreak::Edited(victim.seq + 1)));
 
+    // (e) The chain intact but a subject's lookup runs deleted: its rows would vanish from
+    // queries by subject, and `audit verify` says so. Likewise a tool's runs.
+    for (field, column) in [("subject", "subject"), ("target", "tool")] {
+        let victim = rows
+            .iter()
+            .find(|r| {
+                !if field == "subject" {
+                    &r.subject
+                } else {
+                    &r.target
+                }
+                .is_empty()
+            })
+            .unwrap()
+            .clone();
+        let value = if field == "subject" {
+            victim.subject.clone()
+        } else {
+            victim.target.clone()
+        };
+        let hidden = tampered(&db, &format!("no-runs-{field}.db"), |c| {
+            c.execute(
+                "DELETE FROM audit_runs WHERE field = ?1 AND value = ?2",
+                params![field, value],
+            )
+            .unwrap();
+        });
+        let (code, out) = cli_verify(&hidden);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!(
+                "row {} is missing from audit_runs: a query by its {column} would not show it",
+                victim.seq
+            )),
+            "{out}"
+        );
+        assert_eq!(
+            chain_of(&hidden),
+            Err(ChainBreak::Unfindable {
+                seq: victim.seq,
+                field
+            })
+        );
+    }
+
     // The original is untouched by all this.
     assert_eq!(chain_of(&db), Ok(n));
 }

@@ -160,16 +160,44 @@ pub fn sync(conn: &Connection) -> Result<(), StoreError> {
 
 /// Rows per multi-row INSERT: one statement step per group of rows, not per row.
 const GROUP: usize = 16;
-/// Bound parameters per row of `INSERT`.
+/// Bound parameters per row of `audit_log`.
 const COLUMN_COUNT: usize = 11;
+const RUN_COLUMNS: &str = "field, value, first_seq, last_seq";
 
-/// `INSERT` of `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", ["?"; COLUMN_COUNT].join(", "));
+/// `INSERT` of `rows` rows of `columns` (`count` of them) into `table`.
+fn insert_sql(table: &str, columns: &str, count: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; count].join(", "));
     format!(
-        "INSERT INTO audit_log ({COLUMNS}) VALUES {}",
+        "INSERT INTO {table} ({columns}) VALUES {}",
         vec![one.as_str(); rows].join(", ")
     )
+}
+
+/// Insert `items` into `table`, `GROUP` rows per statement and the remainder one by one;
+/// `bind(stmt, at, item)` binds one row's `count` values from parameter `at` (1-based).
+fn insert_grouped<T>(
+    tx: &Connection,
+    (table, columns, count): (&str, &str, usize),
+    items: impl IntoIterator<Item = T, IntoIter: ExactSizeIterator>,
+    mut bind: impl FnMut(&mut rusqlite::Statement<'_>, usize, T) -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    let mut items = items.into_iter();
+    let full_groups = items.len() / GROUP;
+    if full_groups > 0 {
+        let mut stmt = tx.prepare_cached(&insert_sql(table, columns, count, GROUP))?;
+        for _ in 0..full_groups {
+            for (i, item) in items.by_ref().take(GROUP).enumerate() {
+                bind(&mut stmt, 1 + i * count, item)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    let mut stmt = tx.prepare_cached(&insert_sql(table, columns, count, 1))?;
+    for item in items {
+        bind(&mut stmt, 1, item)?;
+        stmt.raw_execute()?;
+    }
+    Ok(())
 }
 
 /// Bind one row's values at parameter `at` (1-based) onwards.
@@ -236,8 +264,10 @@ fn runs<'a>(first_seq: i64, batch: &'a [Record]) -> Vec<(&'static str, &'a str, 
     done
 }
 
-const INSERT_RUN: &str =
-    "INSERT INTO audit_runs (field, value, first_seq, last_seq) VALUES (?1, ?2, ?3, ?4)";
+/// `n` sequence numbers from `first`, as an exact-size iterator.
+fn seqs(first: i64, n: usize) -> impl ExactSizeIterator<Item = i64> {
+    (0..n).map(move |i| first + i as i64)
+}
 
 /// Append a batch in one transaction, extending the chain from `head`; the new head.
 pub fn append(
@@ -258,29 +288,24 @@ pub fn append(
         prev = hex_into(&hash);
         hashes.push(hash);
     }
-    let mut rows = batch.iter().zip(hashes.iter()).zip(first_seq..);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let full_groups = batch.len() / GROUP;
-        if full_groups > 0 {
-            let mut stmt = tx.prepare_cached(&insert_sql(GROUP))?;
-            for _ in 0..full_groups {
-                for (i, ((r, hash), seq)) in rows.by_ref().take(GROUP).enumerate() {
-                    bind_row(&mut stmt, 1 + i * COLUMN_COUNT, seq, r, hash)?;
-                }
-                stmt.raw_execute()?;
-            }
-        }
-        let mut stmt = tx.prepare_cached(&insert_sql(1))?;
-        for ((r, hash), seq) in rows {
-            bind_row(&mut stmt, 1, seq, r, hash)?;
-            stmt.raw_execute()?;
-        }
-        let mut stmt = tx.prepare_cached(INSERT_RUN)?;
-        for (field, value, first, last) in runs(first_seq, batch) {
-            stmt.execute(params![field, value, first, last])?;
-        }
-    }
+    insert_grouped(
+        &tx,
+        ("audit_log", COLUMNS, COLUMN_COUNT),
+        batch.iter().zip(&hashes).zip(seqs(first_seq, batch.len())),
+        |stmt, at, ((r, hash), seq)| bind_row(stmt, at, seq, r, hash),
+    )?;
+    insert_grouped(
+        &tx,
+        ("audit_runs", RUN_COLUMNS, 4),
+        runs(first_seq, batch),
+        |stmt, at, (field, value, first, last)| {
+            stmt.raw_bind_parameter(at, field)?;
+            stmt.raw_bind_parameter(at + 1, value)?;
+            stmt.raw_bind_parameter(at + 2, first)?;
+            stmt.raw_bind_parameter(at + 3, last)
+        },
+    )?;
     let new_head = match hashes.last() {
         Some(last) => (seq, hex(last)),
         None => head.clone(),
@@ -560,6 +585,8 @@ mod tests {
                 .map(|_| {
                     n += 1;
                     let subject = match n {
+                        // One run per row here: more runs in a batch than GROUP.
+                        250..290 => format!("solo-{n}"),
                         n if n % 37 == 0 => "rare".to_string(),
                         n if n % 11 == 0 => String::new(),
                         n => format!("agent-{}", n % 3),
@@ -579,7 +606,9 @@ mod tests {
         }
         // Every row lies in a run of its subject and of its tool.
         assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
-        let keys = ["rare", "agent-0", "agent-2", "nobody"];
+        let keys = [
+            "rare", "agent-0", "agent-2", "nobody", "solo-260", "solo-289",
+        ];
         let queries = keys
             .iter()
             .map(|k| Query {

@@ -338,18 +338,21 @@ mod tests {
     /// request later.
     #[test]
     fn a_corrupt_head_refuses_to_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        drop(Store::open(&path).unwrap());
-        open_connection(&path)
-            .unwrap()
-            .execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, 3, 'not hex')",
-                [],
-            )
-            .unwrap();
-        let refused = Audit::start(&path, true).map(|_| ()).unwrap_err();
-        assert_eq!(refused, StoreError::Corrupt("audit head"));
+        // Not hex at all, and hex the writer never records (uppercase).
+        for hash in ["not hex".to_string(), "AB".repeat(32)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.db");
+            drop(Store::open(&path).unwrap());
+            open_connection(&path)
+                .unwrap()
+                .execute(
+                    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 3, ?1)",
+                    [&hash],
+                )
+                .unwrap();
+            let refused = Audit::start(&path, true).map(|_| ()).unwrap_err();
+            assert_eq!(refused, StoreError::Corrupt("audit head"), "{hash}");
+        }
     }
 
     #[test]

@@ -132,17 +132,28 @@ fn hex_array(hex: &str) -> Option<HexHash> {
     hex.as_bytes().try_into().ok()
 }
 
-/// The chain head: the last appended (seq, hash), or (0, GENESIS).
-/// A head whose hash is not 64 hex digits is corrupt: the writer cannot extend it.
+/// The chain head to extend: the last appended (seq, hash), or (0, GENESIS). A head whose
+/// hash is not 64 lowercase hex digits (as the writer records it) is corrupt: the writer
+/// cannot extend it.
 pub fn head(conn: &Connection) -> Result<(i64, String), StoreError> {
-    let head: (i64, String) = conn
-        .query_row(HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, GENESIS.to_string()));
-    if head.1.len() != 64 || !head.1.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let head = stored_head(conn)?;
+    let lower_hex = head.1.len() == 64
+        && head
+            .1
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex {
         return Err(StoreError::Corrupt("audit head"));
     }
     Ok(head)
+}
+
+/// The head record as stored (the chain check compares it, whatever it holds).
+fn stored_head(conn: &Connection) -> Result<(i64, String), StoreError> {
+    Ok(conn
+        .query_row(HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS.to_string())))
 }
 
 /// Counts the writer's explicit syncs; every sync changes it.
@@ -457,7 +468,7 @@ impl std::fmt::Display for ChainBreak {
 
 /// Walk the whole chain; `Ok(rows checked)` or the first break.
 pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreError> {
-    let (head_seq, head_hash) = head(conn)?;
+    let (head_seq, head_hash) = stored_head(conn)?;
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     let genesis = hex_array(GENESIS).ok_or(StoreError::Corrupt("audit genesis"))?;
@@ -508,23 +519,36 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
 /// The first row that the runs of its subject or tool do not cover: for each row, the run of
 /// that key starting at or before it must reach it (one index seek per row and field).
 fn unfindable(conn: &Connection) -> Result<Option<ChainBreak>, StoreError> {
-    // A log not migrated yet has no runs (its indexes find every row).
-    let has_runs: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'audit_runs'",
+    // A log in the version 4 layout (not migrated yet) has indexes, not runs. Told by its
+    // columns rather than by user_version, which an editor could lower to skip this check.
+    let v4_layout: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'prev_hash'",
         [],
         |r| r.get(0),
     )?;
-    if !has_runs {
+    if v4_layout {
         return Ok(None);
     }
+    // Dropped runs cover nothing (a view in their place is checked like the table).
+    let runs_exist: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'audit_runs'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut first: Option<(i64, &'static str)> = None;
     for field in ["subject", "target"] {
-        let sql = format!(
-            "SELECT min(a.seq) FROM audit_log a WHERE a.{field} != '' AND coalesce(( \
-                SELECT r.last_seq FROM audit_runs r WHERE r.field = ?1 AND r.value = a.{field} \
-                AND r.first_seq <= a.seq ORDER BY r.first_seq DESC LIMIT 1), 0) < a.seq"
-        );
-        let seq: Option<i64> = conn.query_row(&sql, [field], |r| r.get(0))?;
+        let seq: Option<i64> = if runs_exist {
+            let sql = format!(
+                "SELECT min(a.seq) FROM audit_log a WHERE a.{field} != '' AND coalesce(( \
+                    SELECT r.last_seq FROM audit_runs r WHERE r.field = ?1 \
+                    AND r.value = a.{field} AND r.first_seq <= a.seq \
+                    ORDER BY r.first_seq DESC LIMIT 1), 0) < a.seq"
+            );
+            conn.query_row(&sql, [field], |r| r.get(0))?
+        } else {
+            let sql = format!("SELECT min(seq) FROM audit_log WHERE {field} != ''");
+            conn.query_row(&sql, [], |r| r.get(0))?
+        };
         if let Some(seq) = seq {
             if first.is_none_or(|(s, _)| seq < s) {
                 first = Some((seq, field));

@@ -886,6 +886,46 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
         );
     }
 
+    // The runs table dropped altogether: the first row with a subject or a tool is reported.
+    let dropped = tampered(&db, "runs-dropped.db", |c| {
+        c.execute_batch("DROP TABLE audit_runs").unwrap();
+    });
+    let first_keyed = |field: &'static str| {
+        rows.iter()
+            .find(|r| {
+                !if field == "subject" {
+                    &r.subject
+                } else {
+                    &r.target
+                }
+                .is_empty()
+            })
+            .map(|r| (r.seq, field))
+    };
+    let (seq, field) = [first_keyed("subject"), first_keyed("target")]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(seq, _)| *seq)
+        .unwrap();
+    let (code, out) = cli_verify(&dropped);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        chain_of(&dropped),
+        Err(ChainBreak::Unfindable { seq, field })
+    );
+
+    // (f) The head record overwritten with something that is not a hash: a broken chain
+    // (exit 1), not an unreadable log.
+    let bad_head = tampered(&db, "bad-head.db", |c| {
+        c.execute("UPDATE audit_head SET hash = 'x'", []).unwrap();
+    });
+    let (code, out) = cli_verify(&bad_head);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("row {n} does not match the chain head")),
+        "{out}"
+    );
+
     // The original is untouched by all this.
     assert_eq!(chain_of(&db), Ok(n));
 }

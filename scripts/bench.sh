@@ -4,7 +4,7 @@
 #   bash scripts/bench.sh [seconds-per-run]      (default 10)
 #
 # Environment: SUSTAIN_SECS (the sustained run, default 60), SHORT_SECS (the audit, gateway,
-# registration and signal cases, default min(seconds-per-run, 8)), AUDIT_ROUNDS (default 7).
+# registration and signal cases, default min(seconds-per-run, 8)), AUDIT_ROUNDS (default 8).
 #
 # Builds the release binary and the `bare_hello` example, starts both on free loopback ports
 # (toolgate in --dev mode on a throw-away database), then measures with
@@ -59,7 +59,7 @@ if ! [[ "$SECS" =~ ^[1-9][0-9]*$ ]] || (( SECS > 240 )); then
 fi
 SUSTAIN_SECS="${SUSTAIN_SECS:-60}"
 SHORT_SECS="${SHORT_SECS:-$(( SECS < 8 ? SECS : 8 ))}"
-AUDIT_ROUNDS="${AUDIT_ROUNDS:-7}"
+AUDIT_ROUNDS="${AUDIT_ROUNDS:-8}"
 for v in SUSTAIN_SECS SHORT_SECS; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || (( ${!v} > 240 )); then
         echo "bench.sh: $v must be an integer in 1..240 (got '${!v}')" >&2

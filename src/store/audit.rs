@@ -592,14 +592,21 @@ mod tests {
         );
     }
 
+    /// A connection to a new database with the schema (the directory lives as long as the
+    /// guard).
+    fn fresh() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(crate::store::Store::open(&path).unwrap());
+        let conn = crate::store::open_connection(&path).unwrap();
+        (dir, conn)
+    }
+
     /// Queries by subject or tool read runs: they return exactly the matching rows, newest
     /// first, across batches, runs split by gaps, and pages, as a scan of every row would.
     #[test]
     fn subject_and_tool_queries_through_runs_match_a_full_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        drop(crate::store::Store::open(&path).unwrap());
-        let mut conn = crate::store::open_connection(&path).unwrap();
+        let (_dir, mut conn) = fresh();
         let mut head = head(&conn).unwrap();
         let mut all: Vec<(i64, Record)> = Vec::new();
         let mut n = 0i64;
@@ -708,10 +715,7 @@ mod tests {
     /// a time, and the head follows the last row.
     #[test]
     fn batches_of_any_size_extend_one_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        drop(crate::store::Store::open(&path).unwrap());
-        let mut conn = crate::store::open_connection(&path).unwrap();
+        let (_dir, mut conn) = fresh();
         let mut head = head(&conn).unwrap();
         let mut expected = (0i64, GENESIS.to_string());
         let mut n = 0i64;

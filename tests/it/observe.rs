@@ -249,6 +249,15 @@ impl Row {
         ]
     }
 
+    /// The row's value of an `audit_runs` field: its subject or its tool.
+    fn key(&self, field: &str) -> &str {
+        if field == "subject" {
+            &self.subject
+        } else {
+            &self.target
+        }
+    }
+
     fn record(&self) -> Record {
         Record {
             ts_ms: self.ts_ms,
@@ -846,21 +855,10 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     for (field, column) in [("subject", "subject"), ("target", "tool")] {
         let victim = rows
             .iter()
-            .find(|r| {
-                !if field == "subject" {
-                    &r.subject
-                } else {
-                    &r.target
-                }
-                .is_empty()
-            })
+            .find(|r| !r.key(field).is_empty())
             .unwrap()
             .clone();
-        let value = if field == "subject" {
-            victim.subject.clone()
-        } else {
-            victim.target.clone()
-        };
+        let value = victim.key(field).to_string();
         let hidden = tampered(&db, &format!("no-runs-{field}.db"), |c| {
             c.execute(
                 "DELETE FROM audit_runs WHERE field = ?1 AND value = ?2",
@@ -892,14 +890,7 @@ async fn audit_chain_detects_edit_delete_truncate_and_relinking() {
     });
     let first_keyed = |field: &'static str| {
         rows.iter()
-            .find(|r| {
-                !if field == "subject" {
-                    &r.subject
-                } else {
-                    &r.target
-                }
-                .is_empty()
-            })
+            .find(|r| !r.key(field).is_empty())
             .map(|r| (r.seq, field))
     };
     let (seq, field) = [first_keyed("subject"), first_keyed("target")]

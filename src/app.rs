@@ -11,7 +11,7 @@ use crate::registry::{Registry, ToolEntry};
 use crate::revocation::Revocations;
 use crate::store::audit::Record;
 use crate::store::{self, Store, StoreError};
-use crate::verify::Verifier;
+use crate::verify::{Verifier, VerifierConfig};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -120,15 +120,18 @@ impl App {
         let tools = store.call_blocking(|c| store::tools::all(c))?;
         let unit_id = store.call_blocking(|c| {
             store::meta::get_or_insert(c, "unit_id", || {
-                crate::exchange::random_id().unwrap_or_else(|| "unknown".into())
+                crate::ids::random_id().unwrap_or_else(|| "unknown".into())
             })
         })?;
         let registry = Arc::new(RwLock::new(Registry::from_entries(tools)));
         let revocations = Arc::new(Revocations::load(&store, now)?);
         let verifier = Verifier::new(
-            issuer.clone(),
-            config.leeway,
-            keys.clone(),
+            VerifierConfig {
+                issuer: issuer.clone(),
+                leeway: config.leeway,
+                keys: keys.clone(),
+                clock: clock.clone(),
+            },
             registry.clone(),
             revocations.index().clone(),
         );

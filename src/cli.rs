@@ -61,6 +61,9 @@ struct GatewayCmd {
     /// deny everything when toolgate could not be reached for this many seconds (default 5)
     #[argh(option, default = "5")]
     max_staleness: u64,
+    /// clock skew allowed on token times, in seconds, 0-60 (default 60)
+    #[argh(option, default = "60")]
+    leeway: i64,
     #[argh(
         option,
         description = "file holding toolgate's admin token (to read tools and report decisions in production)"
@@ -654,12 +657,10 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             admin_token,
             resource: g.resource,
             server_id: Some(g.server_id),
-            resource_metadata: format!(
-                "{}/.well-known/oauth-protected-resource",
-                public.trim_end_matches('/')
-            ),
+            public_url: public,
             max_staleness: std::time::Duration::from_secs(g.max_staleness.max(1)),
             poll_interval: std::time::Duration::from_millis(250),
+            leeway: g.leeway,
         },
     };
     match crate::gateway::run(cfg, crate::server::shutdown_signal()).await {

@@ -124,6 +124,7 @@ struct FileConfig {
     trust_domain: Option<String>,
     token_ttl_seconds: Option<i64>,
     revocation_ttl_seconds: Option<i64>,
+    leeway_seconds: Option<i64>,
     audit: Option<bool>,
     #[serde(default)]
     trusted_issuers: Vec<FileTrustedIssuer>,
@@ -244,6 +245,15 @@ impl Config {
                 )));
             }
             self.token_ttl = ttl;
+        }
+        if let Some(leeway) = file.leeway_seconds {
+            if !(0..=crate::verify::MAX_LEEWAY).contains(&leeway) {
+                return Err(err(format!(
+                    "leeway_seconds must be between 0 and {}",
+                    crate::verify::MAX_LEEWAY
+                )));
+            }
+            self.leeway = leeway;
         }
         if let Some(audit) = file.audit {
             self.audit = audit;

@@ -1,13 +1,13 @@
 //! RFC 8693 token exchange: a subject token in, a short-lived token bound to exactly one
 //! audience out.
 
-use crate::app::App;
 use crate::claims::{self, Audience};
 use crate::config::TrustedIssuer;
-use crate::jose::{self, b64, json};
+use crate::ids::random_id;
+use crate::jose::{self, b64, json, SigningKey};
 use crate::resource;
 use crate::revocation::Identity;
-use crate::verify::{self, Denial, TimeClaims};
+use crate::verify::{self, Check, DecisionRequest, Target, TimeClaims, Verifier};
 use serde_json::{json, Map, Value};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -31,6 +31,104 @@ pub struct ExchangeRequest {
     pub scope: Option<String>,
     pub actor_token: Option<String>,
     pub actor_token_type: Option<String>,
+    /// Bind the token to one execution: one request body, method and URL, used once.
+    pub execution_scope: Option<ExecutionScope>,
+}
+
+/// Lifetime of an execution-bound token, in seconds.
+pub const EXECUTION_TOKEN_TTL: i64 = 30;
+const MAX_EXEC_FIELD: usize = 256;
+
+/// The `execution_scope` of an exchange: the one call the minted token may make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionScope {
+    /// HTTP method of the call (`POST`).
+    pub htm: String,
+    /// URL of the call, normalised as RFC 9449 §4.3 compares it.
+    pub htu: String,
+    /// The operation (`exec_act`), matched against the tool's `allowed_operations`.
+    pub exec_act: String,
+    /// base64url SHA-256 of the exact request body the call will send.
+    pub inp_hash: String,
+    /// What the operation acts on, matched against the tool's `allowed_targets`.
+    pub target: Option<String>,
+    /// Single-use value; generated when the client gives none.
+    pub nonce: Option<String>,
+}
+
+impl ExecutionScope {
+    /// Validate the JSON object of the request field; the error names the field.
+    pub fn from_json(obj: &Map<String, Value>) -> Result<Self, ExchangeError> {
+        use ExchangeError::InvalidRequest;
+        const FIELDS: [&str; 6] = ["htm", "htu", "exec_act", "inp_hash", "target", "nonce"];
+        if obj.keys().any(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(InvalidRequest(
+                "execution_scope takes only htm, htu, exec_act, inp_hash, target and nonce",
+            ));
+        }
+        let field = |name: &str, why: &'static str| -> Result<Option<String>, ExchangeError> {
+            match obj.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s))
+                    if !s.is_empty()
+                        && s.len() <= MAX_EXEC_FIELD
+                        && s.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    Ok(Some(s.clone()))
+                }
+                Some(_) => Err(InvalidRequest(why)),
+            }
+        };
+        let required = |name: &str, why: &'static str| {
+            field(name, why).and_then(|v| v.ok_or(InvalidRequest(why)))
+        };
+        let htm = required("htm", "execution_scope.htm must be an HTTP method")?;
+        if !htm.bytes().all(|b| b.is_ascii_uppercase()) || htm.len() > 16 {
+            return Err(InvalidRequest("execution_scope.htm must be an HTTP method"));
+        }
+        let htu = required("htu", "execution_scope.htu must be an http(s) URL")?;
+        let htu = resource::normalize_http_url(&htu)
+            .ok_or(InvalidRequest("execution_scope.htu must be an http(s) URL"))?;
+        let exec_act = required(
+            "exec_act",
+            "execution_scope.exec_act must be a non-empty string",
+        )?;
+        let inp_hash = required(
+            "inp_hash",
+            "execution_scope.inp_hash must be the base64url SHA-256 of the request body",
+        )?;
+        if b64::decode(&inp_hash).map(|d| d.len()) != Ok(32) {
+            return Err(InvalidRequest(
+                "execution_scope.inp_hash must be the base64url SHA-256 of the request body",
+            ));
+        }
+        let target = field(
+            "target",
+            "execution_scope.target must be a non-empty string",
+        )?;
+        let nonce = field(
+            "nonce",
+            "execution_scope.nonce must be 16-256 characters of A-Z a-z 0-9 - _",
+        )?;
+        if nonce.as_ref().is_some_and(|n| {
+            n.len() < 16
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }) {
+            return Err(InvalidRequest(
+                "execution_scope.nonce must be 16-256 characters of A-Z a-z 0-9 - _",
+            ));
+        }
+        Ok(Self {
+            htm,
+            htu,
+            exec_act,
+            inp_hash,
+            target,
+            nonce,
+        })
+    }
 }
 
 /// An exchange refusal; each maps to one RFC 6749 / 8693 error code.
@@ -73,7 +171,24 @@ struct Subject {
     is_agent_token: bool,
 }
 
-pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, ExchangeError> {
+/// What an exchange consults: the daemon's settings, its verifier (for its own tokens, the
+/// registry and the revocations) and its active signing key.
+pub struct Exchanger<'a> {
+    pub issuer: &'a str,
+    pub dev: bool,
+    pub trust_domain: &'a str,
+    pub token_ttl: i64,
+    pub leeway: i64,
+    pub trusted_issuers: &'a [TrustedIssuer],
+    pub verifier: &'a Verifier,
+    pub signing_key: &'a SigningKey,
+}
+
+pub fn exchange(
+    app: &Exchanger<'_>,
+    req: &ExchangeRequest,
+    now: i64,
+) -> Result<Issued, ExchangeError> {
     use ExchangeError::*;
     if req.grant_type.as_deref() != Some(GRANT_TYPE) {
         return Err(UnsupportedGrantType);
@@ -109,7 +224,7 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
     }
     let identity = Identity {
         subject: &subject.id,
-        issuer: &app.issuer,
+        issuer: app.issuer,
         jti: subject.jti.as_deref().unwrap_or(""),
         source: Some(&subject.source),
     };
@@ -117,6 +232,24 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
         Ok(false) => {}
         Ok(true) => return Err(AccessDenied("subject is revoked")),
         Err(_) => return Err(Unavailable("revocation status is unavailable")),
+    }
+    // A revoked tool gets no new tokens (every tool of a shared resource must be live).
+    let tools = app
+        .verifier
+        .registry
+        .read()
+        .map_err(|_| Unavailable("tool registry is unavailable"))?
+        .with_resource(&audience);
+    for tool in &tools {
+        match app
+            .verifier
+            .revocations
+            .any_revoked(&[], Some(&tool.tool_id), now)
+        {
+            Ok(false) => {}
+            Ok(true) => return Err(AccessDenied("tool is revoked")),
+            Err(_) => return Err(Unavailable("revocation status is unavailable")),
+        }
     }
 
     let granted: Vec<String> = match (&requested, &subject.caps) {
@@ -131,7 +264,11 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
         ));
     }
 
-    let mut exp = now.saturating_add(app.token_ttl);
+    let ttl = match &req.execution_scope {
+        Some(_) => app.token_ttl.min(EXECUTION_TOKEN_TTL),
+        None => app.token_ttl,
+    };
+    let mut exp = now.saturating_add(ttl);
     if let Some(subject_exp) = subject.exp {
         exp = exp.min(subject_exp);
     }
@@ -159,8 +296,21 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
     if !subject.source.is_empty() {
         claims.insert("src".into(), Value::Object(subject.source.clone()));
     }
-    let access_token =
-        jose::jws::encode_signed(app.keys.active(), &claims).map_err(|_| Internal)?;
+    if let Some(exec) = &req.execution_scope {
+        let nonce = match &exec.nonce {
+            Some(n) => n.clone(),
+            None => random_id().ok_or(Internal)?,
+        };
+        claims.insert("htm".into(), json!(exec.htm));
+        claims.insert("htu".into(), json!(exec.htu));
+        claims.insert("exec_act".into(), json!(exec.exec_act));
+        claims.insert("inp_hash".into(), json!(exec.inp_hash));
+        if let Some(t) = &exec.target {
+            claims.insert("target".into(), json!(t));
+        }
+        claims.insert("nonce".into(), json!(nonce));
+    }
+    let access_token = jose::jws::encode_signed(app.signing_key, &claims).map_err(|_| Internal)?;
     Ok(Issued {
         access_token,
         expires_in: exp - now,
@@ -172,7 +322,7 @@ pub fn exchange(app: &App, req: &ExchangeRequest, now: i64) -> Result<Issued, Ex
 }
 
 /// The single canonical audience: `audience` or its RFC 8707 synonym `resource`.
-fn target(app: &App, req: &ExchangeRequest) -> Result<String, ExchangeError> {
+fn target(app: &Exchanger<'_>, req: &ExchangeRequest) -> Result<String, ExchangeError> {
     use ExchangeError::*;
     let raw = match (req.audience.as_deref(), req.resource.as_deref()) {
         (Some(a), Some(r)) if a != r => {
@@ -187,6 +337,7 @@ fn target(app: &App, req: &ExchangeRequest) -> Result<String, ExchangeError> {
         return Err(InvalidTarget("exactly one audience is required"));
     }
     let registry = app
+        .verifier
         .registry
         .read()
         .map_err(|_| Unavailable("tool registry is unavailable"))?;
@@ -229,7 +380,7 @@ fn requested_scopes(scope: Option<&str>) -> Result<Option<Vec<String>>, Exchange
 }
 
 /// A JWT from a configured trusted issuer, a dev stub, or (by `iss`) toolgate's own agent token.
-fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+fn external_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subject, ExchangeError> {
     use ExchangeError::*;
     if app.dev {
         if let Some(claims) = stub_claims(token)? {
@@ -242,7 +393,7 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
             {
                 return Err(InvalidClient("subject token is expired or not yet valid"));
             }
-            let mut subject = subject_from(&claims, &app.trust_domain, true)?;
+            let mut subject = subject_from(&claims, app.trust_domain, true)?;
             subject.exp = exp;
             return Ok(subject);
         }
@@ -287,20 +438,25 @@ fn external_subject(app: &App, token: &str, now: i64) -> Result<Subject, Exchang
     Ok(subject)
 }
 
-/// A toolgate agent identity token: checks 1–5 of the verify pipeline, and an `aud` that is
-/// toolgate itself — never a tool (a tool's token traded for another tool's is the confused
-/// deputy again).
-fn agent_subject(app: &App, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+/// A toolgate agent identity token: the verify pipeline with toolgate itself as the audience —
+/// never a tool (a tool's token traded for another tool's is the confused deputy again).
+fn agent_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subject, ExchangeError> {
     use ExchangeError::*;
-    let claims = app
-        .verifier
-        .check_own_token(token, now)
-        .map_err(|_: Denial| InvalidClient("subject token failed verification"))?;
-    if claims.aud.single() != Some(app.issuer.as_str()) {
-        return Err(InvalidClient(
-            "subject token is not an agent token for this toolgate",
-        ));
-    }
+    let verdict = app.verifier.decide_at(
+        &DecisionRequest::new(token, Target::Audience(app.issuer)),
+        now,
+    );
+    let claims = match verdict.result {
+        Ok(allowed) => allowed.claims,
+        Err(d) if d.unavailable => return Err(Unavailable("revocation status is unavailable")),
+        Err(d) if d.check == Check::Revocation => return Err(AccessDenied("subject is revoked")),
+        Err(d) if d.check == Check::Audience => {
+            return Err(InvalidClient(
+                "subject token is not an agent token for this toolgate",
+            ))
+        }
+        Err(_) => return Err(InvalidClient("subject token failed verification")),
+    };
     Ok(Subject {
         id: claims.sub.clone(),
         // An agent holds exactly the caps written into its token: none if none were.
@@ -435,12 +591,4 @@ fn subject_from(
             .collect(),
         is_agent_token: false,
     })
-}
-
-/// 128 random bits, base64url: a token's `jti`.
-pub fn random_id() -> Option<String> {
-    use ring::rand::{SecureRandom, SystemRandom};
-    let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(b64::encode(&bytes))
 }

@@ -5,8 +5,9 @@
 
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
-use crate::guard::{rejection_response, Guard, GuardConfig, Rejection, Target};
+use crate::guard::{rejection_response, Guard, GuardConfig, Rejection};
 use crate::http::body::BodyError;
+use crate::verify::{Allowed, Target};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -88,13 +89,9 @@ struct Gateway {
 }
 
 /// A decision to report: tool (or the server's resource), subject, outcome.
-fn decision(
-    tool_id: &str,
-    outcome: &Result<Arc<crate::verify::TokenClaims>, Rejection>,
-    micros: u64,
-) -> Value {
+fn decision(tool_id: &str, outcome: &Result<Allowed, Rejection>, micros: u64) -> Value {
     match outcome {
-        Ok(c) => {
+        Ok(Allowed { claims: c, .. }) => {
             json!({"tool_id": tool_id, "subject": c.sub, "jti": c.jti, "decision": "allow", "micros": micros})
         }
         Err(r) => {
@@ -136,23 +133,25 @@ impl Gateway {
         resp
     }
 
-    /// Decide one target and queue its report; the claims or the refusal response.
+    /// Decide one target with the guard and queue its report; the decision or the refusal
+    /// response.
     #[allow(clippy::result_large_err)] // the refusal is the response: built once, returned once
     fn decide(
         &self,
-        headers: &http::HeaderMap,
+        parts: &http::request::Parts,
         target: Target<'_>,
-    ) -> Result<Arc<crate::verify::TokenClaims>, http::Response<Body>> {
+        body_hash: Option<&str>,
+    ) -> Result<Allowed, http::Response<Body>> {
         let started = Instant::now();
-        let outcome = self.guard.check(headers, target);
+        let outcome = self.guard.check_http(parts, target, body_hash);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let label = match target {
-            Target::Tool(t) => t.to_string(),
-            Target::Server => self.guard.resource().to_string(),
+            Target::Tool(t) => t,
+            Target::Server { resource, .. } | Target::Audience(resource) => resource,
         };
         if self
             .reports
-            .try_send(decision(&label, &outcome, micros))
+            .try_send(decision(label, &outcome, micros))
             .is_err()
         {
             return Err(Self::error(
@@ -165,6 +164,32 @@ impl Gateway {
             rejection_response(&r, self.guard.resource_metadata())
                 .map(|b| b.map_err(|never| match never {}).boxed())
         })
+    }
+
+    /// Read a whole request body within the gateway's limit, or the refusal.
+    #[allow(clippy::result_large_err)]
+    async fn read_body(
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Bytes, http::Response<Body>> {
+        match crate::http::body::read_limited(headers, body, MAX_BODY_BYTES).await {
+            Ok(b) => Ok(b),
+            Err(BodyError::TooLarge) => Err(Self::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body too large",
+            )),
+            Err(BodyError::TimedOut) => Err(Self::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "request body did not arrive in time",
+            )),
+            Err(BodyError::Unreadable) => Err(Self::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "request body could not be read",
+            )),
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> http::Response<Body> {
@@ -199,12 +224,22 @@ impl Gateway {
                 "no tool or resource is mapped to this path",
             );
         };
-        let tool_id = tool_id.clone();
-        match self.decide(req.headers(), Target::Tool(&tool_id)) {
-            Ok(claims) => {
-                let (parts, body) = req.into_parts();
-                self.forward(parts, body.boxed(), &claims.sub).await
-            }
+        let target = Target::Tool(tool_id);
+        let (parts, body) = req.into_parts();
+        // A tool bound to each execution: the body is read (within the limit) and hashed.
+        if self.guard.needs_body(target) {
+            let bytes = match Self::read_body(&parts.headers, body).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let hash = crate::verify::body_hash(&bytes);
+            return match self.decide(&parts, target, Some(&hash)) {
+                Ok(allowed) => self.forward(parts, full(bytes), &allowed.claims.sub).await,
+                Err(resp) => resp,
+            };
+        }
+        match self.decide(&parts, target, None) {
+            Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
             Err(resp) => resp,
         }
     }
@@ -213,11 +248,9 @@ impl Gateway {
         match *req.method() {
             Method::POST => {}
             Method::GET | Method::DELETE => {
-                return match self.decide(req.headers(), Target::Server) {
-                    Ok(claims) => {
-                        let (parts, body) = req.into_parts();
-                        self.forward(parts, body.boxed(), &claims.sub).await
-                    }
+                let (parts, body) = req.into_parts();
+                return match self.decide(&parts, self.guard.server_target(), None) {
+                    Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
                     Err(resp) => resp,
                 };
             }
@@ -233,63 +266,39 @@ impl Gateway {
             }
         }
         let (parts, body) = req.into_parts();
-        let bytes =
-            match crate::http::body::read_limited(&parts.headers, body, MAX_BODY_BYTES).await {
-                Ok(b) => b,
-                Err(BodyError::TooLarge) => {
-                    return Self::error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "invalid_request",
-                        "request body too large",
-                    )
-                }
-                Err(BodyError::TimedOut) => {
-                    return Self::error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "invalid_request",
-                        "request body did not arrive in time",
-                    )
-                }
-                Err(BodyError::Unreadable) => {
-                    return Self::error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request",
-                        "request body could not be read",
-                    )
-                }
-            };
+        let bytes = match Self::read_body(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
         let targets = match jsonrpc_targets(&bytes) {
             Ok(t) => t,
             Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),
         };
         // No token at all: the 401 challenge, before anything about the tools is revealed.
         if crate::guard::bearer(&parts.headers).is_none() {
-            if let Err(resp) = self.decide(&parts.headers, Target::Server) {
+            if let Err(resp) = self.decide(&parts, self.guard.server_target(), None) {
                 return resp;
             }
         }
+        let tool_ids: Vec<Option<String>> = targets
+            .iter()
+            .map(|t| t.as_deref().map(|name| self.guard.tool_id(name)))
+            .collect();
+        // The whole JSON-RPC message (or batch) as sent is what an execution binding covers.
+        let hash = tool_ids
+            .iter()
+            .flatten()
+            .any(|id| self.guard.needs_body(Target::Tool(id)))
+            .then(|| crate::verify::body_hash(&bytes));
         // Every message must pass; the first refusal refuses the whole request.
         let mut subject = String::new();
-        for target in &targets {
-            let decided = match target {
-                Some(name) => match self.guard.tool(name) {
-                    Some(tool) => self.decide(&parts.headers, Target::Tool(&tool.tool_id)),
-                    None => {
-                        let r = Rejection {
-                            status: StatusCode::FORBIDDEN,
-                            error: "insufficient_scope",
-                            description: "tool is not registered for this server",
-                            check: Some(crate::verify::Check::Registration),
-                        };
-                        let _ = self.reports.try_send(decision(name, &Err(r.clone()), 0));
-                        Err(rejection_response(&r, self.guard.resource_metadata())
-                            .map(|b| b.map_err(|never| match never {}).boxed()))
-                    }
-                },
-                None => self.decide(&parts.headers, Target::Server),
+        for tool_id in &tool_ids {
+            let target = match tool_id {
+                Some(id) => Target::Tool(id),
+                None => self.guard.server_target(),
             };
-            match decided {
-                Ok(claims) => subject.clone_from(&claims.sub),
+            match self.decide(&parts, target, hash.as_deref()) {
+                Ok(allowed) => subject.clone_from(&allowed.claims.sub),
                 Err(resp) => return resp,
             }
         }

@@ -8,12 +8,13 @@ use crate::clock::Clock;
 use crate::jose::{Jwk, JwkSet};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocation::{Key, RevocationIndex};
-use crate::verify::{Check, Denial, KeySource, TokenClaims, Verifier, VerifyRequest};
+use crate::verify::{
+    Allowed, Check, DecisionRequest, Denial, KeySource, Target, Verifier, VerifierConfig,
+};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Bytes;
 use serde_json::Value;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -29,12 +30,83 @@ pub struct GuardConfig {
     pub resource: String,
     /// Tools registered with this `server_id` belong to this server.
     pub server_id: Option<String>,
-    /// The URL of this server's RFC 9728 metadata, named in every `WWW-Authenticate`.
-    pub resource_metadata: String,
+    /// This server's public base URL (`https://tools.example.com`): request URLs are this plus
+    /// the path (never the `Host` header), and its RFC 9728 metadata is served under it.
+    pub public_url: String,
     /// Deny everything when the last successful sync is older than this.
     pub max_staleness: Duration,
     /// How often the revocation digest is polled (and so how late a revocation can arrive).
     pub poll_interval: Duration,
+    /// Clock skew allowed on token times, in seconds (clamped to 0..=60).
+    pub leeway: i64,
+}
+
+impl GuardConfig {
+    /// A configuration with the defaults: no admin token, every registered tool, staleness
+    /// 5 s, polling every 250 ms, 60 s leeway, public URL = the resource's origin.
+    pub fn new(toolgate: impl Into<String>, resource: impl Into<String>) -> Self {
+        let resource = resource.into();
+        let public_url = origin(&resource);
+        Self {
+            toolgate: toolgate.into(),
+            admin_token: None,
+            resource,
+            server_id: None,
+            public_url,
+            max_staleness: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(250),
+            leeway: crate::verify::MAX_LEEWAY,
+        }
+    }
+
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.server_id = Some(id.into());
+        self
+    }
+
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.public_url = url.into();
+        self
+    }
+
+    pub fn max_staleness(mut self, d: Duration) -> Self {
+        self.max_staleness = d;
+        self
+    }
+
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    pub fn leeway(mut self, seconds: i64) -> Self {
+        self.leeway = seconds;
+        self
+    }
+
+    /// The URL of this server's RFC 9728 metadata, named in every `WWW-Authenticate`.
+    pub fn resource_metadata(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource",
+            self.public_url.trim_end_matches('/')
+        )
+    }
+}
+
+/// `scheme://authority` of a URL (the whole string when it has no path).
+fn origin(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            format!("{scheme}://{}", rest.get(..end).unwrap_or(rest))
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Why the guard could not start.
@@ -48,13 +120,6 @@ impl std::fmt::Display for GuardError {
 }
 impl std::error::Error for GuardError {}
 
-/// What a request is for: one tool (by `tool_id`), or this server as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target<'a> {
-    Tool(&'a str),
-    Server,
-}
-
 /// A refusal, as a resource server answers it (RFC 6750 §3, MCP authorization).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -67,6 +132,16 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The answer to a request that carries no token at all: the bare challenge.
+    pub fn missing_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "",
+            "a bearer token is required",
+            None,
+        )
+    }
+
     fn new(
         status: StatusCode,
         error: &'static str,
@@ -106,8 +181,8 @@ impl Rejection {
     }
 }
 
-/// Map a pipeline denial to the resource server's answer.
-fn reject(d: Denial) -> Rejection {
+/// Map a pipeline denial to the resource server's answer (RFC 6750 §3).
+pub fn reject(d: Denial) -> Rejection {
     use Check::*;
     let status = |s| {
         if d.unavailable {
@@ -164,13 +239,15 @@ impl KeySource for RemoteKeys {
 /// The guard. Cheap to share (`Arc<Guard>`).
 pub struct Guard {
     cfg: GuardConfig,
+    resource_metadata: String,
+    /// `public_url` in the form request URLs are compared in, without a trailing slash.
+    base_url: String,
     client: Client,
     clock: Arc<dyn Clock>,
     keys: Arc<RemoteKeys>,
     registry: Arc<RwLock<Registry>>,
     revocations: Arc<RevocationIndex>,
     verifier: Verifier,
-    resources: RwLock<HashSet<String>>,
     /// Unix seconds of the last successful sync of the revocation set.
     synced_at: AtomicI64,
     digest: RwLock<String>,
@@ -214,22 +291,31 @@ impl Guard {
         let keys = Arc::new(RemoteKeys::default());
         let registry = Arc::new(RwLock::new(Registry::default()));
         let revocations = Arc::new(RevocationIndex::default());
+        let base_url = crate::resource::normalize_http_url(&cfg.public_url)
+            .ok_or_else(|| GuardError("--public-url must be an http(s) URL".into()))?
+            .trim_end_matches('/')
+            .to_string();
         let verifier = Verifier::new(
-            issuer,
-            60,
-            keys.clone(),
+            VerifierConfig {
+                issuer,
+                leeway: cfg.leeway,
+                keys: keys.clone(),
+                clock: clock.clone(),
+            },
             registry.clone(),
             revocations.clone(),
         );
+        let resource_metadata = cfg.resource_metadata();
         let guard = Arc::new(Guard {
             cfg: GuardConfig { resource, ..cfg },
+            resource_metadata,
+            base_url,
             client,
             clock,
             keys,
             registry,
             revocations,
             verifier,
-            resources: RwLock::new(HashSet::new()),
             synced_at: AtomicI64::new(i64::MIN),
             digest: RwLock::new(String::new()),
         });
@@ -246,7 +332,21 @@ impl Guard {
     }
 
     pub fn resource_metadata(&self) -> &str {
-        &self.cfg.resource_metadata
+        &self.resource_metadata
+    }
+
+    /// The target of a request to this server as a whole.
+    pub fn server_target(&self) -> Target<'_> {
+        Target::Server {
+            resource: &self.cfg.resource,
+            server_id: self.cfg.server_id.as_deref(),
+        }
+    }
+
+    /// The URL a request to `path` has, as execution-bound tokens and DPoP proofs name it:
+    /// the configured public URL plus the path.
+    pub fn request_url(&self, path: &str) -> Option<String> {
+        crate::resource::normalize_http_url(&format!("{}{path}", self.base_url))
     }
 
     /// toolgate's issuer, the authorization server of this resource.
@@ -256,85 +356,70 @@ impl Guard {
 
     /// A tool of this server by MCP tool name (its `tool_id`, or its display `name`).
     pub fn tool(&self, name: &str) -> Option<Arc<ToolEntry>> {
-        let registry = self.registry.read().ok()?;
-        registry
-            .get(name)
-            .or_else(|| registry.list(None).into_iter().find(|t| t.name == name))
+        self.registry.read().ok()?.find(name)
     }
 
-    /// Decide a request from its headers: `Ok` with the token's claims, or the refusal.
-    pub fn check(
-        &self,
-        headers: &HeaderMap,
-        target: Target<'_>,
-    ) -> Result<Arc<TokenClaims>, Rejection> {
-        let now = self.clock.now();
+    /// The refusal while the guard cannot confirm its copies are current (fail closed).
+    fn stale(&self, now: i64) -> Option<Rejection> {
         let age = now.saturating_sub(self.synced_at.load(Ordering::Relaxed));
-        if age > i64::try_from(self.cfg.max_staleness.as_secs()).unwrap_or(i64::MAX) {
-            return Err(Rejection::new(
+        (age > i64::try_from(self.cfg.max_staleness.as_secs()).unwrap_or(i64::MAX)).then(|| {
+            Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the guard cannot confirm its revocation list is current",
                 Some(Check::Revocation),
-            ));
+            )
+        })
+    }
+
+    /// Decide one request with the shared pipeline, after confirming the guard's copies are
+    /// current: `Ok` with the token's claims and the tool, or the refusal.
+    pub fn check(&self, req: &DecisionRequest<'_>) -> Result<Allowed, Rejection> {
+        let now = self.clock.now();
+        if let Some(r) = self.stale(now) {
+            return Err(r);
         }
-        let token = bearer(headers).ok_or(Rejection::new(
-            StatusCode::UNAUTHORIZED,
-            "",
-            "a bearer token is required",
-            None,
-        ))?;
+        self.verifier.decide_at(req, now).result.map_err(reject)
+    }
+
+    /// Decide an HTTP request: the bearer token of its headers, its method, its URL (public
+    /// URL plus path), and the hash of its body when the caller read it.
+    pub fn check_http(
+        &self,
+        parts: &http::request::Parts,
+        target: Target<'_>,
+        body_hash: Option<&str>,
+    ) -> Result<Allowed, Rejection> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(self
+                .stale(self.clock.now())
+                .unwrap_or_else(Rejection::missing_token));
+        };
+        let url = self.request_url(parts.uri.path());
+        let req = DecisionRequest::new(token, target)
+            .with_http(parts.method.as_str(), url.as_deref())
+            .with_body_hash(body_hash);
+        self.check(&req)
+    }
+
+    /// The `tool_id` an MCP tool name refers to (its id, or a tool's display name); an
+    /// unknown name is passed on as it is, for the pipeline to refuse.
+    pub fn tool_id(&self, name: &str) -> String {
+        self.tool(name)
+            .map(|t| t.tool_id.clone())
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// Does a request for `target` need its body hashed (a tool bound to each execution)?
+    pub fn needs_body(&self, target: Target<'_>) -> bool {
         match target {
-            Target::Tool(tool_id) => {
-                let req = VerifyRequest {
-                    token,
-                    tool_id,
-                    ..Default::default()
-                };
-                let verdict = self.verifier.decide(&req, now);
-                verdict.result.map(|a| a.claims).map_err(reject)
-            }
-            Target::Server => {
-                let claims = self.verifier.check_own_token(token, now).map_err(reject)?;
-                let aud_ok = claims.aud.single().is_some_and(|a| {
-                    self.resources
-                        .read()
-                        .map(|r| r.contains(a))
-                        .unwrap_or(false)
-                });
-                if !aud_ok {
-                    return Err(reject(crate::verify::deny(
-                        Check::Audience,
-                        "audience mismatch",
-                    )));
-                }
-                match self
-                    .revocations
-                    .any_revoked(&claims.revocation_keys, None, now)
-                {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        return Err(reject(crate::verify::deny(
-                            Check::Revocation,
-                            "token, subject or tool is revoked",
-                        )))
-                    }
-                    Err(_) => {
-                        return Err(reject(Denial {
-                            check: Check::Revocation,
-                            reason: "revocation status is unavailable",
-                            unavailable: true,
-                        }))
-                    }
-                }
-                if claims.raw.contains_key("cnf") {
-                    return Err(reject(crate::verify::deny(
-                        Check::Dpop,
-                        "proof-of-possession is not supported",
-                    )));
-                }
-                Ok(claims)
-            }
+            Target::Tool(id) => self
+                .registry
+                .read()
+                .ok()
+                .and_then(|r| r.get(id))
+                .is_some_and(|t| t.requires_execution),
+            _ => false,
         }
     }
 
@@ -386,15 +471,11 @@ impl Guard {
                     .is_none_or(|s| &t.server_id == s)
             })
             .collect();
-        let mut resources: HashSet<String> =
-            mine.iter().map(|t| t.resource().to_string()).collect();
-        resources.insert(self.cfg.resource.clone());
-        if let Ok(mut r) = self.registry.write() {
-            *r = Registry::from_entries(mine);
-        }
-        if let Ok(mut r) = self.resources.write() {
-            *r = resources;
-        }
+        let mut registry = self
+            .registry
+            .write()
+            .map_err(|_| GuardError("tool registry lock poisoned".into()))?;
+        *registry = Registry::from_entries(mine);
         Ok(())
     }
 
@@ -496,9 +577,18 @@ async fn refresher(guard: Weak<Guard>) {
     }
 }
 
+/// Largest body the guard buffers to hash it, for a tool bound to each execution.
+pub const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+/// How long a body being buffered may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body a protected handler receives: the client's stream, or the bytes the guard had to
+/// read to hash them (a tool with `requires_execution`).
+pub type GuardedBody<B> = Either<B, Full<Bytes>>;
+
 /// A hyper service wrapper: the guard in front of any handler. Requests for a tool name the
-/// tool with `tool_for`; everything else must carry a token for this server. The verified
-/// claims travel to the handler as a request extension (`Arc<TokenClaims>`).
+/// tool with `tool_for`; everything else must carry a token for this server. The decision
+/// travels to the handler as request extensions (`Allowed`, and its `Arc<TokenClaims>`).
 #[derive(Clone)]
 pub struct Protected<S> {
     guard: Arc<Guard>,
@@ -535,13 +625,61 @@ pub fn rejection_response(r: &Rejection, resource_metadata: &str) -> http::Respo
     resp
 }
 
+/// A body the guard could not buffer: too large, too slow, or broken.
+fn body_refusal(status: StatusCode, description: &'static str) -> http::Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": "invalid_request", "error_description": description});
+    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Read a whole body within `MAX_BUFFERED_BODY` and `BODY_TIMEOUT`.
+async fn buffer<B>(body: B) -> Result<Bytes, http::Response<Full<Bytes>>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(body, MAX_BUFFERED_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(body_refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )),
+        Ok(Err(_)) => Err(body_refusal(
+            StatusCode::BAD_REQUEST,
+            "request body could not be read",
+        )),
+        Err(_) => Err(body_refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body did not arrive in time",
+        )),
+    }
+}
+
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Protected<S>
 where
-    S: hyper::service::Service<http::Request<B>, Response = http::Response<R>>,
+    S: hyper::service::Service<http::Request<GuardedBody<B>>, Response = http::Response<R>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     R: Send + 'static,
 {
     type Response = http::Response<Either<R, Full<Bytes>>>;
@@ -550,22 +688,34 @@ where
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let tool = (self.tool_for)(&parts);
-        let target = match &tool {
-            Some(t) => Target::Tool(t),
-            None => Target::Server,
-        };
-        match self.guard.check(&parts.headers, target) {
-            Ok(claims) => {
-                parts.extensions.insert(claims);
-                let fut = self.inner.call(http::Request::from_parts(parts, body));
-                Box::pin(async move { fut.await.map(|r| r.map(Either::Left)) })
+        let tool_id = (self.tool_for)(&parts).map(|name| self.guard.tool_id(&name));
+        let guard = self.guard.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let target = match &tool_id {
+                Some(t) => Target::Tool(t),
+                None => guard.server_target(),
+            };
+            let (body, hash) = if guard.needs_body(target) {
+                match buffer(body).await {
+                    Ok(bytes) => {
+                        let hash = crate::verify::body_hash(&bytes);
+                        (Either::Right(Full::new(bytes)), Some(hash))
+                    }
+                    Err(resp) => return Ok(resp.map(Either::Right)),
+                }
+            } else {
+                (Either::Left(body), None)
+            };
+            match guard.check_http(&parts, target, hash.as_deref()) {
+                Ok(allowed) => {
+                    parts.extensions.insert(allowed.claims.clone());
+                    parts.extensions.insert(allowed);
+                    let resp = inner.call(http::Request::from_parts(parts, body)).await?;
+                    Ok(resp.map(Either::Left))
+                }
+                Err(r) => Ok(rejection_response(&r, guard.resource_metadata()).map(Either::Right)),
             }
-            Err(r) => {
-                let resp =
-                    rejection_response(&r, self.guard.resource_metadata()).map(Either::Right);
-                Box::pin(std::future::ready(Ok(resp)))
-            }
-        }
+        })
     }
 }

@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod gateway;
 pub mod guard;
 pub mod http;
+pub mod ids;
 pub mod jose;
 pub mod keys;
 pub mod metrics;

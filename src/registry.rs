@@ -154,11 +154,11 @@ impl ToolInput {
     }
 }
 
-/// The in-memory index: tools by id, and how many tools name each resource.
+/// The in-memory index: tools by id, and the tools naming each resource.
 #[derive(Debug, Default)]
 pub struct Registry {
     by_id: HashMap<String, Arc<ToolEntry>>,
-    resources: HashMap<String, usize>,
+    by_resource: HashMap<String, Vec<Arc<ToolEntry>>>,
 }
 
 impl Registry {
@@ -174,6 +174,12 @@ impl Registry {
         self.by_id.get(tool_id).cloned()
     }
 
+    /// A tool by its MCP name: its `tool_id`, or else its display `name`.
+    pub fn find(&self, name: &str) -> Option<Arc<ToolEntry>> {
+        self.get(name)
+            .or_else(|| self.list(None).into_iter().find(|t| t.name == name))
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -184,24 +190,30 @@ impl Registry {
 
     /// Is `resource` (canonical) the audience of at least one registered tool?
     pub fn has_resource(&self, resource: &str) -> bool {
-        self.resources.contains_key(resource)
+        self.by_resource.contains_key(resource)
+    }
+
+    /// Every tool whose audience is `resource` (several tools may share one).
+    pub fn with_resource(&self, resource: &str) -> Vec<Arc<ToolEntry>> {
+        self.by_resource.get(resource).cloned().unwrap_or_default()
     }
 
     pub fn insert(&mut self, entry: ToolEntry) {
         self.remove(&entry.tool_id.clone());
-        *self
-            .resources
+        let entry = Arc::new(entry);
+        self.by_resource
             .entry(entry.resource().to_string())
-            .or_default() += 1;
-        self.by_id.insert(entry.tool_id.clone(), Arc::new(entry));
+            .or_default()
+            .push(entry.clone());
+        self.by_id.insert(entry.tool_id.clone(), entry);
     }
 
     pub fn remove(&mut self, tool_id: &str) -> Option<Arc<ToolEntry>> {
         let old = self.by_id.remove(tool_id)?;
-        if let Some(n) = self.resources.get_mut(old.resource()) {
-            *n -= 1;
-            if *n == 0 {
-                self.resources.remove(old.resource());
+        if let Some(list) = self.by_resource.get_mut(old.resource()) {
+            list.retain(|t| t.tool_id != tool_id);
+            if list.is_empty() {
+                self.by_resource.remove(old.resource());
             }
         }
         Some(old)

@@ -81,6 +81,90 @@ pub fn canonicalize(input: &str) -> Result<String, ResourceError> {
     ))
 }
 
+/// The URL a DPoP proof or an execution-bound token names (`htu`), in the form RFC 9449 §4.3
+/// compares: an `http`/`https` URL without query and fragment, after RFC 3986 §6.2.2
+/// syntax-based normalisation (case, percent-encoding, dot segments) and §6.2.3 scheme-based
+/// normalisation (default port dropped, empty path is `/`). `None` if it is not such a URL.
+pub fn normalize_http_url(input: &str) -> Option<String> {
+    let input = input.split('#').next()?;
+    let without_query = input.split('?').next()?;
+    let canonical = canonicalize(without_query).ok()?;
+    let (scheme, rest) = canonical.split_once("://")?;
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return None,
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority.strip_suffix(default_port).unwrap_or(authority);
+    if authority.is_empty() || authority.ends_with(':') {
+        return None;
+    }
+    let path = normalize_percent(path)?;
+    let path = remove_dot_segments(&path);
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else {
+        path
+    };
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+/// Upper-case the hex digits of every percent-encoding and decode the unreserved characters
+/// (RFC 3986 §6.2.2.1, §6.2.2.2); `None` for a `%` not followed by two hex digits.
+fn normalize_percent(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            out.push(char::from(b));
+            i += 1;
+            continue;
+        }
+        let hex = path.get(i + 1..i + 3)?;
+        let value = u8::from_str_radix(hex, 16).ok()?;
+        if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(value));
+        } else {
+            out.push('%');
+            out.push_str(&hex.to_ascii_uppercase());
+        }
+        i += 3;
+    }
+    Some(out)
+}
+
+/// RFC 3986 §5.2.4 on an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." | ".." => {
+                if *seg == ".." {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    if out.is_empty() {
+        return String::new();
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +212,25 @@ mod tests {
         assert_eq!(canonicalize("https:///path"), Err(ResourceError::NoHost));
         let long = format!("https://a/{}", "x".repeat(MAX_RESOURCE_LEN));
         assert_eq!(canonicalize(&long), Err(ResourceError::TooLong));
+    }
+
+    #[test]
+    fn normalizes_http_urls_as_rfc9449_compares_them() {
+        let n = |u| normalize_http_url(u);
+        assert_eq!(
+            n("HTTPS://Server.Example.COM:443/a/./b/../c?q=1#f").as_deref(),
+            Some("https://server.example.com/a/c")
+        );
+        assert_eq!(n("http://h:80").as_deref(), Some("http://h/"));
+        assert_eq!(
+            n("http://h:8080/%7euser/%2f%41").as_deref(),
+            Some("http://h:8080/~user/%2FA")
+        );
+        assert_eq!(n("https://h/a/..").as_deref(), Some("https://h/"));
+        assert_eq!(n("https://h/a/b/.").as_deref(), Some("https://h/a/b/"));
+        assert_eq!(n("https://h/a/%zz"), None);
+        assert_eq!(n("ftp://h/a"), None);
+        assert_eq!(n("/relative"), None);
+        assert_eq!(n("https://h:/x"), None);
     }
 }

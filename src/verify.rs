@@ -3,13 +3,15 @@
 
 use crate::blast;
 use crate::claims::{self, Audience, Malformed};
+use crate::clock::Clock;
 use crate::jose::{self, Header, JoseError, Jwk};
 use crate::registry::{Registry, ToolEntry};
+use crate::resource;
 use crate::revocation::{Identity, RevocationIndex};
 use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Longest clock skew any deployment may configure.
 pub const MAX_LEEWAY: i64 = 60;
@@ -224,13 +226,68 @@ impl TokenClaims {
     }
 }
 
-/// One verify call's input.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VerifyRequest<'a> {
+/// What a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One tool call, by `tool_id`.
+    Tool(&'a str),
+    /// A request to a server as a whole (`resources/read`, `prompts/get`, `GET`/`DELETE` on the
+    /// MCP endpoint). The token's audience must be `resource` or the resource of a tool of
+    /// `server_id` (every tool of the registry when `None`); each such tool must then pass the
+    /// tool checks (capabilities, blast radius, revocation).
+    Server {
+        resource: &'a str,
+        server_id: Option<&'a str>,
+    },
+    /// A token whose audience must be exactly this and is no tool's: toolgate's own agent
+    /// tokens, presented at exchange.
+    Audience(&'a str),
+}
+
+/// One decision's input, the same from every entry point: the REST endpoint, the guard, the
+/// gateway and exchange's own-token path each only build this and map the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRequest<'a> {
     pub token: &'a str,
-    pub tool_id: &'a str,
-    pub request_body_hash: Option<&'a str>,
-    pub dpop_proof: Option<&'a str>,
+    pub target: Target<'a>,
+    /// The request's method, as the resource server received it (`POST`).
+    pub method: Option<&'a str>,
+    /// The request's URL: the resource server's configured public URL plus the path, in the
+    /// form of [`crate::resource::normalize_http_url`] (never built from the `Host` header).
+    pub url: Option<&'a str>,
+    /// base64url SHA-256 of the exact request body, when the resource server hashed it.
+    pub body_hash: Option<&'a str>,
+}
+
+impl<'a> DecisionRequest<'a> {
+    /// A request with only a token and a target; the optional parts are added with the
+    /// struct-update syntax or the builder methods.
+    pub fn new(token: &'a str, target: Target<'a>) -> Self {
+        Self {
+            token,
+            target,
+            method: None,
+            url: None,
+            body_hash: None,
+        }
+    }
+
+    pub fn with_http(mut self, method: &'a str, url: Option<&'a str>) -> Self {
+        self.method = Some(method);
+        self.url = url;
+        self
+    }
+
+    pub fn with_body_hash(mut self, hash: Option<&'a str>) -> Self {
+        self.body_hash = hash;
+        self
+    }
+}
+
+/// base64url (no padding) SHA-256 of a request body: what `inp_hash` and `request_body_hash`
+/// carry.
+pub fn body_hash(body: &[u8]) -> String {
+    jose::b64::encode(digest(&SHA256, body).as_ref())
 }
 
 /// A decision with whatever is known of the token.
@@ -240,11 +297,12 @@ pub struct Verdict {
     pub result: Result<Allowed, Denial>,
 }
 
-/// An allowed call: the token's claims and the tool they were checked against.
+/// An allowed call: the token's claims and the tool they were checked against (`None` for a
+/// server-level request no tool's resource matched, and for an agent token).
 #[derive(Debug, Clone)]
 pub struct Allowed {
     pub claims: Arc<TokenClaims>,
-    pub tool: Arc<ToolEntry>,
+    pub tool: Option<Arc<ToolEntry>>,
 }
 
 impl Allowed {
@@ -257,21 +315,24 @@ impl Allowed {
             "aud": c.aud.single(),
             "exp": c.times.exp,
             "jti": c.jti,
-            "tool_id": self.tool.tool_id,
-            "resource": self.tool.resource(),
         });
         if let Some(obj) = out.as_object_mut() {
+            if let Some(tool) = &self.tool {
+                obj.insert("tool_id".into(), json!(tool.tool_id));
+                obj.insert("resource".into(), json!(tool.resource()));
+            }
             if c.raw.contains_key("caps") {
                 obj.insert("caps".into(), json!(c.caps));
             }
             if let Some(b) = &c.blast_radius {
                 obj.insert("blast_radius".into(), json!(b));
             }
-            if self.tool.requires_execution {
+            if self.tool.as_ref().is_some_and(|t| t.requires_execution) {
                 let pick = |k: &str| c.raw.get(k).cloned().unwrap_or(Value::Null);
                 obj.insert(
                     "execution".into(),
-                    json!({"exec_act": pick("exec_act"), "target": pick("target"), "inp_hash": pick("inp_hash")}),
+                    json!({"exec_act": pick("exec_act"), "target": pick("target"), "inp_hash": pick("inp_hash"),
+                           "htm": pick("htm"), "htu": pick("htu")}),
                 );
             }
         }
@@ -285,13 +346,86 @@ pub trait KeySource: Send + Sync {
     fn key(&self, kid: &str) -> Option<Jwk>;
 }
 
+/// The tools a request reaches (every one is checked), and the one tool it calls, if any.
+type Reached = (Vec<Arc<ToolEntry>>, Option<Arc<ToolEntry>>);
+
+/// Execution nonces already used, each remembered until its token expires (plus leeway), so
+/// an execution-bound token is accepted once. Bounded: when full of live nonces it refuses new
+/// ones (fail closed) rather than forgetting old ones.
+#[derive(Debug)]
+pub struct NonceCache {
+    seen: Mutex<HashMap<String, i64>>,
+    capacity: usize,
+    /// Tokens issued before this instant may have been used before a restart: refused.
+    not_before: i64,
+}
+
+/// Why a nonce was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceError {
+    Replayed,
+    Full,
+    Unavailable,
+}
+
+impl NonceCache {
+    pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+    /// A cache that refuses tokens issued before `started_at` (nonces used before it are not
+    /// known here).
+    pub fn new(capacity: usize, started_at: i64) -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            not_before: started_at,
+        }
+    }
+
+    /// Remember `nonce` until `until`; `Err(Replayed)` if it was seen and has not expired.
+    pub fn consume(&self, nonce: &str, until: i64, now: i64) -> Result<(), NonceError> {
+        let mut seen = self.seen.lock().map_err(|_| NonceError::Unavailable)?;
+        if seen.get(nonce).is_some_and(|exp| *exp > now) {
+            return Err(NonceError::Replayed);
+        }
+        if seen.len() >= self.capacity {
+            seen.retain(|_, exp| *exp > now);
+            if seen.len() >= self.capacity {
+                return Err(NonceError::Full);
+            }
+        }
+        seen.insert(nonce.to_string(), until);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a verifier is set up: what it trusts and how it reads time.
+#[derive(Clone)]
+pub struct VerifierConfig {
+    /// The issuer whose tokens are accepted (toolgate's own).
+    pub issuer: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, clamped to `0..=MAX_LEEWAY`.
+    pub leeway: i64,
+    pub keys: Arc<dyn KeySource>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// Everything the pipeline consults. Cheap to share; every entry point holds the same one.
 pub struct Verifier {
     pub issuer: String,
     pub leeway: i64,
     pub keys: Arc<dyn KeySource>,
+    pub clock: Arc<dyn Clock>,
     pub registry: Arc<RwLock<Registry>>,
     pub revocations: Arc<RevocationIndex>,
+    nonces: NonceCache,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
 }
 
@@ -303,22 +437,36 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+fn unavailable(check: Check, reason: &'static str) -> Denial {
+    Denial {
+        check,
+        reason,
+        unavailable: true,
+    }
+}
+
 impl Verifier {
     pub fn new(
-        issuer: String,
-        leeway: i64,
-        keys: Arc<dyn KeySource>,
+        config: VerifierConfig,
         registry: Arc<RwLock<Registry>>,
         revocations: Arc<RevocationIndex>,
     ) -> Self {
+        let started = config.clock.now();
         Self {
-            issuer,
-            leeway: leeway.clamp(0, MAX_LEEWAY),
-            keys,
+            issuer: config.issuer,
+            leeway: config.leeway.clamp(0, MAX_LEEWAY),
+            keys: config.keys,
+            clock: config.clock,
             registry,
             revocations,
+            nonces: NonceCache::new(NonceCache::DEFAULT_CAPACITY, started),
             cache: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The current time, from the configured clock (read once per decision).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// Forget remembered signatures (after the key set changed).
@@ -330,7 +478,7 @@ impl Verifier {
 
     /// Checks 1–5 for a token toolgate minted: shape, header, signature (remembered per token,
     /// so a repeated token costs one hash), then time and issuer on every call.
-    pub fn check_own_token(&self, token: &str, now: i64) -> Result<Arc<TokenClaims>, Denial> {
+    fn check_own_token(&self, token: &str, now: i64) -> Result<Arc<TokenClaims>, Denial> {
         if token.len() > jose::MAX_TOKEN_BYTES {
             return Err(JoseError::TooLarge.into());
         }
@@ -364,21 +512,27 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// The whole pipeline, checks 1–12 in order; the first failure wins.
-    pub fn verify(&self, req: &VerifyRequest<'_>, now: i64) -> Result<Allowed, Denial> {
-        self.decide(req, now).result
+    /// The whole pipeline at the configured clock's time.
+    pub fn verify(&self, req: &DecisionRequest<'_>) -> Result<Allowed, Denial> {
+        self.decide(req).result
     }
 
-    /// The pipeline's answer, with the token's claims whenever its signature checked out (so
-    /// that a denial can still be attributed to a subject in the audit log).
-    pub fn decide(&self, req: &VerifyRequest<'_>, now: i64) -> Verdict {
+    /// The pipeline's answer at the configured clock's time.
+    pub fn decide(&self, req: &DecisionRequest<'_>) -> Verdict {
+        self.decide_at(req, self.clock.now())
+    }
+
+    /// The one pipeline, checks 1–12 in order for every target; the first failure wins. The
+    /// verdict carries the token's claims whenever its signature checked out, so that a denial
+    /// can still be attributed to a subject in the audit log.
+    pub fn decide_at(&self, req: &DecisionRequest<'_>, now: i64) -> Verdict {
         match self.check_own_token(req.token, now) {
             Err(denial) => Verdict {
                 claims: None,
                 result: Err(denial),
             },
             Ok(claims) => Verdict {
-                result: self.check_for_tool(&claims, req, now).map(|tool| Allowed {
+                result: self.check_target(&claims, req, now).map(|tool| Allowed {
                     claims: claims.clone(),
                     tool,
                 }),
@@ -387,49 +541,78 @@ impl Verifier {
         }
     }
 
-    /// Checks 6–12 for a token that passed 1–5.
-    fn check_for_tool(
+    /// Check 6, registration, and 7, audience: the tools this request reaches.
+    fn resolve(&self, claims: &TokenClaims, target: Target<'_>) -> Result<Reached, Denial> {
+        let registry = self
+            .registry
+            .read()
+            .map_err(|_| unavailable(Check::Registration, "tool registry is unavailable"))?;
+        let aud = claims.aud.single();
+        let audience_denial = || match &claims.aud {
+            Audience::Missing => deny(Check::Audience, "token has no audience"),
+            Audience::Many(_) => deny(Check::Audience, "token names several audiences"),
+            _ => deny(Check::Audience, "token audience is not this tool"),
+        };
+        match target {
+            Target::Tool(tool_id) => {
+                let tool = registry
+                    .get(tool_id)
+                    .ok_or(deny(Check::Registration, "tool is not registered"))?;
+                if aud != Some(tool.resource()) {
+                    return Err(audience_denial());
+                }
+                Ok((vec![tool.clone()], Some(tool)))
+            }
+            Target::Server {
+                resource,
+                server_id,
+            } => {
+                let aud = aud.ok_or_else(audience_denial)?;
+                let tools: Vec<Arc<ToolEntry>> = registry
+                    .with_resource(aud)
+                    .into_iter()
+                    .filter(|t| server_id.is_none_or(|s| t.server_id == s))
+                    .collect();
+                if aud != resource && tools.is_empty() {
+                    return Err(deny(Check::Audience, "token audience is not this server"));
+                }
+                Ok((tools, None))
+            }
+            Target::Audience(expected) => {
+                if aud != Some(expected) || registry.has_resource(expected) {
+                    return Err(audience_denial());
+                }
+                Ok((Vec::new(), None))
+            }
+        }
+    }
+
+    /// Checks 6–12 for a token that passed 1–5, in one order for every target.
+    fn check_target(
         &self,
         claims: &Arc<TokenClaims>,
-        req: &VerifyRequest<'_>,
+        req: &DecisionRequest<'_>,
         now: i64,
-    ) -> Result<Arc<ToolEntry>, Denial> {
-        // 6. registration
-        let tool = match self.registry.read() {
-            Ok(r) => r.get(req.tool_id),
-            Err(_) => {
-                return Err(Denial {
-                    check: Check::Registration,
-                    reason: "tool registry is unavailable",
-                    unavailable: true,
-                })
-            }
-        }
-        .ok_or(deny(Check::Registration, "tool is not registered"))?;
-        // 7. audience: exactly one, byte for byte the tool's canonical resource
-        match &claims.aud {
-            Audience::One(aud) if aud == tool.resource() => {}
-            Audience::Missing => return Err(deny(Check::Audience, "token has no audience")),
-            Audience::Many(_) => {
-                return Err(deny(Check::Audience, "token names several audiences"))
-            }
-            _ => return Err(deny(Check::Audience, "token audience is not this tool")),
-        }
+    ) -> Result<Option<Arc<ToolEntry>>, Denial> {
+        // 6. registration, 7. audience
+        let (tools, tool) = self.resolve(claims, req.target)?;
         // 8. capabilities
-        if !tool
-            .required_capabilities
-            .iter()
-            .all(|need| claims.caps.iter().any(|c| c == need))
-        {
-            return Err(deny(
-                Check::Capabilities,
-                "token lacks a required capability",
-            ));
+        for t in &tools {
+            if !t
+                .required_capabilities
+                .iter()
+                .all(|need| claims.caps.iter().any(|c| c == need))
+            {
+                return Err(deny(
+                    Check::Capabilities,
+                    "token lacks a required capability",
+                ));
+            }
         }
         // 9. blast radius
-        if !tool.max_blast_radius.is_empty() {
+        for t in tools.iter().filter(|t| !t.max_blast_radius.is_empty()) {
             match &claims.blast_radius {
-                Some(b) if blast::within(b, &tool.max_blast_radius) => {}
+                Some(b) if blast::within(b, &t.max_blast_radius) => {}
                 Some(_) => {
                     return Err(deny(
                         Check::BlastRadius,
@@ -444,19 +627,28 @@ impl Verifier {
                 }
             }
         }
-        // 10. revocation, fail closed
-        match self
-            .revocations
-            .any_revoked(&claims.revocation_keys, Some(&tool.tool_id), now)
-        {
+        // 10. revocation of the token, its subject, and every tool reached; fail closed
+        let revoked = if tools.is_empty() {
+            self.revocations
+                .any_revoked(&claims.revocation_keys, None, now)
+        } else {
+            tools.iter().try_fold(false, |hit, t| {
+                Ok(hit
+                    || self.revocations.any_revoked(
+                        &claims.revocation_keys,
+                        Some(&t.tool_id),
+                        now,
+                    )?)
+            })
+        };
+        match revoked {
             Ok(false) => {}
             Ok(true) => return Err(deny(Check::Revocation, "token, subject or tool is revoked")),
             Err(_) => {
-                return Err(Denial {
-                    check: Check::Revocation,
-                    reason: "revocation status is unavailable",
-                    unavailable: true,
-                })
+                return Err(unavailable(
+                    Check::Revocation,
+                    "revocation status is unavailable",
+                ))
             }
         }
         // 11. proof-of-possession: toolgate does not bind tokens yet, so a bound one cannot pass
@@ -466,18 +658,48 @@ impl Verifier {
                 "token is key-bound and proof-of-possession is not supported",
             ));
         }
-        // 12. execution binding
-        if tool.requires_execution {
-            check_execution(claims, &tool, req.request_body_hash)?;
+        // 12. execution binding, the nonce spent last (only by a request that passed all else)
+        if let Some(t) = tool.as_ref().filter(|t| t.requires_execution) {
+            check_execution(claims, t, req)?;
+            self.spend_nonce(claims, now)?;
         }
         Ok(tool)
+    }
+
+    fn spend_nonce(&self, claims: &TokenClaims, now: i64) -> Result<(), Denial> {
+        let nonce = claims::string(&claims.raw, "nonce")
+            .ok()
+            .flatten()
+            .filter(|n| !n.is_empty())
+            .ok_or(deny(Check::Execution, "token has no execution nonce"))?;
+        if claims
+            .times
+            .iat
+            .is_none_or(|iat| iat < self.nonces.not_before)
+        {
+            return Err(deny(
+                Check::Execution,
+                "execution-bound token predates this verifier; exchange a new one",
+            ));
+        }
+        let until = claims.times.exp.saturating_add(self.leeway);
+        match self.nonces.consume(nonce, until, now) {
+            Ok(()) => Ok(()),
+            Err(NonceError::Replayed) => {
+                Err(deny(Check::Execution, "execution nonce was already used"))
+            }
+            Err(NonceError::Full | NonceError::Unavailable) => Err(unavailable(
+                Check::Execution,
+                "execution nonces cannot be recorded right now",
+            )),
+        }
     }
 }
 
 fn check_execution(
     claims: &TokenClaims,
     tool: &ToolEntry,
-    body_hash: Option<&str>,
+    req: &DecisionRequest<'_>,
 ) -> Result<(), Denial> {
     let exec = |name| claims::string(&claims.raw, name).ok().flatten();
     let act = exec("exec_act").ok_or(deny(Check::Execution, "token has no exec_act"))?;
@@ -488,7 +710,7 @@ fn check_execution(
         ));
     }
     let inp_hash = exec("inp_hash").ok_or(deny(Check::Execution, "token has no inp_hash"))?;
-    if body_hash != Some(inp_hash) {
+    if req.body_hash != Some(inp_hash) {
         return Err(deny(
             Check::Execution,
             "request body hash does not match the token",
@@ -502,6 +724,21 @@ fn check_execution(
                 "target is not allowed for this tool",
             ));
         }
+    }
+    let htm = exec("htm").ok_or(deny(Check::Execution, "token has no htm"))?;
+    if req.method != Some(htm) {
+        return Err(deny(
+            Check::Execution,
+            "request method does not match the token",
+        ));
+    }
+    let htu = exec("htu").ok_or(deny(Check::Execution, "token has no htu"))?;
+    let presented = req.url.and_then(resource::normalize_http_url);
+    if presented.is_none() || presented != resource::normalize_http_url(htu) {
+        return Err(deny(
+            Check::Execution,
+            "request URL does not match the token",
+        ));
     }
     Ok(())
 }

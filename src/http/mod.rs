@@ -98,7 +98,7 @@ fn request_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| {
-        crate::exchange::random_id()
+        crate::ids::random_id()
             .map(|id| id.chars().take(8).collect())
             .unwrap_or_else(|| "tg".into())
     });

@@ -11,15 +11,16 @@
 //! `signature`). Positive controls (a correctly forged token that must pass) prove that.
 
 use super::harness::*;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use toolgate::clock::Clock;
-use toolgate::guard::{Guard, GuardConfig, Target};
+use toolgate::guard::{Guard, GuardConfig};
 use toolgate::jose::SigningKey;
+use toolgate::verify::{DecisionRequest, Target};
 
 const TOOL: &str = "code-search";
 const RESOURCE: &str = "https://mcp.example.com/tools/code-search";
@@ -130,10 +131,10 @@ impl Env {
                 admin_token: production.then(|| ADMIN.to_string()),
                 resource: "https://mcp.example.com/tools".into(),
                 server_id: None,
-                resource_metadata: "https://mcp.example.com/.well-known/oauth-protected-resource"
-                    .into(),
+                public_url: "https://mcp.example.com".into(),
                 max_staleness: Duration::from_secs(3600),
                 poll_interval: Duration::from_millis(200),
+                leeway: 60,
             },
             clock,
         )
@@ -241,12 +242,9 @@ impl Env {
     }
 
     fn guard_check(&self, token: &str) -> Result<(), toolgate::guard::Rejection> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-        self.guard.check(&headers, Target::Tool(TOOL)).map(|_| ())
+        self.guard
+            .check(&DecisionRequest::new(token, Target::Tool(TOOL)))
+            .map(|_| ())
     }
 }
 

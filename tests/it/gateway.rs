@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use toolgate::clock::SystemClock;
 use toolgate::gateway::GatewayConfig;
-use toolgate::guard::{Guard, GuardConfig, Protected};
+use toolgate::guard::{Guard, GuardConfig, GuardedBody, Protected};
 use toolgate::verify::TokenClaims;
 
 const SERVER: &str = "https://mcp.example.com/servers/a";
@@ -364,9 +364,12 @@ fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
         admin_token: None,
         resource: SERVER.to_string(),
         server_id: Some("server-a".to_string()),
-        resource_metadata: resource_metadata.to_string(),
+        public_url: resource_metadata
+            .trim_end_matches(METADATA_PATH)
+            .to_string(),
         max_staleness: Duration::from_secs(3),
         poll_interval: Duration::from_millis(100),
+        leeway: 60,
     }
 }
 
@@ -1255,7 +1258,7 @@ async fn protected_wraps_any_hyper_handler() {
     assert_eq!(guard.resource(), SERVER);
     let calls = Arc::new(Mutex::new(0usize));
     let counted = calls.clone();
-    let handler = service_fn(move |req: Request<Incoming>| {
+    let handler = service_fn(move |req: Request<GuardedBody<Incoming>>| {
         let counted = counted.clone();
         async move {
             *counted.lock().unwrap() += 1;

@@ -418,9 +418,13 @@ async fn tool_compromised_denies_every_token_for_that_tool_only() {
     .await;
     assert_revoked(&daemon, &alice_search, "search").await;
     assert_revoked(&daemon, &bob_search, "search").await;
-    // A token minted after the signal is no better.
-    let fresh = daemon.token_for("carol", SEARCH).await;
-    assert_revoked(&daemon, &fresh, "search").await;
+    // No new token is minted for a revoked tool.
+    let (status, body) = daemon
+        .exchange(exchange_body(&stub(json!({"sub": "carol"})), SEARCH))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "access_denied", "{body}");
+    assert_eq!(body["error_description"], "tool is revoked", "{body}");
     // Other tools are fine.
     assert_allowed(&daemon, &alice_files, "files").await;
 

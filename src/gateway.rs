@@ -419,8 +419,20 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String)
     }
 }
 
-/// Run the gateway until `shutdown`.
+/// Run the gateway on `cfg.listen` until `shutdown`.
 pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    run_on(listener, cfg, shutdown).await
+}
+
+/// Run the gateway on a listener already bound (`cfg.listen` is not used) until `shutdown`.
+pub async fn run_on(
+    listener: TcpListener,
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let guard = Guard::connect(cfg.guard.clone(), clock)
         .await
@@ -432,9 +444,6 @@ pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Resu
     if upstream.scheme_str() != Some("http") {
         return Err("--upstream must be an http:// URL".into());
     }
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let mut report_client = Client::new(&cfg.guard.toolgate).map_err(|e| e.to_string())?;
     if let Some(t) = &cfg.guard.admin_token {
         report_client = report_client.with_admin_token(t.clone());

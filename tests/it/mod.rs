@@ -8,6 +8,7 @@ mod exchange;
 mod gateway;
 mod interop;
 mod observe;
+mod pipeline;
 mod production;
 mod robustness;
 mod signals;

@@ -4,7 +4,10 @@
 #   1. a token exchanged for code_search calls code_search;
 #   2. the same token calling sql_admin is refused (401/403);
 #   3. a token for another MCP server entirely is refused at initialize;
-#   4. after a revocation signal, the next code_search call is refused.
+#   4. run_job, registered with requires_execution, is called with a token minted for each exact
+#      request body (an httpx.Auth in the SDK's transport); the same call with its body changed
+#      after the token was minted is refused with check "execution";
+#   5. after a revocation signal, the next code_search call is refused.
 # Exits non-zero if any expectation fails. Loopback only; every process is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +43,10 @@ reg() { curl -sf -X POST "$TG/v1/tools" -H 'Content-Type: application/json' -d "
 reg "{\"tool_id\":\"code_search\",\"resource_uri\":\"$SERVER/tools/code_search\",\"server_id\":\"e2e-mcp\"}"
 reg "{\"tool_id\":\"sql_admin\",\"resource_uri\":\"$SERVER/tools/sql_admin\",\"server_id\":\"e2e-mcp\"}"
 reg '{"tool_id":"billing","resource_uri":"https://billing.example.com/mcp","server_id":"billing-mcp"}'
+reg "{\"tool_id\":\"run_job\",\"resource_uri\":\"$SERVER/tools/run_job\",\"server_id\":\"e2e-mcp\",\"requires_execution\":true,\"allowed_operations\":[\"tools/call\"]}"
 
 "$TG_BIN" gateway --toolgate "$TG" --listen "127.0.0.1:$GW_PORT" --upstream "http://127.0.0.1:$MCP_PORT" \
-  --server-id e2e-mcp --resource "$SERVER" 2>"$tmp/gateway.log" & pids+=($!)
+  --server-id e2e-mcp --resource "$SERVER" --public-url "http://127.0.0.1:$GW_PORT" 2>"$tmp/gateway.log" & pids+=($!)
 wait_http "http://127.0.0.1:$GW_PORT/.well-known/oauth-protected-resource"
 GW="http://127.0.0.1:$GW_PORT/mcp"
 
@@ -67,6 +71,17 @@ expect "code_search token calls code_search" 0 "$PY" scripts/e2e/mcp_client.py "
 expect "same token calling sql_admin is refused" 4 "$PY" scripts/e2e/mcp_client.py "$GW" "$CODE_TOKEN" sql_admin
 OTHER=$(token agent-e2e https://billing.example.com/mcp)
 expect "token for another MCP server refused at initialize" 3 "$PY" scripts/e2e/mcp_client.py "$GW" "$OTHER" code_search
+
+expect_exec() { # NAME WANT CMD... (WANT: OK, or the refusal "REFUSED 403 execution")
+  local name=$1 want=$2; shift 2
+  local out rc=0
+  out=$("$@") || rc=$?
+  if [[ "$out" == "$want"* ]]; then echo "PASS $name: $out"; else echo "FAIL $name (exit $rc): $out"; fail=1; fi
+}
+expect_exec "run_job with a token bound to each exact request body" "OK ran job" \
+  "$PY" scripts/e2e/mcp_exec_client.py "$GW" "$TG" "$(stub agent-e2e)" "$SERVER/tools/run_job"
+expect_exec "run_job with the body changed after its token was minted is refused" "REFUSED 403 execution" \
+  "$PY" scripts/e2e/mcp_exec_client.py "$GW" "$TG" "$(stub agent-e2e)" "$SERVER/tools/run_job" tamper
 
 SUB=$(printf '%s' "$CODE_TOKEN" | cut -d. -f2 | tr '_-' '/+' | python3 -c 'import base64,json,sys; s=sys.stdin.read().strip(); print(json.loads(base64.b64decode(s+"="*(-len(s)%4)))["sub"])')
 curl -sf -X POST "$TG/v1/signals/events" -H 'Content-Type: application/json' -d "{\"iss\":\"https://siem.example.com\",\"jti\":\"e2e-$$\",\"iat\":$(date +%s),\"sub_id\":{\"format\":\"uri\",\"uri\":\"$SUB\"},\"events\":{\"https://schemas.openid.net/secevent/caep/event-type/session-revoked\":{}}}" >/dev/null

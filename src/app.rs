@@ -8,7 +8,7 @@ use crate::events::Hub;
 use crate::keys::KeyRing;
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
-use crate::revocation::Revocations;
+use crate::revocations::Revocations;
 use crate::store::audit::Record;
 use crate::store::{self, Store, StoreError};
 use crate::verify::{Verifier, VerifierConfig};

@@ -2,9 +2,6 @@
 //! each client has its own small buffer, and a client that falls behind is told how many
 //! events it missed instead of slowing anyone down.
 
-use crate::http::Response;
-use http::{header, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame};
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -97,8 +94,8 @@ impl Hub {
         let _ = self.closed.send(true);
     }
 
-    /// A streaming response for one client; `types` empty means every type.
-    pub fn subscribe(&self, types: Vec<String>) -> Response {
+    /// The event stream of one client, as a response body; `types` empty means every type.
+    pub fn subscribe(&self, types: Vec<String>) -> EventStream {
         let mut events = self.tx.subscribe();
         let mut closed = self.closed.subscribe();
         let (out, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER);
@@ -143,22 +140,14 @@ impl Hub {
                 }
             }
         });
-        let mut resp = http::Response::new(Stream(rx).boxed());
-        *resp.status_mut() = StatusCode::OK;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        resp
+        EventStream(rx)
     }
 }
 
-struct Stream(mpsc::Receiver<Bytes>);
+/// One client's Server-Sent Events, frame by frame.
+pub struct EventStream(mpsc::Receiver<Bytes>);
 
-impl hyper::body::Body for Stream {
+impl hyper::body::Body for EventStream {
     type Data = Bytes;
     type Error = Infallible;
 

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod registry;
 pub mod resource;
 pub mod revocation;
+pub mod revocations;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -1,4 +1,4 @@
-"""An MCP server written with the official Python SDK, exposing code_search and sql_admin over
+"""An MCP server written with the official Python SDK, exposing code_search, sql_admin and run_job over
 Streamable HTTP. It knows nothing of toolgate: the gateway in front of it does the checking."""
 import sys
 
@@ -17,6 +17,13 @@ def code_search(query: str) -> str:
 def sql_admin(statement: str) -> str:
     """Run an administrative SQL statement."""
     return f"executed {statement!r}"
+
+
+@server.tool()
+def run_job(job: str) -> str:
+    """Run a job: bound to each execution (requires_execution), so every call needs a token for
+    exactly this request body."""
+    return f"ran job {job!r}"
 
 
 if __name__ == "__main__":

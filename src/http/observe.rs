@@ -7,6 +7,7 @@ use super::{full, json_response, require_admin, require_reader, Response, Result
 use crate::app::App;
 use crate::store::audit::{self as log, Query, Stored};
 use http::{header, HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
@@ -134,7 +135,15 @@ pub fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
             crate::events::TYPES.join(", ")
         )));
     }
-    Ok(app.events.subscribe(types))
+    let mut resp = http::Response::new(app.events.subscribe(types).boxed());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
 }
 
 fn row_json(r: &Stored) -> Value {

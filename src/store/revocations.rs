@@ -1,8 +1,23 @@
 //! The `revocations` and `signal_events` tables.
 
 use super::StoreError;
-use crate::revocation::{Action, Applied, Format, Target};
+use crate::revocation::{Format, Target};
 use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
+
+/// What a signal or an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Revoke(NewRevocation),
+    Lift(Target),
+}
+
+/// The outcome of applying a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// The SET's `jti` was seen before: acknowledged, not applied again.
+    Replay,
+}
 
 const UPSERT: &str =
     "INSERT INTO revocations (format, issuer, value, reason, event_type, event_jti, \

@@ -7,6 +7,7 @@ mod discovery;
 mod exchange;
 mod gateway;
 mod interop;
+mod layout;
 mod observe;
 mod pipeline;
 mod production;

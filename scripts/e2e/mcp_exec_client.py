@@ -1,0 +1,101 @@
+"""Call a tool bound to each execution (requires_execution) through the gateway with the official
+MCP SDK client. Every HTTP request the SDK sends gets its own token: an httpx.Auth flow hashes
+the exact body (the whole JSON-RPC message), exchanges the agent's stub for a token whose
+execution_scope names that hash, the method and the URL, then sends the request with it.
+
+usage: mcp_exec_client.py GATEWAY_MCP_URL TOOLGATE_URL SUBJECT_TOKEN AUDIENCE [tamper]
+With "tamper", the tools/call body is changed after its token was minted (a trailing space):
+the gateway must refuse it with check "execution".
+Prints "OK <text>" (exit 0) or "REFUSED <status> <check>" (exit 4)."""
+import asyncio
+import base64
+import hashlib
+import json
+import sys
+
+try:  # the SDK's HTTP client: httpx2 from mcp 2.x on, httpx before
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT = "urn:ietf:params:oauth:token-type:jwt"
+
+
+class ExecutionBound(httpx.Auth):
+    """An execution-bound token per request, minted by yielding the exchange request first."""
+
+    requires_request_body = True
+    requires_response_body = True  # the exchange's answer is read by the client, sync or async
+
+    def __init__(self, toolgate: str, subject_token: str, audience: str, tamper: bool):
+        self.toolgate, self.subject_token, self.audience = toolgate, subject_token, audience
+        self.tamper = tamper
+        self.exchanges = 0
+
+    def auth_flow(self, request: httpx.Request):
+        body = request.content
+        try:
+            method = json.loads(body).get("method", "") if body else ""
+        except ValueError:
+            method = ""
+        digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+        exchange = httpx.Request("POST", f"{self.toolgate}/v1/exchange/token", json={
+            "grant_type": GRANT, "subject_token": self.subject_token, "subject_token_type": JWT,
+            "audience": self.audience,
+            "execution_scope": {"htm": request.method, "htu": str(request.url),
+                                "exec_act": method or "http", "inp_hash": digest},
+        })
+        response = yield exchange
+        if response.status_code != 200:
+            raise RuntimeError(f"exchange refused: {response.status_code} {response.text}")
+        self.exchanges += 1
+        request.headers["Authorization"] = "Bearer " + response.json()["access_token"]
+        if self.tamper and method == "tools/call":
+            changed = body + b" "
+            request.stream = httpx.ByteStream(changed)
+            request._content = changed
+            request.headers["Content-Length"] = str(len(changed))
+        yield request
+
+
+async def main(url: str, toolgate: str, subject: str, audience: str, tamper: bool) -> int:
+    auth = ExecutionBound(toolgate, subject, audience, tamper)
+    http = create_mcp_http_client(auth=auth)
+    refusals: list[str] = []
+
+    async def on_response(response) -> None:
+        if response.status_code >= 400 and response.url.path.endswith("/mcp"):
+            await response.aread()
+            try:
+                check = response.json().get("check", "")
+            except ValueError:
+                check = ""
+            refusals.append(f"{response.status_code} {check}".strip())
+
+    http.event_hooks.setdefault("response", []).append(on_response)
+    try:
+        async with http:
+            async with streamable_http_client(url, http_client=http, terminate_on_close=False) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await asyncio.wait_for(session.initialize(), 20)
+                    result = await asyncio.wait_for(session.call_tool("run_job", {"job": "nightly"}), 20)
+                    if refusals or getattr(result, "isError", False) or getattr(result, "is_error", False):
+                        print(f"REFUSED {refusals[-1] if refusals else 'tool-error'}")
+                        return 4
+                    text = " ".join(getattr(c, "text", "") for c in result.content)
+                    print(f"OK {text} ({auth.exchanges} execution-bound tokens)")
+                    return 0
+    except BaseException as exc:  # the SDK wraps HTTP failures in task groups
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        print(f"REFUSED {refusals[-1] if refusals else repr(exc)[:200]}")
+        return 4
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sys.exit(asyncio.run(main(args[0], args[1], args[2], args[3], len(args) > 4 and args[4] == "tamper")))

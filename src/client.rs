@@ -1,13 +1,14 @@
-//! A small typed client for toolgate's REST API (plain HTTP/1.1), used by the CLI and by Rust
-//! agents that want to exchange and verify in two calls.
+//! A small typed client for toolgate's REST API (plain HTTP/1.1), used by the CLI, the guard
+//! and the gateway, and by Rust agents that want to exchange and verify in two calls. Its
+//! connections are pooled and kept alive: a guard polling four times a second reuses one.
 
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::{connect::HttpConnector, Client as Pool};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -32,12 +33,13 @@ impl std::fmt::Display for ClientError {
 }
 impl std::error::Error for ClientError {}
 
-/// A client bound to one toolgate daemon.
+/// A client bound to one toolgate daemon. Clones share one connection pool.
 #[derive(Clone)]
 pub struct Client {
     authority: String,
     prefix: String,
     admin_token: Option<String>,
+    pool: Pool<HttpConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -65,10 +67,17 @@ impl Client {
         if authority.is_empty() {
             return Err(ClientError::Url(base.to_string()));
         }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let pool = Pool::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(4)
+            .build(connector);
         Ok(Self {
             authority: authority.to_string(),
             prefix: prefix.trim_end_matches('/').to_string(),
             admin_token: None,
+            pool,
         })
     }
 
@@ -97,19 +106,9 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Value), ClientError> {
         let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| t(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| t(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.prefix))
-            .header(header::HOST, &self.authority)
+            .uri(format!("http://{}{}{path}", self.authority, self.prefix))
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.admin_token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -121,7 +120,14 @@ impl Client {
         let req = builder
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| t(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
+        let resp = self.pool.request(req).await.map_err(|e| {
+            // The pool's error hides its cause (a refused connection, a reset): name the root.
+            let mut root: &dyn std::error::Error = &e;
+            while let Some(next) = root.source() {
+                root = next;
+            }
+            t(&root.to_string())
+        })?;
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -41,6 +41,8 @@ impl Daemon {
     }
 
     async fn boot(config: Config, clock: Arc<ManualClock>, dir: Arc<tempfile::TempDir>) -> Daemon {
+        // The daemon's log goes to the captured output of the test that caused it.
+        toolgate::log::capture_in_tests();
         let running = server::start(config.clone(), clock.clone(), std::future::pending())
             .await
             .unwrap();

@@ -173,6 +173,28 @@ impl Daemon {
     }
 }
 
+/// Poll `check` until it yields a value: for effects that land in the background (audit rows,
+/// reports). The 30 s bound only matters if the test is failing; the pause between polls only
+/// spares the daemon, nothing waits for time to pass.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), poll).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting until {what}"),
+    }
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     toolgate::jose::b64::encode(bytes)
 }

@@ -8,14 +8,12 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 const RESOURCE: &str = "https://mcp.example.com/tools/robust";
 const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 
@@ -660,70 +658,12 @@ fn http_sync(addr: &str, method: &str, path: &str, body: Option<&Value>) -> std:
     }
 }
 
-/// A `toolgate serve --dev` child; SIGKILLed when dropped.
-struct Spawned {
-    child: Child,
-    addr: String,
-}
-
-impl Spawned {
-    fn start(db: &Path, log: &Path) -> Spawned {
-        for _attempt in 0..5 {
-            // A free port now; another test may take it before the daemon binds: retry.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = format!("127.0.0.1:{port}");
-            let log_file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .unwrap();
-            let child = Command::new(BIN)
-                .args(["serve", "--dev", "--listen", &addr, "--db"])
-                .arg(db)
-                .env_remove("TOOLGATE_URL")
-                .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .unwrap();
-            let mut d = Spawned { child, addr };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(r) = http_sync(&d.addr, "GET", "/v1/sys/health", None) {
-                    if r.status == Some(200) {
-                        return d;
-                    }
-                }
-                if d.child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            d.kill();
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            if !log.contains("cannot listen") {
-                panic!("toolgate did not come up on {}:\n{log}", d.addr);
-            }
-        }
-        panic!("toolgate found no free port");
-    }
-
-    fn kill(&mut self) {
-        // std's Child::kill is SIGKILL on Unix: no shutdown code runs.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A `toolgate serve --dev` child on port 0, its log appended to `log`; SIGKILLed when dropped.
+fn spawn_daemon(db: &Path, log: &Path) -> Served {
+    Served::start(
+        &["--dev".as_ref(), "--db".as_ref(), db.as_os_str()],
+        Some(log),
+    )
 }
 
 /// Writes the daemon acknowledged (answered 2xx), with the request ids of their answers.
@@ -952,7 +892,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     // Per cycle: (acknowledged writes, kill delay in ms).
     let mut cycles: Vec<(usize, u64)> = Vec::new();
     for cycle in 0..CYCLES {
-        let mut d = Spawned::start(&db, &log);
+        let mut d = spawn_daemon(&db, &log);
         check_durable(&d.addr, &all, &last);
         let mut setup = Acks::default();
         if cycle == 0 {
@@ -990,7 +930,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     }
     // One more start: the last cycle's writes survived too.
     {
-        let mut d = Spawned::start(&db, &log);
+        let mut d = spawn_daemon(&db, &log);
         check_durable(&d.addr, &all, &last);
         d.kill();
     }

@@ -437,6 +437,17 @@ pub async fn run_on(
     let guard = Guard::connect(cfg.guard.clone(), clock)
         .await
         .map_err(|e| e.to_string())?;
+    serve(listener, guard, cfg, shutdown).await
+}
+
+/// Run the gateway on a bound `listener` with a connected `guard` until `shutdown` (tests bind
+/// port 0 and keep the guard, to move its clock and wait for its syncs).
+pub async fn serve(
+    listener: TcpListener,
+    guard: Arc<Guard>,
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let upstream: Uri = cfg
         .upstream
         .parse()

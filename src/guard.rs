@@ -251,6 +251,8 @@ pub struct Guard {
     /// Unix seconds of the last successful sync of the revocation set.
     synced_at: AtomicI64,
     digest: RwLock<String>,
+    /// Rounds the background refresher has finished, successful or not.
+    rounds: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -318,12 +320,19 @@ impl Guard {
             verifier,
             synced_at: AtomicI64::new(i64::MIN),
             digest: RwLock::new(String::new()),
+            rounds: tokio::sync::watch::Sender::new(0),
         });
         guard.refresh_keys().await?;
         guard.refresh_tools().await?;
         guard.refresh_revocations().await?;
         tokio::spawn(refresher(Arc::downgrade(&guard)));
         Ok(guard)
+    }
+
+    /// The count of finished refresher rounds (revocations, then tools and keys when due), to
+    /// wait for a sync instead of sleeping: a round that ends two counts on began after now.
+    pub fn rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.subscribe()
     }
 
     /// The resource URI this guard protects.
@@ -574,6 +583,7 @@ async fn refresher(guard: Weak<Guard>) {
                 crate::warn!("guard: key refresh failed: {e}");
             }
         }
+        g.rounds.send_modify(|n| *n += 1);
     }
 }
 

@@ -2,12 +2,22 @@
 
 use crate::clock::{rfc3339, Clock, SystemClock};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Level {
     Info,
     Warn,
     Error,
+}
+
+static TEST_CAPTURE: AtomicBool = AtomicBool::new(cfg!(test));
+
+/// For test harnesses: write through `eprint!`, which libtest captures per test (threads the
+/// test spawns inherit its capture), so a passing test's daemon log is shown only if it fails.
+/// Not for the daemon itself: `eprint!` panics when stderr cannot be written.
+pub fn capture_in_tests() {
+    TEST_CAPTURE.store(true, Ordering::Relaxed);
 }
 
 pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
@@ -17,7 +27,11 @@ pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
         Level::Error => "ERROR",
     };
     let line = format!("{} {tag} {message}\n", rfc3339(SystemClock.now()));
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    if TEST_CAPTURE.load(Ordering::Relaxed) {
+        eprint!("{line}");
+    } else {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 #[macro_export]

@@ -361,16 +361,16 @@ async fn run(env: &Env, cases: &[Case]) {
         }
     }
     assert_audited(env, &expected).await;
-    assert_no_fetch(env);
+    assert_no_fetch(&env.trap);
     assert_healthy(&env.daemon).await;
 }
 
 /// The verify denials in the audit log, by check, equal `expected` (rows are written by the
-/// audit thread, so wait a little for them).
+/// audit thread, so wait for them).
 async fn assert_audited(env: &Env, expected: &BTreeMap<&'static str, usize>) {
     let total: usize = expected.values().sum();
-    let mut got: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..100 {
+    let got = eventually("every verify denial is audited", || async {
+        let mut got: BTreeMap<String, usize> = BTreeMap::new();
         let (status, body) = env
             .daemon
             .call(
@@ -381,7 +381,6 @@ async fn assert_audited(env: &Env, expected: &BTreeMap<&'static str, usize>) {
             .await;
         assert_eq!(status, 200, "{body}");
         let rows = body["events"].as_array().unwrap();
-        got.clear();
         for row in rows {
             assert_eq!(row["kind"], "verify", "{row}");
             assert_eq!(row["target"], TOOL, "{row}");
@@ -391,18 +390,16 @@ async fn assert_audited(env: &Env, expected: &BTreeMap<&'static str, usize>) {
             *got.entry(row["check"].as_str().unwrap().to_string())
                 .or_default() += 1;
         }
-        if rows.len() >= total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (rows.len() >= total).then_some(got)
+    })
+    .await;
     let want: BTreeMap<String, usize> = expected.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_eq!(got, want, "audited verify denials by check");
 }
 
 /// Nothing ever connected to the address the `jku` / `x5u` headers named.
-fn assert_no_fetch(env: &Env) {
-    match env.trap.accept() {
+fn assert_no_fetch(trap: &std::net::TcpListener) {
+    match trap.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("something fetched a header URL: {other:?}"),
     }
@@ -472,8 +469,7 @@ async fn exchange_refuses(env: &Env, cases: &[Case]) {
             RESOURCE
         );
     }
-    let mut rows = 0;
-    for _ in 0..100 {
+    let rows = eventually("every exchange refusal is audited", || async {
         let (status, body) = env
             .daemon
             .call(
@@ -491,12 +487,9 @@ async fn exchange_refuses(env: &Env, cases: &[Case]) {
                 "{row}"
             );
         }
-        rows = events.len();
-        if rows >= refused + 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (events.len() >= refused + 2).then_some(events.len())
+    })
+    .await;
     assert_eq!(rows, refused + 2, "every exchange refusal is audited");
 }
 
@@ -1459,10 +1452,9 @@ async fn untrusted_header_parameters_are_refused_and_never_fetched() {
     let env = Env::start(false).await;
     let cases = header_cases(&env);
     run(&env, &cases).await;
-    // Give a (wrongly) background fetch time to show up, then look again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_no_fetch(&env);
+    // Look again once every connection the daemon served has finished.
     env.daemon.stop().await;
+    assert_no_fetch(&env.trap);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1513,7 +1505,7 @@ async fn subset_is_refused_as_a_subject_token_in_dev() {
     );
     run(&env, &cases).await;
     exchange_refuses(&env, &cases).await;
-    assert_no_fetch(&env);
+    assert_no_fetch(&env.trap);
     assert_healthy(&env.daemon).await;
     env.daemon.stop().await;
 }
@@ -1532,7 +1524,7 @@ async fn subset_is_refused_as_a_subject_token_in_production() {
     cases.push(stub_case);
     run(&env, &cases).await;
     exchange_refuses(&env, &cases).await;
-    assert_no_fetch(&env);
+    assert_no_fetch(&env.trap);
     assert_healthy(&env.daemon).await;
     env.daemon.stop().await;
 }
@@ -1558,11 +1550,9 @@ async fn oversized_and_missing_tokens() {
         let status = post_head_only(&env.daemon, "/v1/exchange/token", &req).await;
         assert_eq!(status, 413);
     }
-    // The guard has no body limit of its own: the token cap refuses it, quickly.
-    let started = std::time::Instant::now();
+    // The guard has no body limit of its own: the token cap refuses it.
     let r = env.guard_check(&huge).unwrap_err();
     assert_eq!(r.check.map(|c| c.name()), Some("malformed"), "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(2));
     // A correctly signed 20 KB token (over the 16 KiB cap, under the body limit): 403 at
     // verify, 401 at exchange.
     let hdr = env.header().to_string();

@@ -41,6 +41,8 @@ impl Daemon {
     }
 
     async fn boot(config: Config, clock: Arc<ManualClock>, dir: Arc<tempfile::TempDir>) -> Daemon {
+        // The daemon's log goes to the captured output of the test that caused it.
+        toolgate::log::capture_in_tests();
         let running = server::start(config.clone(), clock.clone(), std::future::pending())
             .await
             .unwrap();
@@ -171,6 +173,28 @@ impl Daemon {
     }
 }
 
+/// Poll `check` until it yields a value: for effects that land in the background (audit rows,
+/// reports). The 30 s bound only matters if the test is failing; the pause between polls only
+/// spares the daemon, nothing waits for time to pass.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), poll).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting until {what}"),
+    }
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     toolgate::jose::b64::encode(bytes)
 }
@@ -207,5 +231,103 @@ pub fn header_of(token: &str) -> Value {
 impl Daemon {
     pub fn clock_now(&self) -> i64 {
         self.clock.now()
+    }
+}
+
+/// A `toolgate serve` child process listening on `127.0.0.1:0`; SIGKILLed when dropped.
+pub struct Served {
+    pub child: std::process::Child,
+    /// `127.0.0.1:port`, as the child reported it.
+    pub addr: String,
+}
+
+impl Served {
+    /// Start `toolgate serve --listen 127.0.0.1:0 <args>` and read the bound address from its
+    /// "listening on" log line. The rest of its log is appended to `log`, or goes to the
+    /// test's captured output.
+    pub fn start(args: &[&std::ffi::OsStr], log: Option<&std::path::Path>) -> Served {
+        use std::io::{BufRead, Write};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("TOOLGATE_URL")
+            .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
+            .stdin(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut sink: Box<dyn Write + Send> = match log {
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Box::new(CapturedStderr),
+        };
+        let (ready, addr) = std::sync::mpsc::channel();
+        // Reads until the child's stderr closes, so that the child never blocks on its log.
+        std::thread::spawn(move || {
+            let mut ready = Some(ready);
+            let mut seen = String::new();
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(sink, "{line}");
+                if let Some(tx) = &ready {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if let Some(rest) = line.split_once(" listening on http://").map(|(_, r)| r) {
+                        let addr = rest.split(' ').next().unwrap_or_default().to_string();
+                        let _ = tx.send(Ok(addr));
+                        ready = None;
+                    }
+                }
+            }
+            if let Some(tx) = ready {
+                let _ = tx.send(Err(seen));
+            }
+        });
+        // The bound only matters if the child hangs before it listens.
+        match addr.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(addr)) => Served { child, addr },
+            Ok(Err(log)) => {
+                let status = child.wait().unwrap();
+                panic!("toolgate serve exited ({status}) before listening:\n{log}");
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("toolgate serve did not report its address within 60 s");
+            }
+        }
+    }
+
+    /// SIGKILL (std's `Child::kill` on Unix): no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `eprint!`, which libtest captures (the thread that writes inherits the test's capture).
+struct CapturedStderr;
+
+impl std::io::Write for CapturedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        eprint!("{}", String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

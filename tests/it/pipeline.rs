@@ -124,8 +124,11 @@ async fn gateway(daemon: &Daemon, upstream: &str) -> Gateway {
         routes: vec![("/exec-route".into(), "exec".into())],
         max_connections: 64,
     };
+    // The gateway decides on the daemon's (manual) clock, as one machine's gateway would.
+    let clock: Arc<dyn Clock> = daemon.clock.clone();
+    let guard = Guard::connect(cfg.guard.clone(), clock).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(toolgate::gateway::run_on(listener, cfg, async move {
+    tokio::spawn(toolgate::gateway::serve(listener, guard, cfg, async move {
         let _ = stopped.await;
     }));
     Gateway { url, _stop: stop }

@@ -10,6 +10,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 
+def httpx_path(url: str) -> str:
+    """The path of the MCP endpoint URL (responses from elsewhere, e.g. an exchange, are not
+    refusals of the call)."""
+    rest = url.split("://", 1)[-1]
+    return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+
+
 def status_of(exc: BaseException) -> str:
     seen = [exc]
     while seen:
@@ -29,14 +36,21 @@ def status_of(exc: BaseException) -> str:
     return "error"
 
 
-async def main(url: str, token: str, tool: str) -> int:
-    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+async def main(url: str, token: str | None, tool: str, auth=None, arguments=None) -> int:
+    """Initialize, then call `tool`; with `auth` (an httpx Auth) instead of a fixed token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    http = create_mcp_http_client(headers=headers, auth=auth)
     refusals: list[str] = []
 
     async def on_response(response) -> None:  # the SDK turns HTTP errors into JSON-RPC errors
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.url.path == httpx_path(url):
+            await response.aread()
+            try:
+                check = response.json().get("check", "")
+            except ValueError:
+                check = ""
             challenge = response.headers.get("www-authenticate", "")
-            refusals.append(f"{response.status_code} {challenge}".strip())
+            refusals.append(" ".join(p for p in (str(response.status_code), check, challenge) if p))
 
     http.event_hooks.setdefault("response", []).append(on_response)
     stage = "initialize"
@@ -47,7 +61,7 @@ async def main(url: str, token: str, tool: str) -> int:
                 async with ClientSession(read, write) as session:
                     await asyncio.wait_for(session.initialize(), 20)
                     stage = "call"
-                    arg = {"query": "audience"} if tool == "code_search" else {"statement": "DROP TABLE users"}
+                    arg = arguments or ({"query": "audience"} if tool == "code_search" else {"statement": "DROP TABLE users"})
                     result = await asyncio.wait_for(session.call_tool(tool, arg), 20)
                     if refusals or getattr(result, "is_error", False) or getattr(result, "isError", False):
                         print(f"REFUSED {refusals[-1] if refusals else 'tool-error'} at call")

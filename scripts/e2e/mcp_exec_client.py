@@ -6,7 +6,8 @@ execution_scope names that hash, the method and the URL, then sends the request 
 usage: mcp_exec_client.py GATEWAY_MCP_URL TOOLGATE_URL SUBJECT_TOKEN AUDIENCE [tamper]
 With "tamper", the tools/call body is changed after its token was minted (a trailing space):
 the gateway must refuse it with check "execution".
-Prints "OK <text>" (exit 0) or "REFUSED <status> <check>" (exit 4)."""
+Prints what mcp_client.py prints: "OK <text>" (exit 0) or "REFUSED <status> <check> …" (exit 3
+or 4), then how many tokens were minted."""
 import asyncio
 import base64
 import hashlib
@@ -17,9 +18,8 @@ try:  # the SDK's HTTP client: httpx2 from mcp 2.x on, httpx before
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
     import httpx
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+import mcp_client
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -64,36 +64,9 @@ class ExecutionBound(httpx.Auth):
 
 async def main(url: str, toolgate: str, subject: str, audience: str, tamper: bool) -> int:
     auth = ExecutionBound(toolgate, subject, audience, tamper)
-    http = create_mcp_http_client(auth=auth)
-    refusals: list[str] = []
-
-    async def on_response(response) -> None:
-        if response.status_code >= 400 and response.url.path.endswith("/mcp"):
-            await response.aread()
-            try:
-                check = response.json().get("check", "")
-            except ValueError:
-                check = ""
-            refusals.append(f"{response.status_code} {check}".strip())
-
-    http.event_hooks.setdefault("response", []).append(on_response)
-    try:
-        async with http:
-            async with streamable_http_client(url, http_client=http, terminate_on_close=False) as streams:
-                async with ClientSession(streams[0], streams[1]) as session:
-                    await asyncio.wait_for(session.initialize(), 20)
-                    result = await asyncio.wait_for(session.call_tool("run_job", {"job": "nightly"}), 20)
-                    if refusals or getattr(result, "isError", False) or getattr(result, "is_error", False):
-                        print(f"REFUSED {refusals[-1] if refusals else 'tool-error'}")
-                        return 4
-                    text = " ".join(getattr(c, "text", "") for c in result.content)
-                    print(f"OK {text} ({auth.exchanges} execution-bound tokens)")
-                    return 0
-    except BaseException as exc:  # the SDK wraps HTTP failures in task groups
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        print(f"REFUSED {refusals[-1] if refusals else repr(exc)[:200]}")
-        return 4
+    code = await mcp_client.main(url, None, "run_job", auth=auth, arguments={"job": "nightly"})
+    print(f"({auth.exchanges} execution-bound tokens minted)")
+    return code
 
 
 if __name__ == "__main__":

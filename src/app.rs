@@ -207,7 +207,7 @@ impl App {
 
     fn audit_refused(&self, e: &AuditError) {
         self.metrics.audit_refused();
-        crate::warn!("audit record refused ({e:?}); refusing the request");
+        crate::log_warn!("audit record refused ({e:?}); refusing the request");
     }
 
     /// Can a state change be audited right now? Checked before changing anything.

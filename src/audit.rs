@@ -185,7 +185,7 @@ fn write_loop(
                             unsynced = false;
                             synced_at = std::time::Instant::now();
                         }
-                        Err(e) => crate::warn!("audit log: sync failed, will retry: {e}"),
+                        Err(e) => crate::log_warn!("audit log: sync failed, will retry: {e}"),
                     }
                     continue;
                 }
@@ -240,13 +240,13 @@ fn write_loop(
                 }
                 Err(e) if attempt < 5 => {
                     attempt += 1;
-                    crate::warn!("audit append failed (attempt {attempt}), retrying: {e}");
+                    crate::log_warn!("audit append failed (attempt {attempt}), retrying: {e}");
                     std::thread::sleep(Duration::from_millis(50 * attempt));
                 }
                 Err(e) => {
                     // Refuse every audited request from now on rather than pretend.
                     shared.failed.store(true, Ordering::Relaxed);
-                    crate::error!("audit log is failing; {} records not written, refusing audited requests: {e}", batch.len());
+                    crate::log_error!("audit log is failing; {} records not written, refusing audited requests: {e}", batch.len());
                     break;
                 }
             }
@@ -259,7 +259,7 @@ fn write_loop(
     // Shutting down: whatever was committed without an fsync goes to disk now.
     if unsynced {
         if let Err(e) = set_synchronous(conn, &mut full, true).and_then(|()| log::sync(conn)) {
-            crate::error!("audit log: final sync failed: {e}");
+            crate::log_error!("audit log: final sync failed: {e}");
         }
     }
 }

@@ -588,7 +588,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
         }
     };
     if config.dev {
-        crate::warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
+        crate::log_warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
     }
     let db = config.db_path.display().to_string();
     match crate::server::start(
@@ -599,18 +599,18 @@ async fn serve(s: ServeCmd) -> ExitCode {
     .await
     {
         Ok(running) => {
-            crate::info!(
+            crate::log_info!(
                 "toolgate {} listening on http://{} (database {db})",
                 crate::app::VERSION,
                 running.addr
             );
             match running.wait().await {
                 Ok(()) => {
-                    crate::info!("toolgate stopped");
+                    crate::log_info!("toolgate stopped");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    crate::error!("{e}");
+                    crate::log_error!("{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -665,7 +665,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     };
     match crate::gateway::run(cfg, crate::server::shutdown_signal()).await {
         Ok(()) => {
-            crate::info!("gateway stopped");
+            crate::log_info!("gateway stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {

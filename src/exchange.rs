@@ -10,12 +10,9 @@ use crate::revocation::Identity;
 use crate::verify::{self, Check, DecisionRequest, Target, TimeClaims, Verifier};
 use serde_json::{json, Map, Value};
 
-pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-pub const TYPE_OIDC: &str = "urn:starfly:token-type:oidc";
-pub const TYPE_AGENT_MCP: &str = "urn:starfly:token-type:agent-mcp";
-pub const TYPE_AGENT_A2A: &str = "urn:starfly:token-type:agent-a2a";
+pub use crate::oauth::{
+    GRANT_TYPE, TYPE_ACCESS_TOKEN, TYPE_AGENT_A2A, TYPE_AGENT_MCP, TYPE_JWT, TYPE_OIDC,
+};
 const MAX_SCOPES: usize = 64;
 const MAX_SCOPE_LEN: usize = 128;
 const MAX_SUBJECT_PART: usize = 256;

@@ -363,7 +363,7 @@ impl Gateway {
                 http::Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
-                crate::warn!("gateway: upstream failed: {e}");
+                crate::log_warn!("gateway: upstream failed: {e}");
                 Self::error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
@@ -401,7 +401,7 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String)
         match sent {
             Ok((status, _)) if status.is_success() => pending.clear(),
             Ok((status, _)) if status.is_client_error() => {
-                crate::error!(
+                crate::log_error!(
                     "gateway: toolgate refused a decision report ({status}); dropping {} decisions",
                     pending.len()
                 );
@@ -412,7 +412,7 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String)
                     Ok((s, _)) => s.to_string(),
                     Err(e) => e.to_string(),
                 };
-                crate::warn!("gateway: cannot report decisions yet ({why}); retrying");
+                crate::log_warn!("gateway: cannot report decisions yet ({why}); retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -473,7 +473,7 @@ pub async fn serve(
     let client = HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    crate::info!(
+    crate::log_info!(
         "toolgate gateway on http://{} -> {} (resource {}, mcp path {})",
         listener
             .local_addr()

@@ -5,33 +5,31 @@
 
 #![forbid(unsafe_code)]
 
-pub mod log;
+macro_rules! log_info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
+macro_rules! log_warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
+macro_rules! log_error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }
+pub(crate) use {log_error, log_info, log_warn};
+
+// The core and the guard, under the paths the daemon has always had.
+pub use toolgate_core::{
+    blast, claims, clock, ids, jose, oauth, registry, resource, revocation, verify,
+};
+pub use toolgate_guard::{client, guard, log};
 
 pub mod app;
 pub mod audit;
-pub mod blast;
-pub mod claims;
 pub mod cli;
-pub mod client;
-pub mod clock;
 pub mod config;
 pub mod events;
 pub mod exchange;
 pub mod gateway;
-pub mod guard;
 pub mod http;
-pub mod ids;
-pub mod jose;
 pub mod keys;
 pub mod metrics;
-pub mod registry;
-pub mod resource;
-pub mod revocation;
 pub mod revocations;
 pub mod server;
 pub mod signals;
 pub mod store;
-pub mod verify;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -180,7 +180,7 @@ where
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    crate::warn!("accept failed: {e}");
+                    crate::log_warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -201,7 +201,7 @@ where
     tokio::select! {
         () = graceful.shutdown() => true,
         () = tokio::time::sleep(limits.grace) => {
-            crate::warn!("shutdown: some connections did not finish in time");
+            crate::log_warn!("shutdown: some connections did not finish in time");
             false
         }
     }
@@ -220,8 +220,8 @@ async fn prune_revocations(app: std::sync::Weak<App>) {
         let horizon = now - crate::http::MAX_SET_AGE - app.leeway;
         match app.revocations.prune(now, horizon).await {
             Ok(0) => {}
-            Ok(n) => crate::info!("pruned {n} expired revocations"),
-            Err(e) => crate::warn!("pruning revocations failed: {e}"),
+            Ok(n) => crate::log_info!("pruned {n} expired revocations"),
+            Err(e) => crate::log_warn!("pruning revocations failed: {e}"),
         }
     }
 }

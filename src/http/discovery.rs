@@ -5,7 +5,7 @@ use crate::app::{App, VERSION};
 use http::StatusCode;
 use serde_json::json;
 
-pub fn health(app: &App) -> Response {
+pub(super) fn health(app: &App) -> Response {
     json_response(
         StatusCode::OK,
         &json!({
@@ -18,7 +18,7 @@ pub fn health(app: &App) -> Response {
     )
 }
 
-pub fn jwks(app: &App) -> Response {
+pub(super) fn jwks(app: &App) -> Response {
     let mut resp = json_response(StatusCode::OK, &app.keys.jwks());
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
@@ -27,7 +27,7 @@ pub fn jwks(app: &App) -> Response {
     resp
 }
 
-pub fn metadata(app: &App) -> Response {
+pub(super) fn metadata(app: &App) -> Response {
     let base = app.issuer.trim_end_matches('/');
     json_response(
         StatusCode::OK,

@@ -119,7 +119,7 @@ impl From<StoreError> for ApiError {
                 "the resource already exists",
             ),
             other => {
-                crate::error!("store: {other}");
+                crate::log_error!("store: {other}");
                 Self::unavailable("storage is unavailable; nothing was changed")
             }
         }
@@ -141,7 +141,7 @@ impl From<ExchangeError> for ApiError {
             AccessDenied(d) => Self::new(StatusCode::FORBIDDEN, "access_denied", d),
             Unavailable(d) => Self::unavailable(d),
             Internal => {
-                crate::error!("exchange: signing failed");
+                crate::log_error!("exchange: signing failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "server_error",

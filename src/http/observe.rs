@@ -15,7 +15,7 @@ const DASHBOARD: &str = include_str!("../dashboard.html");
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-pub fn redirect_to_dashboard() -> Response {
+pub(super) fn redirect_to_dashboard() -> Response {
     let mut resp = http::Response::new(full(""));
     *resp.status_mut() = StatusCode::FOUND;
     resp.headers_mut()
@@ -43,7 +43,7 @@ fn csp() -> &'static str {
     })
 }
 
-pub fn dashboard(app: &App) -> Response {
+pub(super) fn dashboard(app: &App) -> Response {
     let page = DASHBOARD.replace(
         "__TOOLGATE_MODE__",
         if app.dev { "dev" } else { "production" },
@@ -61,7 +61,7 @@ pub fn dashboard(app: &App) -> Response {
     resp
 }
 
-pub fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
+pub(super) fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_reader(app, req.headers())?;
     let mut resp = http::Response::new(full(app.metrics.render(&app.gauges())));
     resp.headers_mut().insert(
@@ -72,7 +72,7 @@ pub fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
 }
 
 /// The dashboard's numbers in one document.
-pub fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
+pub(super) fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_admin(app, req.headers())?;
     let g = app.gauges();
     let (allowed, denied) = app.metrics.totals();
@@ -111,7 +111,7 @@ pub fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
     ))
 }
 
-pub fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
+pub(super) fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_admin(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
     let types: Vec<String> = match body::single(&pairs, "types") {
@@ -165,7 +165,11 @@ fn row_json(r: &Stored) -> Value {
 
 /// `GET /v1/audit?decision=&tool_id=&subject=&check=&kind=&since=&before=&limit=` and
 /// `GET /v1/tools/{tool_id}/audit`: newest first, paged with `before` (a `seq`).
-pub async fn audit<B>(app: &App, req: &Request<B>, tool_id: Option<&str>) -> Result<Response> {
+pub(super) async fn audit<B>(
+    app: &App,
+    req: &Request<B>,
+    tool_id: Option<&str>,
+) -> Result<Response> {
     require_admin(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
     let get = |name: &str| -> Result<String> {

@@ -43,7 +43,7 @@ impl From<SignalError> for ApiError {
 
 /// `POST /v1/signals/events`: a SET pushed per RFC 8935. 202 once applied durably (or
 /// recognised as a replay); nothing is applied when any part is refused.
-pub async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(super) async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let outcome = receive_inner(app, req, rid).await;
     if let Err(e) = &outcome {
         app.metrics.signal_rejected();
@@ -126,7 +126,7 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
     let audited = app.record_durable("signal", row).await;
     match outcome {
         Ok(Applied::Applied) => {
-            crate::info!(
+            crate::log_info!(
                 "signal {} from {} applied: {}",
                 signal.jti,
                 signal.issuer,
@@ -134,14 +134,14 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             );
         }
         Ok(Applied::Replay) => {
-            crate::info!(
+            crate::log_info!(
                 "signal {} from {} is a replay: acknowledged, not applied",
                 signal.jti,
                 signal.issuer
             );
         }
         Err(e) => {
-            crate::error!(
+            crate::log_error!(
                 "signal {} from {} not stored: {e}",
                 signal.jti,
                 signal.issuer
@@ -243,7 +243,7 @@ async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<
 }
 
 /// `GET /v1/signals/revocations` (admin).
-pub async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub(super) async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
     require_admin(app, req.headers())?;
     let (entries, next) = page(app, &req).await?;
     let active = app.revocations.active(app.now())?;
@@ -254,7 +254,7 @@ pub async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
 }
 
 /// `POST /v1/signals/revocations` (admin): an operator's revocation, the same as a signal's.
-pub async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -329,11 +329,11 @@ pub async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
         )
         .await;
     outcome.map_err(|e| {
-        crate::error!("operator revocation not stored: {e}");
+        crate::log_error!("operator revocation not stored: {e}");
         ApiError::unavailable("the revocation could not be stored; it is enforced until restart, retry to make it durable")
     })?;
     audited.map_err(|_| durable_audit_failed())?;
-    crate::info!("operator revoked {} {}", format.kind(), format.name());
+    crate::log_info!("operator revoked {} {}", format.kind(), format.name());
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"status": "revoked", "kind": format.kind(), "format": format.name(), "value": value,
@@ -342,7 +342,12 @@ pub async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Resp
 }
 
 /// `DELETE /v1/signals/revocations/{id}` (admin): lift one revocation.
-pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Result<Response> {
+pub(super) async fn lift(
+    app: &App,
+    req: &Request<Incoming>,
+    id: &str,
+    rid: &str,
+) -> Result<Response> {
     require_admin(app, req.headers())?;
     let id: i64 = id
         .parse()
@@ -356,7 +361,7 @@ pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Re
         .lift_by_id(id)
         .await
         .map_err(|e| {
-            crate::error!("lift not stored: {e}");
+            crate::log_error!("lift not stored: {e}");
             ApiError::unavailable("the lift could not be stored; nothing was changed")
         })?
         .ok_or_else(|| {
@@ -366,7 +371,7 @@ pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Re
                 "no revocation with this id",
             )
         })?;
-    crate::info!("operator lifted revocation {id}");
+    crate::log_info!("operator lifted revocation {id}");
     app.record_durable(
         "revocation",
         action_row(
@@ -387,7 +392,7 @@ pub async fn lift(app: &App, req: &Request<Incoming>, id: &str, rid: &str) -> Re
 }
 
 /// `GET /v1/federation/revocation-hash`: the digest of the unexpired set.
-pub fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
+pub(super) fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
     require_reader(app, req.headers())?;
     let now = app.now();
     let (digest, count) = app.revocations.digest(now)?;
@@ -399,7 +404,7 @@ pub fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
 }
 
 /// `GET /v1/federation/revocation-export`: the unexpired set, paged, with the digest of all.
-pub async fn export(app: &App, req: Request<Incoming>) -> Result<Response> {
+pub(super) async fn export(app: &App, req: Request<Incoming>) -> Result<Response> {
     require_reader(app, req.headers())?;
     let now = app.now();
     let (digest, count) = app.revocations.digest(now)?;

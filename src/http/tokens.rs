@@ -22,7 +22,7 @@ pub(super) fn media_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-pub async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
     let (parts, incoming) = req.into_parts();
     let media = media_type(&parts.headers);
@@ -202,7 +202,7 @@ fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String> {
         .ok_or_else(|| ApiError::invalid_request(format!("{name} is required")))
 }
 
-pub async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -289,7 +289,7 @@ const MAX_REPORTED: usize = 1000;
 /// `POST /v1/mcp/decisions` (admin): decisions a gateway or guard made locally, audited and
 /// counted exactly like verify calls. `{"source", "decisions":[{tool_id, subject, jti,
 /// decision: "allow"|"deny", check, reason, micros}]}`.
-pub async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     super::require_admin(app, req.headers())?;
     let (parts, incoming) = req.into_parts();
     let bytes = body::read(&parts.headers, incoming).await?;

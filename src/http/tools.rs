@@ -22,7 +22,7 @@ fn query_value<B>(req: &Request<B>, name: &str) -> Result<Option<String>> {
         .map_err(|_| ApiError::invalid_request(format!("query parameter {name} is repeated")))
 }
 
-pub fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
+pub(super) fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_reader(app, req.headers())?;
     let protocol = query_value(req, "protocol")?;
     if let Some(p) = &protocol {
@@ -43,7 +43,7 @@ pub fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
     ))
 }
 
-pub fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
+pub(super) fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
     require_reader(app, req.headers())?;
     let tool = app
         .registry
@@ -54,7 +54,7 @@ pub fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
     Ok(json_response(StatusCode::OK, &json!(tool)))
 }
 
-pub async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+pub(super) async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     app.audit_ready().map_err(|_| audit_unavailable())?;
     let (parts, incoming) = req.into_parts();
@@ -76,7 +76,7 @@ pub async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     let tool_id = entry.tool_id.clone();
     match app.register_tool(entry).await {
         Ok(stored) => {
-            crate::info!("registered tool {tool_id} for {}", stored.resource());
+            crate::log_info!("registered tool {tool_id} for {}", stored.resource());
             record(app, rid, &tool_id, "registered", stored.resource()).await?;
             Ok(json_response(StatusCode::CREATED, &json!(stored)))
         }
@@ -89,14 +89,18 @@ pub async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Re
     }
 }
 
-pub async fn deregister_by_query<B>(app: &App, req: &Request<B>, rid: &str) -> Result<Response> {
+pub(super) async fn deregister_by_query<B>(
+    app: &App,
+    req: &Request<B>,
+    rid: &str,
+) -> Result<Response> {
     require_admin(app, req.headers())?;
     let tool_id = query_value(req, "tool_id")?
         .ok_or_else(|| ApiError::invalid_request("tool_id query parameter is required"))?;
     remove(app, &tool_id, rid).await
 }
 
-pub async fn deregister<B>(
+pub(super) async fn deregister<B>(
     app: &App,
     req: &Request<B>,
     tool_id: &str,
@@ -148,7 +152,7 @@ async fn remove(app: &App, tool_id: &str, rid: &str) -> Result<Response> {
         .deregister_tool(tool_id)
         .await?
         .ok_or_else(tool_not_found)?;
-    crate::info!("deregistered tool {tool_id}");
+    crate::log_info!("deregistered tool {tool_id}");
     record(app, rid, tool_id, "deregistered", removed.resource()).await?;
     Ok(json_response(
         StatusCode::OK,

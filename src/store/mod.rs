@@ -184,10 +184,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             match audit::verify_chain(&tx) {
                 Ok(Ok(_)) => {}
                 Ok(Err(broken)) => {
-                    crate::warn!("the audit chain was broken before migrating it: {broken}")
+                    crate::log_warn!("the audit chain was broken before migrating it: {broken}")
                 }
                 Err(e) => {
-                    crate::warn!("the audit chain could not be checked before migrating it: {e}")
+                    crate::log_warn!(
+                        "the audit chain could not be checked before migrating it: {e}"
+                    )
                 }
             }
             tx.execute_batch(AUDIT_V4_ASIDE)?;

@@ -184,7 +184,7 @@ impl Client {
         scope: Option<&str>,
     ) -> Result<Value, ClientError> {
         let mut body = json!({
-            "grant_type": crate::exchange::GRANT_TYPE,
+            "grant_type": crate::oauth::GRANT_TYPE,
             "subject_token": subject_token,
             "subject_token_type": subject_token_type,
             "audience": audience,

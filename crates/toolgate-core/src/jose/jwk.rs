@@ -308,10 +308,10 @@ mod tests {
     use ring::signature::{EcdsaKeyPair, KeyPair};
     use serde_json::json;
 
-    const RFC7515_A3: &str = include_str!("../../tests/testdata/rfc7515_a3_es256.json");
-    const RFC7515_A2: &str = include_str!("../../tests/testdata/rfc7515_a2_rs256.json");
-    const RFC8037: &str = include_str!("../../tests/testdata/rfc8037_a_ed25519.json");
-    const RFC7638: &str = include_str!("../../tests/testdata/rfc7638_rsa.json");
+    const RFC7515_A3: &str = include_str!("../../testdata/rfc7515_a3_es256.json");
+    const RFC7515_A2: &str = include_str!("../../testdata/rfc7515_a2_rs256.json");
+    const RFC8037: &str = include_str!("../../testdata/rfc8037_a_ed25519.json");
+    const RFC7638: &str = include_str!("../../testdata/rfc7638_rsa.json");
 
     fn doc(s: &str) -> Value {
         serde_json::from_str(s).unwrap()

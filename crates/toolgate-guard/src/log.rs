@@ -33,10 +33,3 @@ pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
-
-#[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Info, format_args!($($t)*)) } }
-#[macro_export]
-macro_rules! warn { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Warn, format_args!($($t)*)) } }
-#[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::log::write($crate::log::Level::Error, format_args!($($t)*)) } }

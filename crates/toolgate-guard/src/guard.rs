@@ -566,12 +566,12 @@ async fn refresher(guard: Weak<Guard>) {
         ticks += 1;
         let Some(g) = guard.upgrade() else { return };
         if let Err(e) = g.refresh_revocations().await {
-            crate::warn!("guard: revocation sync failed: {e}");
+            crate::log_warn!("guard: revocation sync failed: {e}");
         }
         let per_second = (1000 / interval.as_millis().max(1)).max(1) as u64;
         if ticks % per_second == 0 {
             if let Err(e) = g.refresh_tools().await {
-                crate::warn!("guard: tool sync failed: {e}");
+                crate::log_warn!("guard: tool sync failed: {e}");
             }
         }
         // An unknown kid asks for new keys: honoured at once, at most every two seconds.
@@ -580,7 +580,7 @@ async fn refresher(guard: Weak<Guard>) {
         if due || ticks % (60 * per_second) == 0 {
             last_keys = std::time::Instant::now();
             if let Err(e) = g.refresh_keys().await {
-                crate::warn!("guard: key refresh failed: {e}");
+                crate::log_warn!("guard: key refresh failed: {e}");
             }
         }
         g.rounds.send_modify(|n| *n += 1);

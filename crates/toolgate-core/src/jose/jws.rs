@@ -164,8 +164,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const RFC7515_A3: &str = include_str!("../../tests/testdata/rfc7515_a3_es256.json");
-    const RFC7515_A2: &str = include_str!("../../tests/testdata/rfc7515_a2_rs256.json");
+    const RFC7515_A3: &str = include_str!("../../testdata/rfc7515_a3_es256.json");
+    const RFC7515_A2: &str = include_str!("../../testdata/rfc7515_a2_rs256.json");
 
     fn vector(doc: &str) -> (Jwk, String) {
         let v: Value = serde_json::from_str(doc).unwrap();

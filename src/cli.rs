@@ -1,13 +1,13 @@
 //! The command line: `serve` runs the daemon; the other subcommands talk HTTP to a running one.
 
-use crate::client::{Client, ClientError};
-use crate::clock::SystemClock;
-use crate::config::{Config, ServeFlags};
 use argh::FromArgs;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use toolgate::client::{Client, ClientError};
+use toolgate::clock::SystemClock;
+use toolgate::config::{Config, ServeFlags};
 
 /// toolgate: bind every MCP tool call to a token minted for exactly that tool.
 #[derive(FromArgs, Debug)]
@@ -116,7 +116,7 @@ struct AuditTail {
 #[argh(subcommand, name = "verify")]
 struct AuditVerify {
     /// the database file (default ./toolgate.db)
-    #[argh(option, default = "PathBuf::from(crate::config::DEFAULT_DB)")]
+    #[argh(option, default = "PathBuf::from(toolgate::config::DEFAULT_DB)")]
     db: PathBuf,
 }
 
@@ -222,6 +222,9 @@ struct RevocationsCmd {
     /// lift (delete) the revocation with this id
     #[argh(option)]
     lift: Option<i64>,
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
     /// list entries with an id greater than this (paging)
     #[argh(option, default = "0")]
     after: i64,
@@ -331,6 +334,9 @@ struct ToolList {
     /// only tools speaking this protocol
     #[argh(option)]
     protocol: Option<String>,
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
     #[argh(
         option,
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
@@ -421,7 +427,7 @@ struct VerifyCmd {
 }
 
 /// Parse arguments and run; the binary's whole `main`.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let runtime = match cli.command {
         Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
@@ -448,27 +454,31 @@ async fn run(command: Command) -> ExitCode {
             ToolAction::Add(a) => tool_add(a).await,
             ToolAction::List(l) => {
                 let path = match &l.protocol {
-                    Some(p) if crate::registry::PROTOCOLS.contains(&p.as_str()) => {
+                    Some(p) if toolgate::registry::PROTOCOLS.contains(&p.as_str()) => {
                         format!("/v1/tools?protocol={p}")
                     }
                     Some(_) => return usage("--protocol must be mcp, http or a2a"),
                     None => "/v1/tools".to_string(),
                 };
+                let json = l.json;
                 finish(
                     client(l.url, l.admin_token_file).map(|c| (c, path)),
                     |(c, path)| async move {
                         let (status, body) = c.send(http::Method::GET, &path, None).await?;
-                        if status.is_success() {
-                            Ok(body)
-                        } else {
-                            Err(ClientError::Api { status, body })
+                        if !status.is_success() {
+                            return Err(ClientError::Api { status, body });
                         }
+                        if json {
+                            return Ok(body);
+                        }
+                        say(&crate::table::tools(&body));
+                        Ok(Value::Null)
                     },
                 )
                 .await
             }
             ToolAction::Rm(r) => {
-                if !crate::registry::valid_id(&r.tool_id) {
+                if !toolgate::registry::valid_id(&r.tool_id) {
                     return usage("tool id must be 1-128 characters of A-Z a-z 0-9 . _ : -");
                 }
                 let id = r.tool_id;
@@ -490,7 +500,7 @@ async fn run(command: Command) -> ExitCode {
                 let mut path = format!("/v1/audit?limit={}", t.limit.clamp(1, 1000));
                 for (k, v) in [("decision", &t.decision), ("tool_id", &t.tool_id)] {
                     if let Some(v) = v {
-                        if !crate::registry::valid_id(v) {
+                        if !toolgate::registry::valid_id(v) {
                             return usage(&format!(
                                 "--{} must be 1-128 characters of A-Z a-z 0-9 . _ : -",
                                 k.replace('_', "-")
@@ -532,11 +542,16 @@ async fn run(command: Command) -> ExitCode {
             }
         },
         Command::Revocations(r) => {
-            let (after, limit, lift) = (r.after, r.limit, r.lift);
+            let (after, limit, lift, json) = (r.after, r.limit, r.lift, r.json);
             finish(client(r.url, r.admin_token_file), |c| async move {
                 match lift {
                     Some(id) => c.lift_revocation(id).await,
-                    None => c.revocations(after, limit).await,
+                    None if json => c.revocations(after, limit).await,
+                    None => {
+                        let body = c.revocations(after, limit).await?;
+                        say(&crate::table::revocations(&body));
+                        Ok(Value::Null)
+                    }
                 }
             })
             .await
@@ -588,29 +603,29 @@ async fn serve(s: ServeCmd) -> ExitCode {
         }
     };
     if config.dev {
-        crate::log_warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
+        log_warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
     }
     let db = config.db_path.display().to_string();
-    match crate::server::start(
+    match toolgate::server::start(
         config,
         Arc::new(SystemClock),
-        crate::server::shutdown_signal(),
+        toolgate::server::shutdown_signal(),
     )
     .await
     {
         Ok(running) => {
-            crate::log_info!(
+            log_info!(
                 "toolgate {} listening on http://{} (database {db})",
-                crate::app::VERSION,
+                toolgate::app::VERSION,
                 running.addr
             );
             match running.wait().await {
                 Ok(()) => {
-                    crate::log_info!("toolgate stopped");
+                    log_info!("toolgate stopped");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    crate::log_error!("{e}");
+                    log_error!("{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -630,7 +645,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     let mut routes = Vec::new();
     for r in &g.route {
         match r.split_once('=') {
-            Some((prefix, tool)) if prefix.starts_with('/') && crate::registry::valid_id(tool) => {
+            Some((prefix, tool))
+                if prefix.starts_with('/') && toolgate::registry::valid_id(tool) =>
+            {
                 routes.push((prefix.to_string(), tool.to_string()))
             }
             _ => return usage("--route must be /path-prefix=tool_id"),
@@ -646,13 +663,13 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             .map(|t| t.trim().to_string()),
     };
     let public = g.public_url.unwrap_or_else(|| format!("http://{listen}"));
-    let cfg = crate::gateway::GatewayConfig {
+    let cfg = toolgate::gateway::GatewayConfig {
         listen,
         upstream: g.upstream,
         mcp_path: g.mcp_path,
         routes,
         max_connections: 1024,
-        guard: crate::guard::GuardConfig {
+        guard: toolgate::guard::GuardConfig {
             toolgate: g.toolgate,
             admin_token,
             resource: g.resource,
@@ -663,9 +680,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             leeway: g.leeway,
         },
     };
-    match crate::gateway::run(cfg, crate::server::shutdown_signal()).await {
+    match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {
         Ok(()) => {
-            crate::log_info!("gateway stopped");
+            log_info!("gateway stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -686,7 +703,7 @@ fn audit_verify(db: &std::path::Path) -> ExitCode {
             Ok(c) => c,
             Err(e) => return usage(&format!("cannot open {}: {e}", db.display())),
         };
-    match crate::store::audit::verify_chain(&conn) {
+    match toolgate::store::audit::verify_chain(&conn) {
         Ok(Ok(rows)) => {
             say(&format!("audit chain intact: {rows} rows"));
             ExitCode::SUCCESS
@@ -809,7 +826,7 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
     let prepared = client(x.url, None).and_then(|c| Ok((c, secret_arg(x.subject_token)?)));
     let token_type = x
         .subject_token_type
-        .unwrap_or_else(|| crate::exchange::TYPE_JWT.to_string());
+        .unwrap_or_else(|| toolgate::exchange::TYPE_JWT.to_string());
     let result = match prepared {
         Ok((c, subject)) => {
             c.exchange(&subject, &token_type, &x.audience, x.scope.as_deref())

@@ -18,7 +18,6 @@ pub use toolgate_guard::{client, guard, log};
 
 pub mod app;
 pub mod audit;
-pub mod cli;
 pub mod config;
 pub mod events;
 pub mod exchange;

@@ -211,7 +211,7 @@ async fn tool_token_verify_round_trip() {
     assert_eq!(added["resource_uri"], json!(RESOURCE), "{added}");
 
     // tool list
-    let o = run(args(&["tool", "list"], &url)).await;
+    let o = run(args(&["tool", "list", "--json"], &url)).await;
     assert_exit(&o, 0);
     let listed = json_out(&o);
     assert_eq!(listed["count"], json!(1), "{listed}");
@@ -220,6 +220,18 @@ async fn tool_token_verify_round_trip() {
         json!("code-search"),
         "{listed}"
     );
+    // For people: an aligned table.
+    let o = run(args(&["tool", "list"], &url)).await;
+    assert_exit(&o, 0);
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("TOOL_ID") && lines[0].contains("RESOURCE"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("code-search "), "{text}");
+    assert_eq!(lines[1].find(RESOURCE), lines[0].find("RESOURCE"), "{text}");
+    assert_eq!(lines.last().copied(), Some("1 tool(s)"), "{text}");
 
     // token exchange prints a bare JWT
     let subject = stub(json!({"sub": "alice"}));
@@ -343,7 +355,7 @@ async fn tool_token_verify_round_trip() {
     assert!(stdout(&o).contains("tool_not_found"), "{}", stdout(&o));
     assert!(stderr(&o).contains("404"), "{}", stderr(&o));
 
-    let o = run(args(&["tool", "list"], &url)).await;
+    let o = run(args(&["tool", "list", "--json"], &url)).await;
     assert_exit(&o, 0);
     assert_eq!(json_out(&o)["count"], json!(1));
 
@@ -368,7 +380,7 @@ async fn unreachable_daemon_is_exit_2() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", socket.local_addr().unwrap());
-    let o = run(args(&["tool", "list"], &url)).await;
+    let o = run(args(&["tool", "list", "--json"], &url)).await;
     assert_exit(&o, 2);
     let o = run(args(
         &["verify", "--tool-id", "x", "--token", "a.b.c"],

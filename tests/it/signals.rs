@@ -2204,7 +2204,24 @@ async fn cli_revoke_list_and_lift() {
     assert_revoked(&daemon, &carol_files, "files").await;
     assert_allowed(&daemon, &carol_search, "search").await;
 
-    let listed = cli_json(&cli(cli_args(&["revocations"], &url)).await, 0);
+    // For people: an aligned table, one row per revocation.
+    let table = cli(cli_args(&["revocations"], &url)).await;
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("VALUE"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "{text}");
+    let value_col = lines[0].find("VALUE").unwrap();
+    let alice_line = lines.iter().find(|l| l.contains(&wimse("alice"))).unwrap();
+    assert_eq!(alice_line.find("wimse://"), Some(value_col), "{text}");
+    assert!(
+        alice_line.contains("offboarded") && alice_line.contains("never"),
+        "{text}"
+    );
+
+    let listed = cli_json(&cli(cli_args(&["revocations", "--json"], &url)).await, 0);
     assert_eq!(listed["count"], 4, "{listed}");
     let rows = listed["revocations"].as_array().unwrap();
     let values: Vec<&str> = rows.iter().map(|r| r["value"].as_str().unwrap()).collect();
@@ -2234,7 +2251,7 @@ async fn cli_revoke_list_and_lift() {
     assert_eq!(out["error"], "revocation_not_found", "{out}");
 
     let listed = cli_json(
-        &cli(cli_args(&["revocations", "--limit", "1"], &url)).await,
+        &cli(cli_args(&["revocations", "--json", "--limit", "1"], &url)).await,
         0,
     );
     assert_eq!(listed["count"], 1, "{listed}");
@@ -2260,7 +2277,11 @@ async fn cli_revoke_in_production_needs_the_admin_token_file() {
     .await;
     assert_eq!(cli_json(&out, 0)["status"], "revoked");
     let listed = cli_json(
-        &cli(cli_args(&["revocations", "--admin-token-file", file], &url)).await,
+        &cli(cli_args(
+            &["revocations", "--json", "--admin-token-file", file],
+            &url,
+        ))
+        .await,
         0,
     );
     assert_eq!(listed["count"], 1, "{listed}");

@@ -149,6 +149,7 @@ pub(crate) fn revocations(body: &Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

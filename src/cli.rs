@@ -11,7 +11,7 @@ use toolgate::config::{Config, ServeFlags};
 
 /// toolgate: bind every MCP tool call to a token minted for exactly that tool.
 #[derive(FromArgs, Debug)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[argh(subcommand)]
     command: Command,
 }

@@ -32,8 +32,9 @@ use toolgate::clock::ManualClock;
 use toolgate::jose::{self, Jwk, SigningKey};
 use toolgate::registry::{Registry, ToolInput};
 use toolgate::revocation::RevocationIndex;
-use toolgate::revocation::{self, Action, Format, Identity, Revocations, Target};
-use toolgate::store::revocations::NewRevocation;
+use toolgate::revocation::{self, Format, Identity, Target};
+use toolgate::revocations::Revocations;
+use toolgate::store::revocations::{Action, NewRevocation};
 use toolgate::store::{self, audit, Store};
 use toolgate::verify::{DecisionRequest, KeySource, Target as Call, Verifier, VerifierConfig};
 

@@ -148,7 +148,7 @@ describe() {
     echo "$(git rev-parse --short "$1") ($subject)"
 }
 NEW_DESC="$(describe HEAD)"
-[[ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock schema.sql)" ]] || NEW_DESC+=" with uncommitted changes"
+[[ -z "$(git status --porcelain -- src crates Cargo.toml Cargo.lock schema.sql)" ]] || NEW_DESC+=" with uncommitted changes"
 
 BASELINE="${BASELINE:-}"
 if [[ -z $BASELINE ]]; then

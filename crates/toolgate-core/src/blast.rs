@@ -6,7 +6,10 @@
 /// A parsed `level[:scope]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlastRadius<'a> {
+    /// The level's place in the order, `function` = 0 up to `fabric` = 5.
     pub rank: u8,
+    /// What the radius is confined to (`payments` in `service:payments`); `*` in a tool's
+    /// maximum means any scope.
     pub scope: Option<&'a str>,
 }
 

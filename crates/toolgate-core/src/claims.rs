@@ -8,7 +8,10 @@ pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
 
 /// A claim that is present but of the wrong type or out of range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Malformed(pub &'static str);
+pub struct Malformed(
+    /// The claim's name.
+    pub &'static str,
+);
 
 /// A NumericDate claim: a non-negative integer number of seconds.
 pub fn numeric_date(
@@ -56,12 +59,18 @@ pub fn string_list(
 /// The `aud` claim as RFC 7519 allows it: one string, or an array of strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
+    /// No `aud` claim: the token is bound to nothing, and no check accepts it.
     Missing,
+    /// Exactly one audience (a string, or an array of one).
     One(String),
+    /// Several audiences: a token valid at more than one resource, which toolgate refuses.
     Many(Vec<String>),
+    /// Neither a string nor an array of strings.
     Malformed,
 }
 
+/// Read the `aud` claim (RFC 7519 §4.1.3) without judging it; a one-element array counts as
+/// [`Audience::One`].
 pub fn audience(claims: &Map<String, Value>) -> Audience {
     match claims.get("aud") {
         None => Audience::Missing,

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of the current time in whole seconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Seconds since 1970-01-01T00:00:00Z, as compared with `exp`, `nbf` and `iat`.
     fn now(&self) -> i64;
 }
 
@@ -27,12 +28,15 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicI64);
 
 impl ManualClock {
+    /// A clock stopped at `now` (Unix seconds).
     pub fn new(now: i64) -> Self {
         Self(AtomicI64::new(now))
     }
+    /// Move to `now`, forwards or backwards.
     pub fn set(&self, now: i64) {
         self.0.store(now, Ordering::SeqCst);
     }
+    /// Move by `seconds` (negative goes back), e.g. past a token's `exp`.
     pub fn advance(&self, seconds: i64) {
         self.0.fetch_add(seconds, Ordering::SeqCst);
     }

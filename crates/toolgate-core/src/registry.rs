@@ -6,28 +6,43 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Longest `tool_id` or `server_id`, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 const MAX_TEXT_LEN: usize = 4096;
 const MAX_LIST_LEN: usize = 256;
 const MAX_ITEM_LEN: usize = 256;
+/// The protocols a tool may be reached over; a registration naming none gets `mcp`.
 pub const PROTOCOLS: [&str; 3] = ["mcp", "http", "a2a"];
 
 /// A registered tool, as stored and as served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolEntry {
+    /// The registry key, matched against [`crate::verify::Target::Tool`]; see [`valid_id`].
     pub tool_id: String,
+    /// The display name, which is also how an MCP `tools/call` may name the tool.
     pub name: String,
+    /// Free text for operators; never consulted by a check.
     pub description: String,
     /// Canonical RFC 8707 resource indicator; empty means the `tool_id` is the resource.
     pub resource_uri: String,
+    /// The MCP server the tool belongs to; scopes [`crate::verify::Target::Server`] requests.
     pub server_id: String,
+    /// Capabilities the token's `caps` claim must all contain (check 8).
     pub required_capabilities: Vec<String>,
+    /// The widest `level[:scope]` a token's `blast_radius` may claim (check 9); empty: no limit.
     pub max_blast_radius: String,
+    /// Calls need an execution-bound token: `exec_act`, `inp_hash`, a single-use `nonce`
+    /// (check 12).
     pub requires_execution: bool,
+    /// The `exec_act` values an execution-bound token may carry; empty allows any.
     pub allowed_operations: Vec<String>,
+    /// The `target` values an execution-bound token may carry; empty allows any.
     pub allowed_targets: Vec<String>,
+    /// Protocols the tool is served over, a subset of [`PROTOCOLS`].
     pub protocols: Vec<String>,
+    /// When the tool was first registered (RFC 3339, set by the server).
     pub registered_at: String,
+    /// When the registration last changed (RFC 3339, set by the server).
     pub updated_at: String,
 }
 
@@ -47,25 +62,36 @@ impl ToolEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolInput {
+    /// Required; optional here only so that its absence gets a sentence, not a serde error.
     pub tool_id: Option<String>,
+    /// See [`ToolEntry::name`].
     #[serde(default)]
     pub name: String,
+    /// See [`ToolEntry::description`].
     #[serde(default)]
     pub description: String,
+    /// Any RFC 8707 resource URI; stored canonicalized.
     #[serde(default)]
     pub resource_uri: String,
+    /// See [`ToolEntry::server_id`].
     #[serde(default)]
     pub server_id: String,
+    /// See [`ToolEntry::required_capabilities`]; duplicates are dropped.
     #[serde(default)]
     pub required_capabilities: Vec<String>,
+    /// See [`ToolEntry::max_blast_radius`]; must parse as `level[:scope]`.
     #[serde(default)]
     pub max_blast_radius: String,
+    /// See [`ToolEntry::requires_execution`].
     #[serde(default)]
     pub requires_execution: bool,
+    /// See [`ToolEntry::allowed_operations`]; duplicates are dropped.
     #[serde(default)]
     pub allowed_operations: Vec<String>,
+    /// See [`ToolEntry::allowed_targets`]; duplicates are dropped.
     #[serde(default)]
     pub allowed_targets: Vec<String>,
+    /// See [`ToolEntry::protocols`]; empty means `["mcp"]`.
     #[serde(default)]
     pub protocols: Vec<String>,
     #[serde(default, rename = "registered_at")]
@@ -162,6 +188,8 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An index of `entries` (the daemon's load from SQLite); a later duplicate `tool_id`
+    /// replaces an earlier one.
     pub fn from_entries(entries: Vec<ToolEntry>) -> Self {
         let mut r = Self::default();
         for e in entries {
@@ -170,6 +198,7 @@ impl Registry {
         r
     }
 
+    /// The tool registered under `tool_id`.
     pub fn get(&self, tool_id: &str) -> Option<Arc<ToolEntry>> {
         self.by_id.get(tool_id).cloned()
     }
@@ -180,10 +209,12 @@ impl Registry {
             .or_else(|| self.list(None).into_iter().find(|t| t.name == name))
     }
 
+    /// How many tools are registered.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Is no tool registered?
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -198,6 +229,8 @@ impl Registry {
         self.by_resource.get(resource).cloned().unwrap_or_default()
     }
 
+    /// Register `entry`, replacing any tool with the same `tool_id` (and moving it to its
+    /// new resource).
     pub fn insert(&mut self, entry: ToolEntry) {
         self.remove(&entry.tool_id.clone());
         let entry = Arc::new(entry);
@@ -208,6 +241,7 @@ impl Registry {
         self.by_id.insert(entry.tool_id.clone(), entry);
     }
 
+    /// Unregister a tool, returning it if it was there.
     pub fn remove(&mut self, tool_id: &str) -> Option<Arc<ToolEntry>> {
         let old = self.by_id.remove(tool_id)?;
         if let Some(list) = self.by_resource.get_mut(old.resource()) {

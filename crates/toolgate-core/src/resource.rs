@@ -13,12 +13,19 @@ pub const MAX_RESOURCE_LEN: usize = 2048;
 /// Why a string is not an acceptable resource indicator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResourceError {
+    /// The empty string.
     Empty,
+    /// Longer than [`MAX_RESOURCE_LEN`].
     TooLong,
+    /// A byte outside printable ASCII, including a space.
     NotAscii,
+    /// Not an absolute URI: no valid scheme, or nothing after it.
     NoScheme,
+    /// Has a `#fragment`, which RFC 8707 §2 forbids in a resource indicator.
     Fragment,
+    /// Has `user@` in its authority, which could make two spellings of one host differ.
     UserInfo,
+    /// An `http`, `https`, `ws` or `wss` URI with an empty host.
     NoHost,
 }
 

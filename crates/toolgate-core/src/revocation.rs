@@ -12,15 +12,22 @@ use std::sync::{RwLock, RwLockWriteGuard};
 /// `uri` (they are URIs) and also match the equivalent `wimse://` subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
+    /// A subject that is a URI (`spiffe://`, `wimse://`, `https://`).
     Uri,
+    /// A subject's e-mail address (an upstream identity's `email`), compared lower-cased.
     Email,
+    /// A subject as the pair issuer and `sub`, unique across issuers.
     IssSub,
+    /// A subject as an opaque `sub` string, from any issuer.
     Opaque,
+    /// One token, by its `jti`.
     Jti,
+    /// A tool, by its `tool_id`: every call to it is refused.
     Tool,
 }
 
 impl Format {
+    /// The format's wire name (`iss_sub`, ...), as stored and as exported.
     pub fn name(self) -> &'static str {
         match self {
             Format::Uri => "uri",
@@ -32,6 +39,7 @@ impl Format {
         }
     }
 
+    /// Exact lookup of a wire name; `None` for anything else.
     pub fn from_name(s: &str) -> Option<Format> {
         Some(match s {
             "uri" => Format::Uri,
@@ -57,12 +65,16 @@ impl Format {
 /// One revoked name: format, issuer (only for `iss_sub`), value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// How `value` names the thing.
     pub format: Format,
+    /// The issuer of an `iss_sub` subject; empty for every other format.
     pub issuer: String,
+    /// The subject, `jti` or `tool_id`.
     pub value: String,
 }
 
 impl Target {
+    /// A target from borrowed parts.
     pub fn new(format: Format, issuer: &str, value: &str) -> Self {
         Self {
             format,
@@ -71,6 +83,7 @@ impl Target {
         }
     }
 
+    /// The index key this name is stored under.
     pub fn key(&self) -> Key {
         key(self.format, &self.issuer, &self.value)
     }
@@ -79,6 +92,8 @@ impl Target {
 /// 128 bits of SHA-256 over the name: what the index stores instead of the strings.
 pub type Key = u128;
 
+/// The key of one name: SHA-256 over `format NUL issuer NUL value`, first 16 bytes. The NULs
+/// keep `("a", "bc")` and `("ab", "c")` apart.
 pub fn key(format: Format, issuer: &str, value: &str) -> Key {
     let mut buf = Vec::with_capacity(format.name().len() + issuer.len() + value.len() + 2);
     buf.extend_from_slice(format.name().as_bytes());
@@ -131,14 +146,20 @@ impl std::error::Error for IndexUnavailable {}
 /// What a token or a subject token is known as, for the revocation check.
 #[derive(Debug, Default, Clone)]
 pub struct Identity<'a> {
+    /// The `sub` claim.
     pub subject: &'a str,
+    /// The `iss` claim; empty when absent.
     pub issuer: &'a str,
+    /// The `jti` claim; empty when the token has none.
     pub jti: &'a str,
     /// The upstream identity the subject was exchanged from (the minted token's `src` claim).
     pub source: Option<&'a Map<String, Value>>,
 }
 
 impl Identity<'_> {
+    /// Every key a revocation of this token or its subject may be stored under: the subject in
+    /// each subject format (a `wimse://` subject also as its `spiffe://` twin), the `jti`, and
+    /// the upstream subject and e-mail of `source`.
     pub fn keys(&self) -> Vec<Key> {
         let mut keys = vec![
             key(Format::Uri, "", self.subject),

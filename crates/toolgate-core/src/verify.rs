@@ -21,22 +21,42 @@ const CACHE_CAPACITY: usize = 4096;
 /// The name of the check that denied, as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Check {
+    /// Check 1: not a compact JWS of JSON objects, or a registered claim of the wrong type
+    /// (`exp`, `sub` and `jti` are required).
     Malformed,
+    /// Check 2: header `alg` not on the allow-list, a forbidden header parameter, or an `alg`
+    /// other than the key's.
     Algorithm,
+    /// Check 3: unknown `kid`, or the signature does not verify.
     Signature,
+    /// Check 4: `now >= exp + leeway`.
     Expired,
+    /// Check 4: `nbf` or `iat` later than `now + leeway`.
     NotYetValid,
+    /// Check 5: `iss` is not this toolgate.
     Issuer,
+    /// Check 6: the tool is not in the registry (or the registry cannot be read).
     Registration,
+    /// Check 7: the audience is missing, several, or not the target's RFC 8707 resource.
     Audience,
+    /// Check 8: the token's `caps` lack a capability a reached tool requires.
     Capabilities,
+    /// Check 9: a reached tool sets a maximum blast radius and the token's `blast_radius` is
+    /// missing or wider.
     BlastRadius,
+    /// Check 10: the token, its subject (or upstream subject) or a reached tool is revoked, or
+    /// the revocation index cannot be read.
     Revocation,
+    /// Check 11: the token is key-bound (`cnf`), and proof of possession is not supported yet.
     Dpop,
+    /// Check 12: the tool requires execution binding and the token's `exec_act`, `target`,
+    /// `inp_hash`, `htm` or `htu` does not match the request, or its single-use `nonce` was
+    /// spent already.
     Execution,
 }
 
 impl Check {
+    /// Every check, in pipeline order.
     pub const ALL: [Check; 13] = [
         Check::Malformed,
         Check::Algorithm,
@@ -53,6 +73,7 @@ impl Check {
         Check::Execution,
     ];
 
+    /// The wire name (`not_yet_valid`, `blast_radius`, ...) a denial is reported under.
     pub fn name(self) -> &'static str {
         match self {
             Check::Malformed => "malformed",
@@ -75,12 +96,15 @@ impl Check {
 /// Why a token was refused: the check, and a fixed sentence (never attacker text).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denial {
+    /// The first check that failed.
     pub check: Check,
+    /// A fixed sentence for the client and the audit log.
     pub reason: &'static str,
     /// The answer could not be determined (a store failure): denied, and worth a retry.
     pub unavailable: bool,
 }
 
+/// A definite denial by `check` (not [`Denial::unavailable`]).
 pub fn deny(check: Check, reason: &'static str) -> Denial {
     Denial {
         check,
@@ -139,12 +163,17 @@ pub fn verify_signature(
 /// The registered claims every JWT must get right, read once after the signature.
 #[derive(Debug, Clone)]
 pub struct TimeClaims {
+    /// Expiration time (RFC 7519 §4.1.4); required.
     pub exp: i64,
+    /// Not-before time (RFC 7519 §4.1.5).
     pub nbf: Option<i64>,
+    /// Issued-at time (RFC 7519 §4.1.6); also dates an execution nonce.
     pub iat: Option<i64>,
 }
 
 impl TimeClaims {
+    /// Read `exp`, `nbf` and `iat` strictly; a missing `exp` or a malformed date is
+    /// [`Check::Malformed`].
     pub fn read(claims: &Map<String, Value>) -> Result<Self, Denial> {
         Ok(Self {
             exp: claims::numeric_date(claims, "exp")?
@@ -173,13 +202,21 @@ impl TimeClaims {
 /// A toolgate-minted token whose signature has been verified, its claims read strictly.
 #[derive(Debug, Clone)]
 pub struct TokenClaims {
+    /// The whole payload, for the claims not read below (`exec_act`, `nonce`, `src`, `cnf`).
     pub raw: Map<String, Value>,
+    /// `exp`, `nbf`, `iat`.
     pub times: TimeClaims,
+    /// The issuer; must equal the verifier's (check 5).
     pub iss: Option<String>,
+    /// The subject, non-empty: whom the token was issued to.
     pub sub: String,
+    /// The token's ID, non-empty: what a single-token revocation names.
     pub jti: String,
+    /// The audience: the RFC 8707 resource the token is bound to.
     pub aud: Audience,
+    /// The capabilities granted (`caps`); empty when absent.
     pub caps: Vec<String>,
+    /// How far the token's authority reaches, `level[:scope]` (see [`crate::blast`]).
     pub blast_radius: Option<String>,
     /// The names a revocation may use for this token, hashed once.
     pub revocation_keys: Vec<crate::revocation::Key>,
@@ -236,7 +273,10 @@ pub enum Target<'a> {
     /// `server_id` (every tool of the registry when `None`); each such tool must then pass the
     /// tool checks (capabilities, blast radius, revocation).
     Server {
+        /// The server's own RFC 8707 resource indicator, which the token's audience may name
+        /// directly.
         resource: &'a str,
+        /// Only tools of this server count as the server's audiences.
         server_id: Option<&'a str>,
     },
     /// A token whose audience must be exactly this and is no tool's: toolgate's own agent
@@ -248,7 +288,9 @@ pub enum Target<'a> {
 /// gateway and exchange's own-token path each only build this and map the verdict.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionRequest<'a> {
+    /// The compact JWS, without the `Bearer ` prefix.
     pub token: &'a str,
+    /// What the request is for: the token's audience is checked against it.
     pub target: Target<'a>,
     /// The request's method, as the resource server received it (`POST`).
     pub method: Option<&'a str>,
@@ -272,12 +314,14 @@ impl<'a> DecisionRequest<'a> {
         }
     }
 
+    /// Add the HTTP method and URL, which an execution-bound token's `htm`/`htu` must match.
     pub fn with_http(mut self, method: &'a str, url: Option<&'a str>) -> Self {
         self.method = Some(method);
         self.url = url;
         self
     }
 
+    /// Add the request body's hash ([`body_hash`]), which `inp_hash` must match.
     pub fn with_body_hash(mut self, hash: Option<&'a str>) -> Self {
         self.body_hash = hash;
         self
@@ -293,7 +337,10 @@ pub fn body_hash(body: &[u8]) -> String {
 /// A decision with whatever is known of the token.
 #[derive(Debug, Clone)]
 pub struct Verdict {
+    /// The token's claims once checks 1–5 passed, even if a later check denied, so the audit
+    /// log can name the subject.
     pub claims: Option<Arc<TokenClaims>>,
+    /// Allowed, or the first failing check.
     pub result: Result<Allowed, Denial>,
 }
 
@@ -301,7 +348,9 @@ pub struct Verdict {
 /// server-level request no tool's resource matched, and for an agent token).
 #[derive(Debug, Clone)]
 pub struct Allowed {
+    /// The verified token's claims.
     pub claims: Arc<TokenClaims>,
+    /// The tool called, for a [`Target::Tool`] request.
     pub tool: Option<Arc<ToolEntry>>,
 }
 
@@ -343,6 +392,7 @@ impl Allowed {
 /// Where the pipeline finds the public key named by a token's `kid`: the daemon's own key
 /// ring, or a guard's copy of toolgate's JWKS.
 pub trait KeySource: Send + Sync {
+    /// The public key whose `kid` is `kid`; `None` denies at [`Check::Signature`].
     fn key(&self, kid: &str) -> Option<Jwk>;
 }
 
@@ -353,7 +403,7 @@ type Reached = (Vec<Arc<ToolEntry>>, Option<Arc<ToolEntry>>);
 /// an execution-bound token is accepted once. Bounded: when full of live nonces it refuses new
 /// ones (fail closed) rather than forgetting old ones.
 #[derive(Debug)]
-pub struct NonceCache {
+pub(crate) struct NonceCache {
     seen: Mutex<HashMap<String, i64>>,
     capacity: usize,
     /// Tokens issued before this instant may have been used before a restart: refused.
@@ -362,18 +412,22 @@ pub struct NonceCache {
 
 /// Why a nonce was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceError {
+pub(crate) enum NonceError {
+    /// The nonce was used before and its token has not expired: a replay.
     Replayed,
+    /// Every slot holds a live nonce; refused rather than forget one.
     Full,
+    /// The cache's lock was poisoned.
     Unavailable,
 }
 
 impl NonceCache {
-    pub const DEFAULT_CAPACITY: usize = 1 << 20;
+    /// Room for about a million live nonces.
+    pub(crate) const DEFAULT_CAPACITY: usize = 1 << 20;
 
     /// A cache that refuses tokens issued before `started_at` (nonces used before it are not
     /// known here).
-    pub fn new(capacity: usize, started_at: i64) -> Self {
+    pub(crate) fn new(capacity: usize, started_at: i64) -> Self {
         Self {
             seen: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
@@ -382,7 +436,7 @@ impl NonceCache {
     }
 
     /// Remember `nonce` until `until`; `Err(Replayed)` if it was seen and has not expired.
-    pub fn consume(&self, nonce: &str, until: i64, now: i64) -> Result<(), NonceError> {
+    pub(crate) fn consume(&self, nonce: &str, until: i64, now: i64) -> Result<(), NonceError> {
         let mut seen = self.seen.lock().map_err(|_| NonceError::Unavailable)?;
         if seen.get(nonce).is_some_and(|exp| *exp > now) {
             return Err(NonceError::Replayed);
@@ -396,14 +450,6 @@ impl NonceCache {
         seen.insert(nonce.to_string(), until);
         Ok(())
     }
-
-    pub fn len(&self) -> usize {
-        self.seen.lock().map(|s| s.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How a verifier is set up: what it trusts and how it reads time.
@@ -413,17 +459,25 @@ pub struct VerifierConfig {
     pub issuer: String,
     /// Clock skew allowed on `exp`, `nbf` and `iat`, clamped to `0..=MAX_LEEWAY`.
     pub leeway: i64,
+    /// Where the public keys named by `kid` come from.
     pub keys: Arc<dyn KeySource>,
+    /// The time every decision is taken at.
     pub clock: Arc<dyn Clock>,
 }
 
 /// Everything the pipeline consults. Cheap to share; every entry point holds the same one.
 pub struct Verifier {
+    /// The only `iss` accepted (check 5).
     pub issuer: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, already clamped to `0..=MAX_LEEWAY`.
     pub leeway: i64,
+    /// The public keys signatures are checked with (check 3).
     pub keys: Arc<dyn KeySource>,
+    /// The time decisions are taken at.
     pub clock: Arc<dyn Clock>,
+    /// The registered tools, shared with whoever registers them (checks 6–9 and 12).
     pub registry: Arc<RwLock<Registry>>,
+    /// The revocations, shared with whoever fills the index (check 10).
     pub revocations: Arc<RevocationIndex>,
     nonces: NonceCache,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
@@ -446,6 +500,8 @@ fn unavailable(check: Check, reason: &'static str) -> Denial {
 }
 
 impl Verifier {
+    /// A verifier over shared `registry` and `revocations`. Execution-bound tokens issued
+    /// before this moment are refused: nonces they may have spent are not known to it.
     pub fn new(
         config: VerifierConfig,
         registry: Arc<RwLock<Registry>>,

@@ -13,7 +13,9 @@ const RSA_MAX_BITS: usize = 8192;
 /// Supported elliptic curves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EcCurve {
+    /// NIST P-256 (`crv: "P-256"`), verified as ES256.
     P256,
+    /// NIST P-384 (`crv: "P-384"`), verified as ES384.
     P384,
 }
 
@@ -43,16 +45,25 @@ impl EcCurve {
 /// Raw public key material (big-endian / fixed-length octets as in the JWK).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
+    /// `kty: "EC"` (RFC 7518 §6.2.1): an uncompressed curve point.
     Ec {
+        /// The curve, which also fixes the algorithm.
         crv: EcCurve,
+        /// The x coordinate, exactly the curve's coordinate length.
         x: Vec<u8>,
+        /// The y coordinate, exactly the curve's coordinate length.
         y: Vec<u8>,
     },
+    /// `kty: "OKP"`, `crv: "Ed25519"` (RFC 8037 §2).
     Okp {
+        /// The 32-byte Ed25519 public key.
         x: Vec<u8>,
     },
+    /// `kty: "RSA"` (RFC 7518 §6.3.1), 2048 to 8192 bits.
     Rsa {
+        /// The modulus, minimal big-endian.
         n: Vec<u8>,
+        /// The public exponent, minimal big-endian.
         e: Vec<u8>,
     },
 }
@@ -60,8 +71,13 @@ pub enum KeyMaterial {
 /// A public verification key with its algorithm pinned at parse time.
 #[derive(Debug, Clone)]
 pub struct Jwk {
+    /// The key ID a token's header names to select this key; toolgate's own keys use their
+    /// RFC 7638 thumbprint.
     pub kid: Option<String>,
+    /// The only algorithm this key verifies: a token whose header `alg` differs is refused
+    /// before any signature math (no algorithm confusion).
     pub alg: Algorithm,
+    /// The public key itself.
     pub material: KeyMaterial,
 }
 
@@ -258,6 +274,7 @@ impl Jwk {
 /// A JWK Set (RFC 7517 §5) of public verification keys.
 #[derive(Debug, Clone, Default)]
 pub struct JwkSet {
+    /// The keys, each with a distinct `kid` when parsed by [`JwkSet::from_json_bytes`].
     pub keys: Vec<Jwk>,
 }
 

@@ -13,10 +13,15 @@ const FORBIDDEN_HEADERS: [&str; 7] = ["crit", "jku", "x5u", "jwk", "x5c", "b64",
 /// The only signature algorithms accepted (no `none`, no HMAC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
+    /// ECDSA on P-256 with SHA-256; the signature is the 64-byte `r || s` (RFC 7518 §3.4).
     ES256,
+    /// ECDSA on P-384 with SHA-384; the signature is the 96-byte `r || s`.
     ES384,
+    /// Ed25519 (RFC 8037 §3.1); toolgate never accepts Ed448 under this name.
     EdDSA,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
     RS256,
+    /// RSASSA-PSS with SHA-256 and MGF1-SHA-256.
     PS256,
 }
 
@@ -48,8 +53,11 @@ impl Algorithm {
 /// A validated JOSE header.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// The signature algorithm, already on the allow-list.
     pub alg: Algorithm,
+    /// The key ID (RFC 7515 §4.1.4) that selects the verification key.
     pub kid: Option<String>,
+    /// The media type (RFC 7515 §4.1.9), `JWT` for toolgate's tokens; read but not enforced.
     pub typ: Option<String>,
     /// All header members, as parsed.
     pub raw: Map<String, Value>,
@@ -58,10 +66,14 @@ pub struct Header {
 /// A decoded (not yet verified) compact JWS whose payload is a JSON object.
 #[derive(Debug, Clone)]
 pub struct Compact<'a> {
+    /// The protected header.
     pub header: Header,
+    /// The payload, a JSON object without duplicate member names; untrusted until
+    /// [`Compact::verify_with`] succeeds.
     pub claims: Map<String, Value>,
     /// `"<b64 header>.<b64 payload>"`, borrowed from the token.
     pub signing_input: &'a str,
+    /// The decoded signature octets (RFC 7515 §5.2 step 3).
     pub signature: Vec<u8>,
 }
 

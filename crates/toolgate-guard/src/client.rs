@@ -12,6 +12,7 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a call to toolgate failed.
 #[derive(Debug)]
 pub enum ClientError {
     /// The base URL is not `http://host:port[/prefix]`.
@@ -19,7 +20,12 @@ pub enum ClientError {
     /// Could not connect or the exchange failed on the wire.
     Transport(String),
     /// The daemon answered with an error status; its JSON body is kept.
-    Api { status: StatusCode, body: Value },
+    Api {
+        /// The HTTP status toolgate answered.
+        status: StatusCode,
+        /// Its JSON body (`{"error", "error_description", ...}`).
+        body: Value,
+    },
 }
 
 impl std::fmt::Display for ClientError {
@@ -162,14 +168,18 @@ impl Client {
         }
     }
 
+    /// Register a tool (`POST /v1/tools`, admin): `entry` is its registration
+    /// (`tool_id`, `resource_uri`, `server_id`, ...); the stored entry.
     pub async fn register_tool(&self, entry: &Value) -> Result<Value, ClientError> {
         self.json_call(Method::POST, "/v1/tools", Some(entry)).await
     }
 
+    /// Every registered tool (`GET /v1/tools`): `{"tools": [...]}`.
     pub async fn list_tools(&self) -> Result<Value, ClientError> {
         self.json_call(Method::GET, "/v1/tools", None).await
     }
 
+    /// Remove a tool by `tool_id` (`DELETE /v1/tools/{id}`, admin): tokens for it stop working.
     pub async fn deregister_tool(&self, tool_id: &str) -> Result<Value, ClientError> {
         self.json_call(Method::DELETE, &format!("/v1/tools/{tool_id}"), None)
             .await
@@ -215,6 +225,7 @@ impl Client {
         self.json_call(Method::GET, &path, None).await
     }
 
+    /// Lift an operator revocation by its id (`DELETE /v1/signals/revocations/{id}`).
     pub async fn lift_revocation(&self, id: i64) -> Result<Value, ClientError> {
         self.json_call(
             Method::DELETE,
@@ -224,6 +235,7 @@ impl Client {
         .await
     }
 
+    /// toolgate's health (`GET /v1/sys/health`).
     pub async fn health(&self) -> Result<Value, ClientError> {
         self.json_call(Method::GET, "/v1/sys/health", None).await
     }

@@ -4,7 +4,7 @@
 //! it cannot confirm its copy is current (fail closed).
 
 use crate::client::Client;
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::jose::{Jwk, JwkSet};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocation::{Key, RevocationIndex};
@@ -59,31 +59,39 @@ impl GuardConfig {
         }
     }
 
+    /// Protect only the tools registered with this `server_id` (every registered tool when
+    /// unset), and accept tokens for any of them on server-level requests.
     pub fn server_id(mut self, id: impl Into<String>) -> Self {
         self.server_id = Some(id.into());
         self
     }
 
+    /// The admin token the guard sends to toolgate, when toolgate's reads are not open.
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.admin_token = Some(token.into());
         self
     }
 
+    /// This server's base URL as clients see it: execution-bound tokens are checked against
+    /// it plus the request path, and the `resource_metadata` of every challenge is under it.
     pub fn public_url(mut self, url: impl Into<String>) -> Self {
         self.public_url = url.into();
         self
     }
 
+    /// Deny everything once the last successful sync with toolgate is older than `d`.
     pub fn max_staleness(mut self, d: Duration) -> Self {
         self.max_staleness = d;
         self
     }
 
+    /// How often the revocation digest is polled: a revocation takes effect within `d`.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
         self
     }
 
+    /// The clock skew allowed on token times, in seconds (clamped to 0..=60).
     pub fn leeway(mut self, seconds: i64) -> Self {
         self.leeway = seconds;
         self
@@ -98,6 +106,72 @@ impl GuardConfig {
     }
 }
 
+/// Sets up a [`Guard`] step by step: [`Guard::builder`], the knobs that differ from the
+/// defaults of [`GuardConfig::new`], then [`GuardBuilder::connect`]. The clock is the system
+/// clock unless [`GuardBuilder::clock`] gives another (a manual clock in tests).
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is awaited"]
+pub struct GuardBuilder {
+    cfg: GuardConfig,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl GuardBuilder {
+    /// Protect only the tools registered with this `server_id` (see [`GuardConfig::server_id`]).
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.cfg = self.cfg.server_id(id);
+        self
+    }
+
+    /// This server's base URL as clients see it (see [`GuardConfig::public_url`]).
+    pub fn public_url(mut self, url: impl Into<String>) -> Self {
+        self.cfg = self.cfg.public_url(url);
+        self
+    }
+
+    /// The admin token sent to toolgate when its reads are not open.
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.cfg = self.cfg.admin_token(token);
+        self
+    }
+
+    /// Deny everything once the last successful sync is older than `d` (default 5 s).
+    pub fn max_staleness(mut self, d: Duration) -> Self {
+        self.cfg = self.cfg.max_staleness(d);
+        self
+    }
+
+    /// How often the revocation digest is polled (default 250 ms).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.cfg = self.cfg.poll_interval(d);
+        self
+    }
+
+    /// The clock skew allowed on token times, in seconds (default and maximum 60).
+    pub fn leeway(mut self, seconds: i64) -> Self {
+        self.cfg = self.cfg.leeway(seconds);
+        self
+    }
+
+    /// The clock token times are checked against (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The configuration as built so far.
+    pub fn config(&self) -> &GuardConfig {
+        &self.cfg
+    }
+
+    /// Connect to toolgate and start keeping the guard's copies current
+    /// (see [`Guard::connect`]).
+    pub async fn connect(self) -> Result<Arc<Guard>, GuardError> {
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        Guard::connect(self.cfg, clock).await
+    }
+}
+
 /// `scheme://authority` of a URL (the whole string when it has no path).
 fn origin(url: &str) -> String {
     match url.split_once("://") {
@@ -109,7 +183,7 @@ fn origin(url: &str) -> String {
     }
 }
 
-/// Why the guard could not start.
+/// Why the guard could not start: toolgate unreachable or answering garbage, or a bad URL.
 #[derive(Debug)]
 pub struct GuardError(pub String);
 
@@ -123,9 +197,11 @@ impl std::error::Error for GuardError {}
 /// A refusal, as a resource server answers it (RFC 6750 §3, MCP authorization).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// `401`, `403`, or `503` while the guard cannot confirm its copies are current.
     pub status: StatusCode,
     /// `invalid_token`, `insufficient_scope`, or empty for a request with no token at all.
     pub error: &'static str,
+    /// The `error_description`: why, in a few words (never attacker-controlled text).
     pub description: &'static str,
     /// The pipeline check that failed, if one did.
     pub check: Option<Check>,
@@ -264,6 +340,15 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
+    /// Start setting up a guard for the resource server `resource` (its RFC 8707 resource
+    /// URI), kept current from the toolgate daemon at `toolgate` (`http://host:port`).
+    pub fn builder(toolgate: impl Into<String>, resource: impl Into<String>) -> GuardBuilder {
+        GuardBuilder {
+            cfg: GuardConfig::new(toolgate, resource),
+            clock: None,
+        }
+    }
+
     /// Learn toolgate's issuer, keys, this server's tools and the revocations, then keep them
     /// current in the background for as long as the guard lives.
     pub async fn connect(
@@ -340,6 +425,7 @@ impl Guard {
         &self.cfg.resource
     }
 
+    /// The URL of this server's RFC 9728 metadata, named in every `WWW-Authenticate`.
     pub fn resource_metadata(&self) -> &str {
         &self.resource_metadata
     }
@@ -361,6 +447,27 @@ impl Guard {
     /// toolgate's issuer, the authorization server of this resource.
     pub fn issuer(&self) -> &str {
         &self.verifier.issuer
+    }
+
+    /// This server's RFC 9728 protected resource metadata: its resource URI and toolgate as
+    /// its authorization server. [`Protected`] and the tower layer answer `GET` on the
+    /// [`resource_metadata`](Self::resource_metadata) path with it, without a token.
+    pub fn metadata(&self) -> Value {
+        serde_json::json!({
+            "resource": self.resource(),
+            "authorization_servers": [self.issuer()],
+            "bearer_methods_supported": ["header"],
+            "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
+        })
+    }
+
+    /// The path part of [`resource_metadata`](Self::resource_metadata), as requests name it.
+    fn metadata_path(&self) -> &str {
+        let rest = self
+            .resource_metadata
+            .split_once("://")
+            .map_or("", |(_, rest)| rest);
+        rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/")
     }
 
     /// A tool of this server by MCP tool name (its `tool_id`, or its display `name`).
@@ -596,26 +703,73 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// read to hash them (a tool with `requires_execution`).
 pub type GuardedBody<B> = Either<B, Full<Bytes>>;
 
-/// A hyper service wrapper: the guard in front of any handler. Requests for a tool name the
-/// tool with `tool_for`; everything else must carry a token for this server. The decision
-/// travels to the handler as request extensions (`Allowed`, and its `Arc<TokenClaims>`).
+/// How a protected server's requests name the tool they call.
+#[derive(Clone, Copy)]
+pub enum Routing {
+    /// Plain HTTP and A2A tool servers: the function names the tool of a request from its
+    /// method, path and headers; `None` makes it a server-level request, which needs a token
+    /// for this server's resource or for one of its tools.
+    Path(fn(&http::request::Parts) -> Option<String>),
+    /// MCP over Streamable HTTP, one endpoint for every JSON-RPC message: a `POST` body is read
+    /// (up to [`MAX_BUFFERED_BODY`]) and every message in it is decided, a `tools/call` against
+    /// the tool in `params.name` and any other message against the server; `GET`, `DELETE`
+    /// and other methods are server-level requests. A body that is not strict JSON-RPC
+    /// (see [`crate::mcp::jsonrpc_targets`]) is refused with `400 invalid_request`.
+    Mcp,
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Path(_) => "Routing::Path",
+            Self::Mcp => "Routing::Mcp",
+        })
+    }
+}
+
+/// A hyper service wrapper: the guard in front of any handler. Every request is decided
+/// before the handler sees it (see [`Routing`]); a refusal is answered as RFC 6750 says, and
+/// an allowed request carries its decision as request extensions ([`Allowed`], and its
+/// `Arc<TokenClaims>`). `GET` on the metadata path is answered with [`Guard::metadata`].
 #[derive(Clone)]
 pub struct Protected<S> {
     guard: Arc<Guard>,
     inner: S,
-    tool_for: fn(&http::request::Parts) -> Option<String>,
+    routing: Routing,
+}
+
+impl<S> std::fmt::Debug for Protected<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protected")
+            .field("guard", &self.guard)
+            .field("routing", &self.routing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> Protected<S> {
+    /// Protect `inner`, a plain HTTP tool server: `tool_for` names the tool a request calls
+    /// (`None`: a request to the server as a whole).
     pub fn new(
         guard: Arc<Guard>,
         inner: S,
         tool_for: fn(&http::request::Parts) -> Option<String>,
     ) -> Self {
+        Self::with_routing(guard, inner, Routing::Path(tool_for))
+    }
+
+    /// Protect `inner`, an MCP server over Streamable HTTP: each JSON-RPC message is decided
+    /// (see [`Routing::Mcp`]).
+    pub fn mcp(guard: Arc<Guard>, inner: S) -> Self {
+        Self::with_routing(guard, inner, Routing::Mcp)
+    }
+
+    /// Protect `inner`, with requests mapped to tools by `routing`.
+    pub fn with_routing(guard: Arc<Guard>, inner: S, routing: Routing) -> Self {
         Self {
             guard,
             inner,
-            tool_for,
+            routing,
         }
     }
 }
@@ -638,12 +792,7 @@ pub fn rejection_response(r: &Rejection, resource_metadata: &str) -> http::Respo
 /// A body the guard could not buffer: too large, too slow, or broken.
 fn body_refusal(status: StatusCode, description: &'static str) -> http::Response<Full<Bytes>> {
     let body = serde_json::json!({"error": "invalid_request", "error_description": description});
-    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut resp = json_response(status, &body);
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
@@ -677,7 +826,108 @@ where
     }
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pub(crate) type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The answer to a request the handler must not see: a refusal, or the guard's own metadata.
+pub(crate) type Refusal = http::Response<Full<Bytes>>;
+
+/// A JSON answer with no challenge.
+fn json_response(status: StatusCode, body: &Value) -> Refusal {
+    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Decide one request, the one decision [`Protected`] and the tower layer share: read the
+/// body when a decision needs it (an execution-bound tool, or the JSON-RPC messages of an MCP
+/// request), check every target with [`Guard::check_http`], and on success put the decision
+/// in `parts.extensions` and hand back the body the handler gets. Otherwise the answer to send.
+pub(crate) async fn admit<B>(
+    guard: &Guard,
+    routing: Routing,
+    parts: &mut http::request::Parts,
+    body: B,
+) -> Result<GuardedBody<B>, Refusal>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if parts.method == http::Method::GET && parts.uri.path() == guard.metadata_path() {
+        return Err(json_response(StatusCode::OK, &guard.metadata()));
+    }
+    let refuse = |r: Rejection| rejection_response(&r, guard.resource_metadata());
+    match routing {
+        Routing::Mcp if parts.method == http::Method::POST => {
+            let bytes = buffer(body).await?;
+            let names = crate::mcp::jsonrpc_targets(&bytes).map_err(|e| {
+                json_response(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "invalid_request", "error_description": e.description()}),
+                )
+            })?;
+            // No token at all: the bare challenge, before anything about the tools is revealed.
+            if bearer(&parts.headers).is_none() {
+                guard
+                    .check_http(parts, guard.server_target(), None)
+                    .map_err(refuse)?;
+            }
+            // Each distinct target once, in the order first named; the server for non-tool
+            // messages. Every one must pass: the first refusal refuses the whole request.
+            let mut tool_ids: Vec<Option<String>> = Vec::new();
+            for id in names.iter().map(|n| n.as_deref().map(|n| guard.tool_id(n))) {
+                if !tool_ids.contains(&id) {
+                    tool_ids.push(id);
+                }
+            }
+            // The whole message (or batch) as sent is what an execution binding covers.
+            let hash = tool_ids
+                .iter()
+                .flatten()
+                .any(|id| guard.needs_body(Target::Tool(id)))
+                .then(|| crate::verify::body_hash(&bytes));
+            let mut last = None;
+            for id in &tool_ids {
+                let target = id.as_deref().map_or(guard.server_target(), Target::Tool);
+                last = Some(
+                    guard
+                        .check_http(parts, target, hash.as_deref())
+                        .map_err(refuse)?,
+                );
+            }
+            if let Some(allowed) = last {
+                parts.extensions.insert(allowed.claims.clone());
+                parts.extensions.insert(allowed);
+            }
+            Ok(Either::Right(Full::new(bytes)))
+        }
+        Routing::Mcp | Routing::Path(_) => {
+            let tool_id = match routing {
+                Routing::Path(tool_for) => tool_for(parts).map(|name| guard.tool_id(&name)),
+                Routing::Mcp => None,
+            };
+            let target = tool_id
+                .as_deref()
+                .map_or(guard.server_target(), Target::Tool);
+            let (body, hash) = if guard.needs_body(target) {
+                let bytes = buffer(body).await?;
+                let hash = crate::verify::body_hash(&bytes);
+                (Either::Right(Full::new(bytes)), Some(hash))
+            } else {
+                (Either::Left(body), None)
+            };
+            let allowed = guard
+                .check_http(parts, target, hash.as_deref())
+                .map_err(refuse)?;
+            parts.extensions.insert(allowed.claims.clone());
+            parts.extensions.insert(allowed);
+            Ok(body)
+        }
+    }
+}
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Protected<S>
 where
@@ -698,33 +948,16 @@ where
 
     fn call(&self, req: http::Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let tool_id = (self.tool_for)(&parts).map(|name| self.guard.tool_id(&name));
         let guard = self.guard.clone();
         let inner = self.inner.clone();
+        let routing = self.routing;
         Box::pin(async move {
-            let target = match &tool_id {
-                Some(t) => Target::Tool(t),
-                None => guard.server_target(),
-            };
-            let (body, hash) = if guard.needs_body(target) {
-                match buffer(body).await {
-                    Ok(bytes) => {
-                        let hash = crate::verify::body_hash(&bytes);
-                        (Either::Right(Full::new(bytes)), Some(hash))
-                    }
-                    Err(resp) => return Ok(resp.map(Either::Right)),
-                }
-            } else {
-                (Either::Left(body), None)
-            };
-            match guard.check_http(&parts, target, hash.as_deref()) {
-                Ok(allowed) => {
-                    parts.extensions.insert(allowed.claims.clone());
-                    parts.extensions.insert(allowed);
+            match admit(&guard, routing, &mut parts, body).await {
+                Ok(body) => {
                     let resp = inner.call(http::Request::from_parts(parts, body)).await?;
                     Ok(resp.map(Either::Left))
                 }
-                Err(r) => Ok(rejection_response(&r, guard.resource_metadata()).map(Either::Right)),
+                Err(answer) => Ok(answer.map(Either::Right)),
             }
         })
     }

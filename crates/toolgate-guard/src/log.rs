@@ -4,10 +4,14 @@ use crate::clock::{rfc3339, Clock, SystemClock};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How much a log line matters.
 #[derive(Debug, Clone, Copy)]
 pub enum Level {
+    /// What happened, for the record.
     Info,
+    /// Something failed and was retried or worked around (a sync that will be tried again).
     Warn,
+    /// Something failed that needs an operator.
     Error,
 }
 
@@ -20,6 +24,7 @@ pub fn capture_in_tests() {
     TEST_CAPTURE.store(true, Ordering::Relaxed);
 }
 
+/// Write one line to stderr: the time (RFC 3339), the level, the message.
 pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
     let tag = match level {
         Level::Info => "INFO ",

@@ -859,74 +859,82 @@ where
     if parts.method == http::Method::GET && parts.uri.path() == guard.metadata_path() {
         return Err(json_response(StatusCode::OK, &guard.metadata()));
     }
-    let refuse = |r: Rejection| rejection_response(&r, guard.resource_metadata());
-    match routing {
+    let name = match routing {
         Routing::Mcp if parts.method == http::Method::POST => {
             let bytes = buffer(body).await?;
-            let names = crate::mcp::jsonrpc_targets(&bytes).map_err(|e| {
-                json_response(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"error": "invalid_request", "error_description": e.description()}),
-                )
-            })?;
-            // No token at all: the bare challenge, before anything about the tools is revealed.
-            if bearer(&parts.headers).is_none() {
-                guard
-                    .check_http(parts, guard.server_target(), None)
-                    .map_err(refuse)?;
-            }
-            // Each distinct target once, in the order first named; the server for non-tool
-            // messages. Every one must pass: the first refusal refuses the whole request.
-            let mut tool_ids: Vec<Option<String>> = Vec::new();
-            for id in names.iter().map(|n| n.as_deref().map(|n| guard.tool_id(n))) {
-                if !tool_ids.contains(&id) {
-                    tool_ids.push(id);
-                }
-            }
-            // The whole message (or batch) as sent is what an execution binding covers.
-            let hash = tool_ids
-                .iter()
-                .flatten()
-                .any(|id| guard.needs_body(Target::Tool(id)))
-                .then(|| crate::verify::body_hash(&bytes));
-            let mut last = None;
-            for id in &tool_ids {
-                let target = id.as_deref().map_or(guard.server_target(), Target::Tool);
-                last = Some(
-                    guard
-                        .check_http(parts, target, hash.as_deref())
-                        .map_err(refuse)?,
-                );
-            }
-            if let Some(allowed) = last {
-                parts.extensions.insert(allowed.claims.clone());
-                parts.extensions.insert(allowed);
-            }
-            Ok(Either::Right(Full::new(bytes)))
+            admit_jsonrpc(guard, parts, &bytes)?;
+            return Ok(Either::Right(Full::new(bytes)));
         }
-        Routing::Mcp | Routing::Path(_) => {
-            let tool_id = match routing {
-                Routing::Path(tool_for) => tool_for(parts).map(|name| guard.tool_id(&name)),
-                Routing::Mcp => None,
-            };
-            let target = tool_id
-                .as_deref()
-                .map_or(guard.server_target(), Target::Tool);
-            let (body, hash) = if guard.needs_body(target) {
-                let bytes = buffer(body).await?;
-                let hash = crate::verify::body_hash(&bytes);
-                (Either::Right(Full::new(bytes)), Some(hash))
-            } else {
-                (Either::Left(body), None)
-            };
-            let allowed = guard
-                .check_http(parts, target, hash.as_deref())
-                .map_err(refuse)?;
-            parts.extensions.insert(allowed.claims.clone());
-            parts.extensions.insert(allowed);
-            Ok(body)
+        Routing::Mcp => None,
+        Routing::Path(tool_for) => tool_for(parts),
+    };
+    let tool_id = name.map(|name| guard.tool_id(&name));
+    let target = tool_id
+        .as_deref()
+        .map_or(guard.server_target(), Target::Tool);
+    let (body, hash) = if guard.needs_body(target) {
+        let bytes = buffer(body).await?;
+        let hash = crate::verify::body_hash(&bytes);
+        (Either::Right(Full::new(bytes)), Some(hash))
+    } else {
+        (Either::Left(body), None)
+    };
+    let allowed = guard
+        .check_http(parts, target, hash.as_deref())
+        .map_err(|r| rejection_response(&r, guard.resource_metadata()))?;
+    parts.extensions.insert(allowed.claims.clone());
+    parts.extensions.insert(allowed);
+    Ok(body)
+}
+
+/// Decide every JSON-RPC message of an MCP request body (see [`Routing::Mcp`]), as the
+/// gateway does; on success the decision goes in `parts.extensions`.
+#[allow(clippy::result_large_err)] // the refusal is the response: built once, returned once
+fn admit_jsonrpc(
+    guard: &Guard,
+    parts: &mut http::request::Parts,
+    bytes: &[u8],
+) -> Result<(), Refusal> {
+    let refuse = |r: Rejection| rejection_response(&r, guard.resource_metadata());
+    let names = crate::mcp::jsonrpc_targets(bytes).map_err(|e| {
+        let body =
+            serde_json::json!({"error": "invalid_request", "error_description": e.description()});
+        json_response(StatusCode::BAD_REQUEST, &body)
+    })?;
+    // No token at all: the bare challenge, before anything about the tools is revealed.
+    if bearer(&parts.headers).is_none() {
+        guard
+            .check_http(parts, guard.server_target(), None)
+            .map_err(refuse)?;
+    }
+    // Each distinct target once, in the order first named (`None`: the server). Every one
+    // must pass: the first refusal refuses the whole request.
+    let mut tool_ids: Vec<Option<String>> = Vec::new();
+    for id in names.iter().map(|n| n.as_deref().map(|n| guard.tool_id(n))) {
+        if !tool_ids.contains(&id) {
+            tool_ids.push(id);
         }
     }
+    // The whole message (or batch) as sent is what an execution binding covers.
+    let hash = tool_ids
+        .iter()
+        .flatten()
+        .any(|id| guard.needs_body(Target::Tool(id)))
+        .then(|| crate::verify::body_hash(bytes));
+    let mut last = None;
+    for id in &tool_ids {
+        let target = id.as_deref().map_or(guard.server_target(), Target::Tool);
+        last = Some(
+            guard
+                .check_http(parts, target, hash.as_deref())
+                .map_err(refuse)?,
+        );
+    }
+    if let Some(allowed) = last {
+        parts.extensions.insert(allowed.claims.clone());
+        parts.extensions.insert(allowed);
+    }
+    Ok(())
 }
 
 impl<S, B, R> hyper::service::Service<http::Request<B>> for Protected<S>

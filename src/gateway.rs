@@ -48,36 +48,12 @@ pub struct GatewayConfig {
     pub max_connections: usize,
 }
 
-/// One JSON-RPC message's decision target.
-fn message_target(msg: &Value) -> Result<Option<String>, &'static str> {
-    let obj = msg
-        .as_object()
-        .ok_or("each JSON-RPC message must be an object")?;
-    match obj.get("method") {
-        Some(Value::String(m)) if m == "tools/call" => {
-            let name = obj
-                .get("params")
-                .and_then(|p| p.get("name"))
-                .and_then(Value::as_str)
-                .ok_or("tools/call needs params.name")?;
-            Ok(Some(name.to_string()))
-        }
-        Some(Value::String(_)) => Ok(None),
-        Some(_) => Err("method must be a string"),
-        // A response or an error sent by the client (to a server request): no tool involved.
-        None => Ok(None),
-    }
-}
-
-/// The tool names called in a body: one entry per message, `None` for non-tool messages.
+/// The tool names called in a body: one entry per message, `None` for non-tool messages. The
+/// guard's strict reader (duplicate member names anywhere, a non-string `method` or
+/// `params.name` are refused), so the gateway decides on what any upstream would run.
 /// Exposed for the fuzz target.
 pub fn jsonrpc_targets(body: &[u8]) -> Result<Vec<Option<String>>, &'static str> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| "body is not JSON")?;
-    match &v {
-        Value::Array(batch) if batch.is_empty() => Err("an empty batch is not a JSON-RPC request"),
-        Value::Array(batch) => batch.iter().map(message_target).collect(),
-        _ => Ok(vec![message_target(&v)?]),
-    }
+    toolgate_guard::mcp::jsonrpc_targets(body).map_err(|e| e.description())
 }
 
 struct Gateway {
@@ -280,10 +256,8 @@ impl Gateway {
                 return resp;
             }
         }
-        let tool_ids: Vec<Option<String>> = targets
-            .iter()
-            .map(|t| t.as_deref().map(|name| self.guard.tool_id(name)))
-            .collect();
+        // Each distinct target once, as the guard's MCP mode does.
+        let tool_ids = toolgate_guard::guard::distinct_targets(&self.guard, &targets);
         // The whole JSON-RPC message (or batch) as sent is what an execution binding covers.
         let hash = tool_ids
             .iter()

@@ -170,7 +170,6 @@ mod tests {
         let col = lines[0].find("RESOURCE").unwrap_or(0);
         assert!(col > 0);
         assert_eq!(lines[1].find("https://").unwrap_or(0), col, "{text}");
-        assert_eq!(lines[2].find(" x ").map(|i| i + 3), None, "{text}");
         assert!(lines[2].starts_with("x "), "{text}");
         assert!(lines[2].contains("mcp,http"), "{text}");
         assert!(lines[2].contains("admin,write"), "{text}");

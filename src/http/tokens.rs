@@ -209,7 +209,13 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     let obj = body::json_object(&bytes)?;
     let token = required(&obj, "token")?;
     let tool_id = opt_string(&obj, "tool_id")?.filter(|s| !s.is_empty());
-    let resource = opt_string(&obj, "resource")?.filter(|s| !s.is_empty());
+    let resource = match opt_string(&obj, "resource")?.filter(|s| !s.is_empty()) {
+        Some(r) => Some(
+            crate::resource::canonicalize(&r)
+                .map_err(|e| ApiError::invalid_request(format!("resource: {e}")))?,
+        ),
+        None => None,
+    };
     let server_id = opt_string(&obj, "server_id")?.filter(|s| !s.is_empty());
     let request_body_hash = opt_string(&obj, "request_body_hash")?;
     // Accepted for the fabric's clients; proof-of-possession is not supported yet, so a

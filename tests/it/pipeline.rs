@@ -549,3 +549,84 @@ async fn execution_binding_through_the_gateway() {
     assert_eq!((s, b["check"].as_str()), (403, Some("execution")), "{b}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_level_without_a_server_id_accepts_only_that_resource() {
+    let daemon = Daemon::dev().await;
+    register(&daemon).await;
+    let plain = token(&daemon, json!({"sub": "alice"}), &resource("plain")).await;
+    let verify = |body: Value| daemon.call(Method::POST, "/v1/mcp/verify", Some(body));
+    // A tool's token at another server's resource, no server named: refused.
+    let (s, b) = verify(json!({"token": plain, "resource": FOREIGN})).await;
+    assert_eq!((s, b["check"].as_str()), (403, Some("audience")), "{b}");
+    // At exactly its resource: allowed (the tools sharing it are checked).
+    let (s, b) = verify(json!({"token": plain, "resource": resource("plain")})).await;
+    assert_eq!(s, 200, "{b}");
+    // Named server: the tool's resource counts only for its own server.
+    let (s, b) = verify(json!({"token": plain, "resource": FOREIGN, "server_id": "other"})).await;
+    assert_eq!((s, b["check"].as_str()), (403, Some("audience")), "{b}");
+    // The resource is compared in canonical form; a non-URI is a 400.
+    let (s, _) =
+        verify(json!({"token": plain, "resource": "HTTPS://TOOLS.example.com/srv/plain"})).await;
+    assert_eq!(s, 200);
+    let (s, b) = verify(json!({"token": plain, "resource": "not a uri"})).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_bound_token_is_no_pass_for_the_server_or_a_second_reader() {
+    let daemon = Daemon::dev().await;
+    register(&daemon).await;
+    let (up, calls) = upstream().await;
+    let gw = gateway(&daemon, &up).await;
+    let mcp = format!("{}/mcp", gw.url);
+    let msg = tool_call("exec");
+    let (_, issued) = exec_token(&daemon, &mcp, &msg).await;
+    let tok = issued["access_token"].as_str().unwrap().to_string();
+    // The same token on a server-level message: refused, check execution.
+    let (s, b) = post(&mcp, &tok, &server_call()).await;
+    assert_eq!((s, b["check"].as_str()), (403, Some("execution")), "{b}");
+    // A body whose duplicate member names two readers would see differently: 400, never
+    // decided, never forwarded.
+    let dup = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"exec"},"method":"ping"}"#;
+    let (s, b) = post(&mcp, &tok, dup).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The exact call still goes through once.
+    let (s, b) = post(&mcp, &tok, &msg).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_display_name_picks_no_tool() {
+    let daemon = Daemon::dev().await;
+    register(&daemon).await;
+    for (id, name) in [("s1.search", "search"), ("s2.search", "search")] {
+        let (status, body) = daemon
+            .call(
+                Method::POST,
+                "/v1/tools",
+                Some(json!({"tool_id": id, "name": name, "server_id": "srv",
+                            "resource_uri": resource(id)})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (up, calls) = upstream().await;
+    let gw = gateway(&daemon, &up).await;
+    let s1 = token(&daemon, json!({"sub": "alice"}), &resource("s1.search")).await;
+    let (s, b) = post(&format!("{}/mcp", gw.url), &s1, &tool_call("search")).await;
+    assert_eq!((s, b["check"].as_str()), (403, Some("registration")), "{b}");
+    // By its id it is found, and decided against exactly that tool.
+    let (s, b) = post(&format!("{}/mcp", gw.url), &s1, &tool_call("s1.search")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -203,10 +203,17 @@ impl Registry {
         self.by_id.get(tool_id).cloned()
     }
 
-    /// A tool by its MCP name: its `tool_id`, or else its display `name`.
+    /// A tool by its MCP name: its `tool_id`, or else the one tool whose display `name` it is
+    /// (`None` when no tool, or more than one, has that name: an ambiguous name never picks).
     pub fn find(&self, name: &str) -> Option<Arc<ToolEntry>> {
-        self.get(name)
-            .or_else(|| self.list(None).into_iter().find(|t| t.name == name))
+        if let Some(t) = self.get(name) {
+            return Some(t);
+        }
+        let mut named = self.by_id.values().filter(|t| t.name == name);
+        match (named.next(), named.next()) {
+            (Some(t), None) => Some(t.clone()),
+            _ => None,
+        }
     }
 
     /// How many tools are registered.

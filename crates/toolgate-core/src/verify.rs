@@ -624,11 +624,17 @@ impl Verifier {
                 server_id,
             } => {
                 let aud = aud.ok_or_else(audience_denial)?;
-                let tools: Vec<Arc<ToolEntry>> = registry
-                    .with_resource(aud)
-                    .into_iter()
-                    .filter(|t| server_id.is_none_or(|s| t.server_id == s))
-                    .collect();
+                // A tool's resource counts for its server only when the server is named: without
+                // a server id, only the server's own resource does (with every tool sharing it).
+                let tools: Vec<Arc<ToolEntry>> = match server_id {
+                    Some(id) => registry
+                        .with_resource(aud)
+                        .into_iter()
+                        .filter(|t| t.server_id == id)
+                        .collect(),
+                    None if aud == resource => registry.with_resource(aud),
+                    None => Vec::new(),
+                };
                 if aud != resource && tools.is_empty() {
                     return Err(deny(Check::Audience, "token audience is not this server"));
                 }
@@ -715,9 +721,22 @@ impl Verifier {
             ));
         }
         // 12. execution binding, the nonce spent last (only by a request that passed all else)
-        if let Some(t) = tool.as_ref().filter(|t| t.requires_execution) {
-            check_execution(claims, t, req)?;
-            self.spend_nonce(claims, now)?;
+        match &tool {
+            Some(t) if t.requires_execution => {
+                check_execution(claims, t, req)?;
+                self.spend_nonce(claims, now)?;
+            }
+            // A token bound to one tool call is never a pass for the server as a whole.
+            None if ["exec_act", "inp_hash", "nonce"]
+                .iter()
+                .any(|k| claims.raw.contains_key(*k)) =>
+            {
+                return Err(deny(
+                    Check::Execution,
+                    "an execution-bound token is good for its one tool call only",
+                ));
+            }
+            _ => {}
         }
         Ok(tool)
     }

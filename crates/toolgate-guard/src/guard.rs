@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-/// How a guard is set up.
-#[derive(Debug, Clone)]
+/// How a guard is set up. Its `Debug` form never shows the admin token.
+#[derive(Clone)]
 pub struct GuardConfig {
     /// toolgate's base URL (`http://127.0.0.1:8693`).
     pub toolgate: String,
@@ -39,6 +39,24 @@ pub struct GuardConfig {
     pub poll_interval: Duration,
     /// Clock skew allowed on token times, in seconds (clamped to 0..=60).
     pub leeway: i64,
+}
+
+impl std::fmt::Debug for GuardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardConfig")
+            .field("toolgate", &self.toolgate)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("resource", &self.resource)
+            .field("server_id", &self.server_id)
+            .field("public_url", &self.public_url)
+            .field("max_staleness", &self.max_staleness)
+            .field("poll_interval", &self.poll_interval)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
 }
 
 impl GuardConfig {
@@ -887,6 +905,24 @@ where
     Ok(body)
 }
 
+/// The distinct targets of a request's messages, in the order first named (`None`: the server
+/// as a whole), each tool name resolved once.
+pub fn distinct_targets(guard: &Guard, names: &[Option<String>]) -> Vec<Option<String>> {
+    use std::collections::HashSet;
+    let mut seen_names: HashSet<Option<&str>> = HashSet::new();
+    let mut seen_ids: HashSet<Option<String>> = HashSet::new();
+    let mut out = Vec::new();
+    for name in names {
+        if seen_names.insert(name.as_deref()) {
+            let id = name.as_deref().map(|n| guard.tool_id(n));
+            if seen_ids.insert(id.clone()) {
+                out.push(id);
+            }
+        }
+    }
+    out
+}
+
 /// Decide every JSON-RPC message of an MCP request body (see [`Routing::Mcp`]), as the
 /// gateway does; on success the decision goes in `parts.extensions`.
 #[allow(clippy::result_large_err)] // the refusal is the response: built once, returned once
@@ -909,12 +945,7 @@ fn admit_jsonrpc(
     }
     // Each distinct target once, in the order first named (`None`: the server). Every one
     // must pass: the first refusal refuses the whole request.
-    let mut tool_ids: Vec<Option<String>> = Vec::new();
-    for id in names.iter().map(|n| n.as_deref().map(|n| guard.tool_id(n))) {
-        if !tool_ids.contains(&id) {
-            tool_ids.push(id);
-        }
-    }
+    let tool_ids = distinct_targets(guard, &names);
     // The whole message (or batch) as sent is what an execution binding covers.
     let hash = tool_ids
         .iter()

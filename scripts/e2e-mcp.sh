@@ -4,9 +4,9 @@
 #   1. a token exchanged for code_search calls code_search;
 #   2. the same token calling sql_admin is refused (401/403);
 #   3. a token for another MCP server entirely is refused at initialize;
-#   4. run_job, registered with requires_execution, is called with a token minted for each exact
-#      request body (an httpx.Auth in the SDK's transport); the same call with its body changed
-#      after the token was minted is refused with check "execution";
+#   4. run_job, registered with requires_execution, is called with a token minted for the exact
+#      tools/call body (an httpx.Auth in the SDK's transport); the same call with its body
+#      changed after the token was minted is refused with check "execution";
 #   5. after a revocation signal, the next code_search call is refused.
 # Exits non-zero if any expectation fails. Loopback only; every process is stopped on exit.
 set -euo pipefail
@@ -78,9 +78,10 @@ expect_exec() { # NAME WANT CMD... (WANT: OK, or the refusal "REFUSED 403 execut
   out=$("$@") || rc=$?
   if [[ "$out" == "$want"* ]]; then echo "PASS $name: $out"; else echo "FAIL $name (exit $rc): $out"; fail=1; fi
 }
-expect_exec "run_job with a token bound to each exact request body" "OK ran job" \
+expect_exec "run_job with a token bound to its exact tools/call body" "OK ran job" \
   "$PY" scripts/e2e/mcp_exec_client.py "$GW" "$TG" "$(stub agent-e2e)" "$SERVER/tools/run_job"
-expect_exec "run_job with the body changed after its token was minted is refused" "REFUSED 403 execution" \
+expect_exec "run_job with the body changed after its token was minted is refused" \
+  'REFUSED 403 execution Bearer error="insufficient_scope", error_description="request body hash does not match the token"' \
   "$PY" scripts/e2e/mcp_exec_client.py "$GW" "$TG" "$(stub agent-e2e)" "$SERVER/tools/run_job" tamper
 
 SUB=$(printf '%s' "$CODE_TOKEN" | cut -d. -f2 | tr '_-' '/+' | python3 -c 'import base64,json,sys; s=sys.stdin.read().strip(); print(json.loads(base64.b64decode(s+"="*(-len(s)%4)))["sub"])')

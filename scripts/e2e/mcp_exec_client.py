@@ -1,7 +1,9 @@
 """Call a tool bound to each execution (requires_execution) through the gateway with the official
-MCP SDK client. Every HTTP request the SDK sends gets its own token: an httpx.Auth flow hashes
-the exact body (the whole JSON-RPC message), exchanges the agent's stub for a token whose
-execution_scope names that hash, the method and the URL, then sends the request with it.
+MCP SDK client. Every HTTP request the SDK sends gets its own token from an httpx.Auth flow; for
+a tools/call it hashes the exact body (the whole JSON-RPC message) and exchanges the agent's stub
+for a token whose execution_scope names that hash, the method and the URL (the session's other
+messages get a plain token for the tool's resource: an execution-bound token is for its one
+call only).
 
 usage: mcp_exec_client.py GATEWAY_MCP_URL TOOLGATE_URL SUBJECT_TOKEN AUDIENCE [tamper]
 With "tamper", the tools/call body is changed after its token was minted (a trailing space):
@@ -42,14 +44,17 @@ class ExecutionBound(httpx.Auth):
             method = json.loads(body).get("method", "") if body else ""
         except ValueError:
             method = ""
-        digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
-        exchange = httpx.Request("POST", f"{self.toolgate}/v1/exchange/token", json={
+        exchange = {
             "grant_type": GRANT, "subject_token": self.subject_token, "subject_token_type": JWT,
             "audience": self.audience,
-            "execution_scope": {"htm": request.method, "htu": str(request.url),
-                                "exec_act": method or "http", "inp_hash": digest},
-        })
-        response = yield exchange
+        }
+        # Only a tool call is bound to its execution; the session's other messages (initialize,
+        # notifications, the GET stream) carry a plain token for the same tool's server.
+        if method == "tools/call":
+            digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+            exchange["execution_scope"] = {"htm": request.method, "htu": str(request.url),
+                                           "exec_act": method, "inp_hash": digest}
+        response = yield httpx.Request("POST", f"{self.toolgate}/v1/exchange/token", json=exchange)
         if response.status_code != 200:
             raise RuntimeError(f"exchange refused: {response.status_code} {response.text}")
         self.exchanges += 1
@@ -65,7 +70,7 @@ class ExecutionBound(httpx.Auth):
 async def main(url: str, toolgate: str, subject: str, audience: str, tamper: bool) -> int:
     auth = ExecutionBound(toolgate, subject, audience, tamper)
     code = await mcp_client.main(url, None, "run_job", auth=auth, arguments={"job": "nightly"})
-    print(f"({auth.exchanges} execution-bound tokens minted)")
+    print(f"({auth.exchanges} tokens minted, tools/call ones bound to their execution)")
     return code
 
 

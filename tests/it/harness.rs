@@ -174,8 +174,8 @@ impl Daemon {
 }
 
 /// Poll `check` until it yields a value: for effects that land in the background (audit rows,
-/// reports). The 30 s bound only matters if the test is failing; the pause between polls only
-/// spares the daemon, nothing waits for time to pass.
+/// reports). The 30 s bound only matters if the test is failing; between polls the task only
+/// yields (each check is a round trip to the daemon), nothing waits for time to pass.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -186,7 +186,7 @@ where
             if let Some(v) = check().await {
                 return v;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::task::yield_now().await;
         }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(30), poll).await {

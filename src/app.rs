@@ -3,7 +3,8 @@
 
 use crate::audit::{Audit, AuditError};
 use crate::clock::Clock;
-use crate::config::{AdminToken, Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::credentials::Credentials;
 use crate::events::Hub;
 use crate::keys::KeyRing;
 use crate::metrics::{Gauges, Metrics};
@@ -24,9 +25,12 @@ pub struct App {
     pub trust_domain: String,
     pub token_ttl: i64,
     pub leeway: i64,
-    pub admin_token: Option<AdminToken>,
-    /// Tool lists may be read without the admin token (dev, or a loopback listener).
+    /// The bearer credentials: admin, reporter, read-only.
+    pub credentials: Credentials,
+    /// Registry lists, `/metrics` and the revocation export need no token (`--open-reads`, dev).
     pub open_reads: bool,
+    /// The names a request's `Host` may carry, and the origins allowed to change state.
+    pub hosts: crate::hosts::Allowed,
     pub trusted_issuers: Vec<TrustedIssuer>,
     pub transmitters: Vec<Transmitter>,
     /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
@@ -135,14 +139,25 @@ impl App {
             registry.clone(),
             revocations.index().clone(),
         );
+        let hosts = crate::hosts::Allowed::new(
+            bound,
+            &issuer,
+            &config.allowed_hosts,
+            &config.allowed_origins,
+        );
         let app = App {
             dev: config.dev,
             issuer,
             trust_domain,
             token_ttl: config.token_ttl,
             leeway: config.leeway,
-            admin_token: config.admin_token.clone(),
-            open_reads: config.dev || bound.ip().is_loopback(),
+            credentials: Credentials {
+                admin: config.admin_token.clone(),
+                reporter: config.reporter_token.clone(),
+                reader: config.read_token.clone(),
+            },
+            open_reads: config.dev || config.open_reads,
+            hosts,
             trusted_issuers: config.trusted_issuers.clone(),
             transmitters: config.transmitters.clone(),
             revocation_ttl: config.revocation_ttl,

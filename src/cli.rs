@@ -66,7 +66,7 @@ struct GatewayCmd {
     leeway: i64,
     #[argh(
         option,
-        description = "file holding toolgate's admin token (to read tools and report decisions in production)"
+        description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
     )]
     admin_token_file: Option<PathBuf>,
 }
@@ -262,9 +262,24 @@ struct ServeCmd {
     /// development mode: unsigned stub subject tokens, any audience, no admin token; loopback only
     #[argh(switch)]
     dev: bool,
-    /// file holding the admin bearer token (required without --dev)
+    /// file holding the admin bearer token (required without --dev; re-read when it changes)
     #[argh(option)]
     admin_token_file: Option<PathBuf>,
+    /// file holding a reporter token: reads tools, keys and revocations, posts decisions (for gateways and guards)
+    #[argh(option)]
+    reporter_token_file: Option<PathBuf>,
+    /// file holding a read-only token: every read, no change
+    #[argh(option)]
+    read_token_file: Option<PathBuf>,
+    /// serve the tool lists, /metrics and the revocation export without a token (dev implies it)
+    #[argh(switch)]
+    open_reads: bool,
+    /// a host name requests may carry in Host, besides the listen address, localhost and the issuer's host (repeatable)
+    #[argh(option)]
+    allowed_host: Vec<String>,
+    /// an origin (scheme://host[:port]) whose pages may make state-changing calls (repeatable)
+    #[argh(option)]
+    allowed_origin: Vec<String>,
     /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
     #[argh(option)]
     config: Option<PathBuf>,
@@ -593,6 +608,11 @@ async fn serve(s: ServeCmd) -> ExitCode {
         trust_domain: s.trust_domain,
         dev: s.dev,
         admin_token_file: s.admin_token_file,
+        reporter_token_file: s.reporter_token_file,
+        read_token_file: s.read_token_file,
+        open_reads: s.open_reads,
+        allowed_hosts: s.allowed_host,
+        allowed_origins: s.allowed_origin,
         config: s.config,
     };
     let config = match Config::from_flags(&flags) {

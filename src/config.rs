@@ -1,5 +1,6 @@
 //! The daemon's validated configuration: command-line flags over an optional JSON file.
 
+use crate::credentials::Credential;
 use crate::jose::JwkSet;
 use crate::resource;
 use serde::Deserialize;
@@ -30,40 +31,6 @@ fn err(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// The admin bearer secret. Never printed; compared in constant time.
-#[derive(Clone)]
-pub struct AdminToken(Vec<u8>);
-
-impl AdminToken {
-    pub fn new(secret: &str) -> Result<Self, ConfigError> {
-        let secret = secret.trim();
-        if secret.len() < 16 {
-            return Err(err("the admin token must be at least 16 characters"));
-        }
-        Ok(Self(secret.as_bytes().to_vec()))
-    }
-
-    /// Constant-time comparison: both sides are hashed first, so neither the content nor the
-    /// length of the secret leaks through timing.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        use ring::digest::{digest, SHA256};
-        let a = digest(&SHA256, &self.0);
-        let b = digest(&SHA256, presented);
-        let diff = a
-            .as_ref()
-            .iter()
-            .zip(b.as_ref())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        diff == 0
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
-}
-
 /// An issuer whose JWTs are accepted as subject tokens for exchange.
 #[derive(Debug, Clone)]
 pub struct TrustedIssuer {
@@ -89,7 +56,20 @@ pub struct Config {
     pub issuer: Option<String>,
     pub trust_domain: Option<String>,
     pub dev: bool,
-    pub admin_token: Option<AdminToken>,
+    /// The admin bearer secret (`--admin-token-file`; required outside dev mode).
+    pub admin_token: Option<Credential>,
+    /// A token that may read tools, keys and revocations and post decisions (gateways, guards).
+    pub reporter_token: Option<Credential>,
+    /// A token that may read everything and change nothing.
+    pub read_token: Option<Credential>,
+    /// Registry lists, `/metrics` and the revocation export need no token (`--open-reads`;
+    /// dev mode implies it).
+    pub open_reads: bool,
+    /// Host names, besides the listen address, `localhost` and the issuer's host, that requests
+    /// may name in `Host` (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// Origins, besides the daemon's own, whose browsers may make state-changing calls.
+    pub allowed_origins: Vec<String>,
     pub token_ttl: i64,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (at most 60).
     pub leeway: i64,
@@ -114,6 +94,11 @@ pub struct ServeFlags {
     pub trust_domain: Option<String>,
     pub dev: bool,
     pub admin_token_file: Option<PathBuf>,
+    pub reporter_token_file: Option<PathBuf>,
+    pub read_token_file: Option<PathBuf>,
+    pub open_reads: bool,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
     pub config: Option<PathBuf>,
 }
 
@@ -126,6 +111,11 @@ struct FileConfig {
     revocation_ttl_seconds: Option<i64>,
     leeway_seconds: Option<i64>,
     audit: Option<bool>,
+    open_reads: Option<bool>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
     #[serde(default)]
     trusted_issuers: Vec<FileTrustedIssuer>,
     #[serde(default)]
@@ -158,6 +148,11 @@ impl Config {
             trust_domain: None,
             dev: false,
             admin_token: None,
+            reporter_token: None,
+            read_token: None,
+            open_reads: false,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             token_ttl: DEFAULT_TOKEN_TTL,
             leeway: 60,
             trusted_issuers: Vec::new(),
@@ -212,13 +207,8 @@ impl Config {
         }
         match &flags.admin_token_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    err(format!(
-                        "cannot read --admin-token-file {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                cfg.admin_token = Some(AdminToken::new(&text)?);
+                cfg.admin_token =
+                    Some(Credential::from_file(path, "--admin-token-file").map_err(err)?);
             }
             None if !cfg.dev => {
                 return Err(err(
@@ -226,6 +216,20 @@ impl Config {
                 ))
             }
             None => {}
+        }
+        if let Some(path) = &flags.reporter_token_file {
+            cfg.reporter_token =
+                Some(Credential::from_file(path, "--reporter-token-file").map_err(err)?);
+        }
+        if let Some(path) = &flags.read_token_file {
+            cfg.read_token = Some(Credential::from_file(path, "--read-token-file").map_err(err)?);
+        }
+        cfg.open_reads |= flags.open_reads || cfg.dev;
+        for host in &flags.allowed_hosts {
+            cfg.allowed_hosts.push(validate_host_name(host)?);
+        }
+        for origin in &flags.allowed_origins {
+            cfg.allowed_origins.push(validate_origin(origin)?);
         }
         Ok(cfg)
     }
@@ -257,6 +261,15 @@ impl Config {
         }
         if let Some(audit) = file.audit {
             self.audit = audit;
+        }
+        if let Some(open) = file.open_reads {
+            self.open_reads = open;
+        }
+        for host in &file.allowed_hosts {
+            self.allowed_hosts.push(validate_host_name(host)?);
+        }
+        for origin in &file.allowed_origins {
+            self.allowed_origins.push(validate_origin(origin)?);
         }
         if let Some(ttl) = file.revocation_ttl_seconds {
             if ttl < 1 {
@@ -303,6 +316,40 @@ fn load_jwks(base: &Path, file: &Path) -> Result<JwkSet, ConfigError> {
     Ok(set)
 }
 
+/// A name for `--allowed-host`: a DNS name or IP literal, without port, stored lower-case.
+fn validate_host_name(host: &str) -> Result<String, ConfigError> {
+    let h = host.trim().to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+        && !h.starts_with(':');
+    if ok {
+        Ok(h)
+    } else {
+        Err(err(format!(
+            "allowed host {host:?} must be a host name or IP address without a port"
+        )))
+    }
+}
+
+/// An origin for `--allowed-origin`: `scheme://host[:port]`, no path, stored lower-case.
+fn validate_origin(origin: &str) -> Result<String, ConfigError> {
+    let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .unwrap_or_default();
+    if !rest.is_empty() && !rest.contains(['/', '?', '#', '@']) {
+        Ok(o)
+    } else {
+        Err(err(format!(
+            "allowed origin {origin:?} must be scheme://host[:port]"
+        )))
+    }
+}
+
 /// A trust domain is a DNS-like name: lower-case letters, digits, `.`, `-`, `_`.
 fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
     let ok = !td.is_empty()
@@ -347,13 +394,20 @@ mod tests {
     }
 
     #[test]
-    fn admin_token_compare() {
-        let t = AdminToken::new("  0123456789abcdef\n").unwrap();
-        assert!(t.matches(b"0123456789abcdef"));
-        assert!(!t.matches(b"0123456789abcdeF"));
-        assert!(!t.matches(b""));
-        assert!(AdminToken::new("short").is_err());
-        assert_eq!(format!("{t:?}"), "AdminToken(<redacted>)");
+    fn allowed_hosts_and_origins_are_checked() {
+        assert_eq!(
+            validate_host_name("Tools.Example.com").unwrap(),
+            "tools.example.com"
+        );
+        assert!(validate_host_name("a.example:8080x/").is_err());
+        assert!(validate_host_name("").is_err());
+        assert_eq!(
+            validate_origin("https://App.example.com/").unwrap(),
+            "https://app.example.com"
+        );
+        assert!(validate_origin("https://app.example.com/path").is_err());
+        assert!(validate_origin("null").is_err());
+        assert!(validate_origin("ftp://x").is_err());
     }
 
     #[test]

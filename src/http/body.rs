@@ -106,6 +106,28 @@ pub async fn read(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, Ap
         })
 }
 
+/// The media type of a request (`Content-Type` without parameters, lower-case; empty if absent).
+pub fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Read the body of an endpoint that takes JSON. Anything but `Content-Type: application/json`
+/// is a 415 before a byte is read: a browser page cannot send that type across sites without a
+/// CORS preflight, which this daemon never grants.
+pub async fn read_json(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+    if media_type(headers) != "application/json" {
+        return Err(ApiError::unsupported_media_type(
+            "Content-Type must be application/json",
+        ));
+    }
+    read(headers, body).await
+}
+
 /// A JSON object body: strict UTF-8 JSON, no duplicate member names.
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     crate::jose::json::parse_object(bytes)

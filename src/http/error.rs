@@ -67,8 +67,32 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "this call needs the admin token as a Bearer credential",
+            "this call needs a Bearer credential (the admin token, or a reporter or read-only token where its role allows)",
         )
+    }
+
+    /// A request whose `Content-Type` the endpoint does not take (415).
+    pub fn unsupported_media_type(description: &'static str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            description,
+        )
+    }
+
+    /// A valid credential whose role does not cover this call (RFC 6750 §3.1).
+    pub fn insufficient_scope() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "this credential's role does not allow this call",
+        )
+    }
+
+    /// A request refused at the door: a `Host` that does not name this daemon, or a browser
+    /// `Origin` that may not change its state.
+    pub fn forbidden(description: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", description)
     }
 
     pub fn unavailable(description: &'static str) -> Self {

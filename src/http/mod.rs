@@ -10,9 +10,9 @@ pub(crate) mod tokens;
 mod tools;
 
 pub use signals::MAX_SET_AGE;
-use tokens::media_type;
 
 use crate::app::App;
+use crate::credentials::Role;
 use crate::store::audit::Record;
 use error::ApiError;
 use http::{header, HeaderValue, Method, Request, StatusCode};
@@ -44,7 +44,12 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
     let rid = request_id();
     let admin = admin_route(req.method(), req.uri().path());
-    let mut resp = match route(&app, req, &rid).await {
+    let who = admin.map(|_| caller(&app, req.headers()));
+    let outcome = match at_the_door(&app, &req) {
+        Ok(()) => route(&app, req, &rid).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = match outcome {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -61,11 +66,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
         let row = Record {
             ts_ms: app.now_ms(),
             kind: "admin".into(),
-            subject: if app.dev {
-                "dev".into()
-            } else {
-                "admin".into()
-            },
+            subject: who.unwrap_or("anonymous").into(),
             target: what.into(),
             decision: decision.into(),
             check: status.as_u16().to_string().into(),
@@ -235,28 +236,96 @@ fn get_only(method: &Method) -> Result<()> {
     }
 }
 
-/// Admin calls need `Authorization: Bearer <admin token>` outside dev mode.
-pub(crate) fn require_admin(app: &App, headers: &http::HeaderMap) -> Result<()> {
-    if app.dev {
-        return Ok(());
-    }
-    // The auth scheme is case-insensitive (RFC 7235 §2.1).
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| {
+/// The bearer secret presented in `Authorization` (the scheme is case-insensitive, RFC 7235).
+fn presented(headers: &http::HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();
         let (scheme, rest) = (v.get(..7)?, v.get(7..)?);
         scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
-    });
-    match (&app.admin_token, presented) {
-        (Some(secret), Some(p)) if secret.matches(p) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
+    })
+}
+
+/// The role of the credential a request presents, if any.
+fn role(app: &App, headers: &http::HeaderMap) -> Option<Role> {
+    presented(headers).and_then(|p| app.credentials.role_of(p))
+}
+
+/// Who made an authenticated call, for the audit log.
+fn caller(app: &App, headers: &http::HeaderMap) -> &'static str {
+    match role(app, headers) {
+        Some(r) => r.name(),
+        None if app.dev => "dev",
+        None => "anonymous",
     }
 }
 
-/// Reads of the registry are open in dev and on loopback; otherwise they are admin calls.
+/// Outside dev mode, a call needs a credential whose role is one of `roles`: no credential (or
+/// an unknown one) is a 401, a known one of another role a 403.
+fn require(app: &App, headers: &http::HeaderMap, roles: &[Role]) -> Result<()> {
+    if app.dev {
+        return Ok(());
+    }
+    match role(app, headers) {
+        Some(r) if roles.contains(&r) => Ok(()),
+        Some(_) => Err(ApiError::insufficient_scope()),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Changes to tools and revocations: the admin token.
+pub(crate) fn require_admin(app: &App, headers: &http::HeaderMap) -> Result<()> {
+    require(app, headers, &[Role::Admin])
+}
+
+/// Decisions reported by a gateway or guard: admin or reporter.
+pub(crate) fn require_reporter(app: &App, headers: &http::HeaderMap) -> Result<()> {
+    require(app, headers, &[Role::Admin, Role::Reporter])
+}
+
+/// The audit log, stats, the event stream and the revocation list: admin or read-only.
+pub(crate) fn require_observer(app: &App, headers: &http::HeaderMap) -> Result<()> {
+    require(app, headers, &[Role::Admin, Role::Reader])
+}
+
+/// The registry, `/metrics` and the revocation export: open with `--open-reads` (and in dev);
+/// otherwise any of the three credentials.
 pub(crate) fn require_reader(app: &App, headers: &http::HeaderMap) -> Result<()> {
     if app.open_reads {
         Ok(())
     } else {
-        require_admin(app, headers)
+        require(app, headers, &[Role::Admin, Role::Reporter, Role::Reader])
     }
+}
+
+/// Refuse, before routing, what a browser could be tricked into sending: a `Host` that does not
+/// name this daemon (DNS rebinding) and a foreign `Origin` on a state-changing call.
+fn at_the_door<B>(app: &App, req: &Request<B>) -> Result<()> {
+    // A browser always sends `Host`; a request without one (HTTP/1.0) cannot be a rebinding
+    // page's, and is answered.
+    let host = match req.headers().get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or_default()),
+        None => req.uri().authority().map(|a| a.as_str()),
+    };
+    if host.is_some_and(|h| !app.hosts.host_ok(h)) {
+        return Err(ApiError::forbidden(
+            "the Host header does not name this daemon (see --allowed-host)",
+        ));
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        let mut origins = req.headers().get_all(header::ORIGIN).iter();
+        let origin_ok = match (origins.next(), origins.next()) {
+            (None, _) => true,
+            (Some(o), None) => o
+                .to_str()
+                .is_ok_and(|o| host.is_some_and(|h| app.hosts.origin_ok(o, h))),
+            (Some(_), Some(_)) => false,
+        };
+        if !origin_ok {
+            return Err(ApiError::forbidden(
+                "cross-origin requests may not change state (see --allowed-origin)",
+            ));
+        }
+    }
+    Ok(())
 }

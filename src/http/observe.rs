@@ -3,7 +3,7 @@
 
 use super::body::{self, form_pairs};
 use super::error::ApiError;
-use super::{full, json_response, require_admin, require_reader, Response, Result};
+use super::{full, json_response, require_observer, require_reader, Response, Result};
 use crate::app::App;
 use crate::store::audit::{self as log, Query, Stored};
 use http::{header, HeaderValue, Request, StatusCode};
@@ -73,7 +73,7 @@ pub(super) fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
 
 /// The dashboard's numbers in one document.
 pub(super) fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
-    require_admin(app, req.headers())?;
+    require_observer(app, req.headers())?;
     let g = app.gauges();
     let (allowed, denied) = app.metrics.totals();
     let total = allowed + denied;
@@ -112,7 +112,7 @@ pub(super) fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
 }
 
 pub(super) fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
-    require_admin(app, req.headers())?;
+    require_observer(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
     let types: Vec<String> = match body::single(&pairs, "types") {
         Ok(Some(t)) => t
@@ -170,7 +170,7 @@ pub(super) async fn audit<B>(
     req: &Request<B>,
     tool_id: Option<&str>,
 ) -> Result<Response> {
-    require_admin(app, req.headers())?;
+    require_observer(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
     let get = |name: &str| -> Result<String> {
         body::single(&pairs, name)

@@ -66,7 +66,7 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
         ApiError::unavailable("the audit log is unavailable; the signal was not applied")
     })?;
     let (parts, incoming) = req.into_parts();
-    let media = super::media_type(&parts.headers);
+    let media = body::media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
     let now = app.now();
     let policy = policy(app, now);
@@ -78,19 +78,15 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             })?;
             signals::verify_signed(text.trim(), &policy)?
         }
-        "application/json" | "" if app.dev => {
+        "application/json" if app.dev => {
             signals::read_unsigned(&body::json_object(&bytes)?, &policy)?
         }
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request",
-                if app.dev {
-                    "Content-Type must be application/secevent+jwt or application/json"
-                } else {
-                    "Content-Type must be application/secevent+jwt"
-                },
-            ))
+            return Err(ApiError::unsupported_media_type(if app.dev {
+                "Content-Type must be application/secevent+jwt or application/json"
+            } else {
+                "Content-Type must be application/secevent+jwt"
+            }))
         }
     };
     let event = Some((signal.issuer.clone(), signal.jti.clone()));
@@ -244,7 +240,7 @@ async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<
 
 /// `GET /v1/signals/revocations` (admin).
 pub(super) async fn list(app: &App, req: Request<Incoming>) -> Result<Response> {
-    require_admin(app, req.headers())?;
+    super::require_observer(app, req.headers())?;
     let (entries, next) = page(app, &req).await?;
     let active = app.revocations.active(app.now())?;
     Ok(json_response(
@@ -257,7 +253,7 @@ pub(super) async fn list(app: &App, req: Request<Incoming>) -> Result<Response> 
 pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts.headers, incoming).await?;
+    let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let kind = opt_string(&obj, "kind")?.unwrap_or_default();
     let value = opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.len() <= 1024);

@@ -1,6 +1,6 @@
 //! `POST /v1/exchange/token` and `POST /v1/mcp/verify`.
 
-use super::body::{self, opt_string};
+use super::body::{self, media_type, opt_string};
 use super::clip;
 use super::error::ApiError;
 use super::{json_response, Response, Result};
@@ -8,19 +8,10 @@ use crate::app::App;
 use crate::exchange::{self, ExchangeRequest, Exchanger, ExecutionScope};
 use crate::store::audit::Record;
 use crate::verify::{DecisionRequest, Target};
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use std::time::Instant;
-
-pub(super) fn media_type(headers: &HeaderMap) -> String {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default()
-}
 
 pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
@@ -28,14 +19,9 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
     let parsed = match media.as_str() {
-        // curl -d sends JSON labelled as a form; a form body never starts with '{'.
-        "application/x-www-form-urlencoded" if !bytes.trim_ascii_start().starts_with(b"{") => {
-            from_form(&bytes)
-        }
-        "application/x-www-form-urlencoded" | "application/json" | "" => from_json(&bytes),
-        _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
+        "application/x-www-form-urlencoded" => from_form(&bytes),
+        "application/json" => from_json(&bytes),
+        _ => Err(ApiError::unsupported_media_type(
             "Content-Type must be application/json or application/x-www-form-urlencoded",
         )),
     };
@@ -205,7 +191,7 @@ fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String> {
 pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts.headers, incoming).await?;
+    let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let token = required(&obj, "token")?;
     let tool_id = opt_string(&obj, "tool_id")?.filter(|s| !s.is_empty());
@@ -292,13 +278,13 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
 /// Most decisions one gateway report may carry.
 const MAX_REPORTED: usize = 1000;
 
-/// `POST /v1/mcp/decisions` (admin): decisions a gateway or guard made locally, audited and
+/// `POST /v1/mcp/decisions` (admin or reporter): decisions a gateway or guard made locally, audited and
 /// counted exactly like verify calls. `{"source", "decisions":[{tool_id, subject, jti,
 /// decision: "allow"|"deny", check, reason, micros}]}`.
 pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
-    super::require_admin(app, req.headers())?;
+    super::require_reporter(app, req.headers())?;
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts.headers, incoming).await?;
+    let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let source = opt_string(&obj, "source")?.unwrap_or_else(|| "gateway".into());
     let list = match obj.get("decisions") {

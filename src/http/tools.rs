@@ -58,7 +58,7 @@ pub(super) async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Re
     require_admin(app, req.headers())?;
     app.audit_ready().map_err(|_| audit_unavailable())?;
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts.headers, incoming).await?;
+    let bytes = body::read_json(&parts.headers, incoming).await?;
     let mut object = body::json_object(&bytes)?;
     check_field_types(&object)?;
     object.retain(|_, v| !v.is_null());

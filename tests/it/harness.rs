@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use toolgate::client::Client;
 use toolgate::clock::{Clock, ManualClock, SystemClock};
-use toolgate::config::{AdminToken, Config};
+use toolgate::config::Config;
+use toolgate::credentials::Credential;
 use toolgate::server::{self, Running};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
@@ -29,7 +30,7 @@ impl Daemon {
 
     /// A production-mode daemon (admin token `ADMIN`).
     pub async fn production() -> Daemon {
-        Self::with(|c| c.admin_token = Some(AdminToken::new(ADMIN).unwrap())).await
+        Self::with(|c| c.admin_token = Some(Credential::new(ADMIN).unwrap())).await
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Daemon {

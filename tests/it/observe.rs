@@ -518,7 +518,8 @@ impl Metrics {
     }
 
     async fn scrape(d: &Daemon) -> Metrics {
-        let r = request(d, Method::GET, "/metrics", &[]).await;
+        let bearer = format!("Bearer {ADMIN}");
+        let r = request(d, Method::GET, "/metrics", &[("authorization", &bearer)]).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let ct = r
             .headers

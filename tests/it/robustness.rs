@@ -135,7 +135,7 @@ fn host(d: &Daemon) -> String {
 fn request(method: &str, path: &str, body: Option<&Value>) -> Vec<u8> {
     let body = body.map(Value::to_string).unwrap_or_default();
     format!(
-        "{method} {path} HTTP/1.1\r\nHost: toolgate\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -168,7 +168,7 @@ async fn tool_count(d: &Daemon) -> u64 {
 async fn slow_header_client(addr: &str, header_timeout: Duration) -> Duration {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let started = Instant::now();
-    let line = b"GET /v1/sys/health HTTP/1.1\r\nHost: toolgate\r\nX-Slow: ";
+    let line = b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
     let mut got = Vec::new();
     let mut i = 0usize;
     loop {
@@ -204,7 +204,7 @@ async fn slow_header_client(addr: &str, header_timeout: Duration) -> Duration {
 
 /// A request head of `kib` KiB (one huge header): 431, and the connection ends.
 async fn oversized_header_client(addr: &str, kib: usize) {
-    let mut req = b"GET /v1/sys/health HTTP/1.1\r\nHost: toolgate\r\nX-Big: ".to_vec();
+    let mut req = b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', kib * 1024));
     req.extend_from_slice(b"\r\n\r\n");
     let r = roundtrip(addr, &req, Duration::from_secs(10)).await;
@@ -221,7 +221,7 @@ async fn oversized_header_client(addr: &str, kib: usize) {
 /// A chunked registration of 2 MiB in 64 KiB chunks: 413 once past the 1 MiB limit.
 async fn chunked_over_limit_client(addr: &str) {
     let mut req =
-        b"POST /v1/tools HTTP/1.1\r\nHost: toolgate\r\nContent-Type: application/json\r\n\
+        b"POST /v1/tools HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
         Transfer-Encoding: chunked\r\n\r\n"
             .to_vec();
     let chunk = vec![b' '; 64 * 1024];
@@ -245,7 +245,7 @@ async fn vanishing_client(addr: &str, n: usize) {
                       "description": "x".repeat(2000)})
         .to_string();
     let mut req =
-        b"POST /v1/tools HTTP/1.1\r\nHost: toolgate\r\nContent-Type: application/json\r\n\
+        b"POST /v1/tools HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
         Content-Length: 100000\r\n\r\n"
             .to_vec();
     req.extend_from_slice(&body.as_bytes()[..1000]);
@@ -313,7 +313,7 @@ async fn odd_path_client(addr: &str) {
     ] {
         let mut req = b"GET ".to_vec();
         req.extend_from_slice(target);
-        req.extend_from_slice(b" HTTP/1.1\r\nHost: toolgate\r\n\r\n");
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\n\r\n");
         let r = roundtrip(addr, &req, Duration::from_secs(5)).await;
         assert_eq!(
             r.status,
@@ -449,7 +449,7 @@ async fn oversized_headers_get_431_and_the_daemon_keeps_serving() {
     }
     // Just under the limit is still served.
     let mut req =
-        b"GET /v1/sys/health HTTP/1.1\r\nHost: toolgate\r\nConnection: close\r\nX-Big: ".to_vec();
+        b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 60 * 1024));
     req.extend_from_slice(b"\r\n\r\n");
     let r = roundtrip(&addr, &req, Duration::from_secs(5)).await;

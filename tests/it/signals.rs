@@ -4,7 +4,8 @@ use http::Method;
 use serde_json::{json, Map, Value};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use toolgate::config::{AdminToken, Transmitter, TrustedIssuer};
+use toolgate::config::{Transmitter, TrustedIssuer};
+use toolgate::credentials::Credential;
 use toolgate::jose::{JwkSet, SigningKey};
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
@@ -241,7 +242,7 @@ fn signed_set(key: &SigningKey, kid: &str, typ: &str, claims: &Value) -> String 
 async fn production_daemon(siem: &SigningKey, idp: &SigningKey) -> Daemon {
     let (siem_keys, idp_keys) = (jwks(siem), jwks(idp));
     Daemon::with(move |c| {
-        c.admin_token = Some(AdminToken::new(ADMIN).unwrap());
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
         c.transmitters = vec![Transmitter {
             issuer: SIEM.into(),
             keys: siem_keys,
@@ -335,7 +336,7 @@ async fn dev_json_signal_denies_the_very_next_verify_and_exchange() {
         .send(
             Method::POST,
             "/v1/signals/events",
-            Some(("", set.to_string().into_bytes())),
+            Some(("application/json", set.to_string().into_bytes())),
         )
         .await
         .unwrap();

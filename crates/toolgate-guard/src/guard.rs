@@ -24,7 +24,7 @@ use std::time::Duration;
 pub struct GuardConfig {
     /// toolgate's base URL (`http://127.0.0.1:8693`).
     pub toolgate: String,
-    /// The admin token, when toolgate's reads are not open (non-loopback production).
+    /// A token for toolgate when its reads are not open: the reporter token is enough.
     pub admin_token: Option<String>,
     /// This server's own RFC 8707 resource URI: tokens for it are accepted for every method.
     pub resource: String,

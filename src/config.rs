@@ -15,6 +15,12 @@ pub const DEFAULT_TOKEN_TTL: i64 = 300;
 pub const DEV_TRUST_DOMAIN: &str = "dev.local";
 /// Longest accepted token lifetime: short-lived is the point.
 pub const MAX_TOKEN_TTL: i64 = 24 * 3600;
+/// Default cap on the connections of one peer address: far above a benchmark's 64 loopback
+/// connections, far below the daemon's 1024 slots.
+pub const DEFAULT_MAX_PER_PEER: usize = 256;
+/// Default time a response may make no progress (a reader that stopped reading) before its
+/// connection is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A configuration problem, reported at start-up in one sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +86,11 @@ pub struct Config {
     /// Write the audit log (off only for benchmarks measuring its cost).
     pub audit: bool,
     pub max_connections: usize,
+    /// Connections one peer address may hold at once (`max_connections_per_peer`).
+    pub max_connections_per_peer: usize,
     pub header_read_timeout: Duration,
+    /// A response that makes no progress for this long is dropped (`write_timeout_seconds`).
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
 }
@@ -112,6 +122,8 @@ struct FileConfig {
     leeway_seconds: Option<i64>,
     audit: Option<bool>,
     open_reads: Option<bool>,
+    max_connections_per_peer: Option<usize>,
+    write_timeout_seconds: Option<u64>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
     #[serde(default)]
@@ -160,7 +172,9 @@ impl Config {
             revocation_ttl: None,
             audit: true,
             max_connections: 1024,
+            max_connections_per_peer: DEFAULT_MAX_PER_PEER,
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -264,6 +278,18 @@ impl Config {
         }
         if let Some(open) = file.open_reads {
             self.open_reads = open;
+        }
+        if let Some(n) = file.max_connections_per_peer {
+            if n < 1 {
+                return Err(err("max_connections_per_peer must be at least 1"));
+            }
+            self.max_connections_per_peer = n;
+        }
+        if let Some(secs) = file.write_timeout_seconds {
+            if !(1..=3600).contains(&secs) {
+                return Err(err("write_timeout_seconds must be between 1 and 3600"));
+            }
+            self.write_timeout = Duration::from_secs(secs);
         }
         for host in &file.allowed_hosts {
             self.allowed_hosts.push(validate_host_name(host)?);

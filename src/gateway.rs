@@ -466,7 +466,9 @@ pub async fn serve(
     });
     let limits = crate::server::Limits {
         max_connections: cfg.max_connections,
+        max_per_peer: crate::config::DEFAULT_MAX_PER_PEER,
         header_read_timeout: Duration::from_secs(10),
+        write_timeout: crate::config::DEFAULT_WRITE_TIMEOUT,
         grace: Duration::from_secs(10),
     };
     let handler = move |req| {

@@ -1,5 +1,6 @@
-//! The accept loop: a cap on concurrent connections, a header read timeout, and graceful
-//! shutdown that lets in-flight requests finish.
+//! The accept loop: a cap on concurrent connections and on those of one peer address, a
+//! deadline on request heads, a progress timeout on every write, and graceful shutdown that
+//! lets in-flight requests finish.
 
 use crate::app::{App, Threads};
 use crate::clock::Clock;
@@ -126,7 +127,9 @@ async fn serve(
 ) -> bool {
     let limits = Limits {
         max_connections: config.max_connections,
+        max_per_peer: config.max_connections_per_peer,
         header_read_timeout: config.header_read_timeout,
+        write_timeout: config.write_timeout,
         grace: config.shutdown_grace,
     };
     let handler = move |req| {
@@ -141,13 +144,153 @@ async fn serve(
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one peer address may hold at once; more are closed as they arrive.
+    pub max_per_peer: usize,
+    /// A request head (and an idle keep-alive connection's next one) must arrive within this.
     pub header_read_timeout: Duration,
+    /// A write that makes no progress for this long ends its connection. Long-lived streams
+    /// (`/v1/events`, MCP streams through the gateway) have no total deadline, but this one.
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub grace: Duration,
 }
 
+/// How many connections each peer address holds.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted against its peer; uncounted when dropped.
+struct PeerSlot {
+    peers: Arc<PerPeer>,
+    ip: std::net::IpAddr,
+}
+
+impl PerPeer {
+    /// Count a new connection from `ip`, unless it already holds `max`.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().ok()?;
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.peers.0.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// A stream whose writes must make progress: a write (or flush) that stays pending for the
+/// timeout fails with `TimedOut`, and hyper drops the connection. Reads are untouched (heads
+/// have their own deadline, bodies theirs).
+struct WriteWatchdog<S> {
+    inner: S,
+    timeout: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteWatchdog<S> {
+    fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After the inner write returned `polled`: progress resets the watch, a stall starts it
+    /// (or fails once it has run out).
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteWatchdog<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteWatchdog<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
+}
+
 /// Accept HTTP/1.1 connections until `shutdown`, each served by `handler`: at most
-/// `max_connections` at once (the rest wait in the kernel's backlog), heads capped and timed.
+/// `max_connections` at once (the rest wait in the kernel's backlog) and `max_per_peer` from
+/// one address (more are closed at once), heads capped and timed, writes watched for progress.
 /// Then `on_shutdown`, and a graceful wait; whether every connection finished in time.
 pub async fn accept_loop<H, F, B>(
     listener: TcpListener,
@@ -164,6 +307,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let peers = Arc::new(PerPeer::default());
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -176,9 +320,9 @@ where
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     crate::log_warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -187,11 +331,17 @@ where
             },
             () = &mut shutdown => break,
         };
+        // Over its share: closed at once (the slot goes back to the pool).
+        let Some(peer_slot) = peers.admit(peer.ip(), limits.max_per_peer) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn = graceful
-            .watch(http.serve_connection(TokioIo::new(stream), service_fn(handler.clone())));
+        let io = TokioIo::new(WriteWatchdog::new(stream, limits.write_timeout));
+        let conn = graceful.watch(http.serve_connection(io, service_fn(handler.clone())));
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(peer_slot);
             drop(permit);
         });
     }

@@ -258,6 +258,27 @@ impl App {
         registry.get(&entry.tool_id).ok_or(StoreError::Unavailable)
     }
 
+    /// Replace a registered tool's policy in place: durable first, then one swap in the index
+    /// (no moment without the tool, and its revocations stay). `None` if there is no such tool.
+    pub async fn update_tool(
+        &self,
+        mut entry: ToolEntry,
+    ) -> Result<Option<Arc<ToolEntry>>, StoreError> {
+        let row = entry.clone();
+        let Some(registered_at) = self
+            .store
+            .call(move |c| store::tools::update(c, &row))
+            .await?
+        else {
+            return Ok(None);
+        };
+        entry.registered_at = registered_at;
+        let mut registry = self.registry.write().map_err(|_| StoreError::Unavailable)?;
+        registry.remove(&entry.tool_id);
+        registry.insert(entry.clone());
+        Ok(registry.get(&entry.tool_id))
+    }
+
     /// Delete a tool; `None` if there was none.
     pub async fn deregister_tool(
         &self,

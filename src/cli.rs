@@ -288,7 +288,7 @@ struct ServeCmd {
 /// Options shared by the client subcommands.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "tool")]
-/// Manage the tool registry: add, list, rm.
+/// Manage the tool registry: add, update, list, rm.
 struct ToolCmd {
     #[argh(subcommand)]
     action: ToolAction,
@@ -298,6 +298,7 @@ struct ToolCmd {
 #[argh(subcommand)]
 enum ToolAction {
     Add(ToolAdd),
+    Update(ToolUpdate),
     List(ToolList),
     Rm(ToolRm),
 }
@@ -307,6 +308,47 @@ enum ToolAction {
 #[argh(subcommand, name = "add")]
 struct ToolAdd {
     /// tool id (1-128 of A-Z a-z 0-9 . _ : -)
+    #[argh(positional)]
+    tool_id: String,
+    /// the tool's resource URI: tokens for it carry exactly this `aud`
+    #[argh(option)]
+    resource: String,
+    /// display name
+    #[argh(option)]
+    name: Option<String>,
+    /// description
+    #[argh(option)]
+    description: Option<String>,
+    /// the MCP server hosting the tool
+    #[argh(option)]
+    server_id: Option<String>,
+    /// a capability the token must carry (repeatable)
+    #[argh(option)]
+    require_cap: Vec<String>,
+    /// maximum blast radius, level[:scope]
+    #[argh(option)]
+    max_blast_radius: Option<String>,
+    /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
+    #[argh(option)]
+    protocol: Vec<String>,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Replace a registered tool's entry in place (the whole entry: options left out take their
+/// defaults); its revocations and `registered_at` stay.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "update")]
+struct ToolUpdate {
+    /// the registered tool's id
     #[argh(positional)]
     tool_id: String,
     /// the tool's resource URI: tokens for it carry exactly this `aud`
@@ -467,6 +509,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Serve(s) => serve(s).await,
         Command::Tool(t) => match t.action {
             ToolAction::Add(a) => tool_add(a).await,
+            ToolAction::Update(u) => tool_update(u).await,
             ToolAction::List(l) => {
                 let path = match &l.protocol {
                     Some(p) if toolgate::registry::PROTOCOLS.contains(&p.as_str()) => {
@@ -817,29 +860,70 @@ fn secret_arg(value: String) -> Result<String, ClientError> {
 }
 
 async fn tool_add(a: ToolAdd) -> ExitCode {
-    let mut entry = json!({"tool_id": a.tool_id, "resource_uri": a.resource});
-    if let Some(obj) = entry.as_object_mut() {
-        for (k, v) in [
-            ("name", a.name),
-            ("description", a.description),
-            ("server_id", a.server_id),
-            ("max_blast_radius", a.max_blast_radius),
-        ] {
-            if let Some(v) = v {
-                obj.insert(k.into(), json!(v));
-            }
-        }
-        if !a.require_cap.is_empty() {
-            obj.insert("required_capabilities".into(), json!(a.require_cap));
-        }
-        if !a.protocol.is_empty() {
-            obj.insert("protocols".into(), json!(a.protocol));
-        }
-    }
+    let entry = tool_entry(
+        &a.tool_id,
+        a.resource,
+        [a.name, a.description, a.server_id, a.max_blast_radius],
+        a.require_cap,
+        a.protocol,
+    );
     finish(client(a.url, a.admin_token_file), |c| async move {
         c.register_tool(&entry).await
     })
     .await
+}
+
+async fn tool_update(u: ToolUpdate) -> ExitCode {
+    if !toolgate::registry::valid_id(&u.tool_id) {
+        return usage("tool id must be 1-128 characters of A-Z a-z 0-9 . _ : -");
+    }
+    let path = format!("/v1/tools/{}", u.tool_id);
+    let entry = tool_entry(
+        &u.tool_id,
+        u.resource,
+        [u.name, u.description, u.server_id, u.max_blast_radius],
+        u.require_cap,
+        u.protocol,
+    );
+    finish(client(u.url, u.admin_token_file), |c| async move {
+        let body = serde_json::to_vec(&entry).unwrap_or_default();
+        let (status, body) = c
+            .send(http::Method::PUT, &path, Some(("application/json", body)))
+            .await?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(ClientError::Api { status, body })
+        }
+    })
+    .await
+}
+
+/// The JSON entry of `tool add` and `tool update`: `[name, description, server_id,
+/// max_blast_radius]` when given, capabilities and protocols when any.
+fn tool_entry(
+    tool_id: &str,
+    resource: String,
+    optional: [Option<String>; 4],
+    caps: Vec<String>,
+    protocols: Vec<String>,
+) -> Value {
+    let mut entry = json!({"tool_id": tool_id, "resource_uri": resource});
+    if let Some(obj) = entry.as_object_mut() {
+        let names = ["name", "description", "server_id", "max_blast_radius"];
+        for (k, v) in names.into_iter().zip(optional) {
+            if let Some(v) = v {
+                obj.insert(k.into(), json!(v));
+            }
+        }
+        if !caps.is_empty() {
+            obj.insert("required_capabilities".into(), json!(caps));
+        }
+        if !protocols.is_empty() {
+            obj.insert("protocols".into(), json!(protocols));
+        }
+    }
+    entry
 }
 
 async fn token_exchange(x: TokenExchange) -> ExitCode {

@@ -200,8 +200,9 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
         },
         ["v1", "tools", tool_id] => match method {
             Method::GET | Method::HEAD => tools::get(app, &req, tool_id),
+            Method::PUT => tools::update(app, req, tool_id, rid).await,
             Method::DELETE => tools::deregister(app, &req, tool_id, rid).await,
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, DELETE")),
+            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
         },
         ["v1", "signals", "events"] => match method {
             Method::POST => signals::receive(app, req, rid).await,

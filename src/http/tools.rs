@@ -57,22 +57,7 @@ pub(super) fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Respo
 pub(super) async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     require_admin(app, req.headers())?;
     app.audit_ready().map_err(|_| audit_unavailable())?;
-    let (parts, incoming) = req.into_parts();
-    let bytes = body::read_json(&parts.headers, incoming).await?;
-    let mut object = body::json_object(&bytes)?;
-    check_field_types(&object)?;
-    object.retain(|_, v| !v.is_null());
-    let input: ToolInput = serde_json::from_value(serde_json::Value::Object(object))
-        .map_err(|_| ApiError::invalid_request("invalid tool entry"))?;
-    let entry = input
-        .validate(&rfc3339(app.now()))
-        .map_err(ApiError::invalid_request)?;
-    if entry.resource() == app.issuer {
-        // Tokens for toolgate's own audience are agent tokens; no tool may receive them.
-        return Err(ApiError::invalid_request(
-            "resource_uri must not be toolgate's own issuer",
-        ));
-    }
+    let entry = read_entry(app, req, None).await?;
     let tool_id = entry.tool_id.clone();
     match app.register_tool(entry).await {
         Ok(stored) => {
@@ -87,6 +72,69 @@ pub(super) async fn register(app: &App, req: Request<Incoming>, rid: &str) -> Re
         )),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `PUT /v1/tools/{tool_id}` (admin): replace a registered tool's entry in place. The body is a
+/// whole entry, as for registration (its `tool_id`, if given, must be the path's); fields left
+/// out take their defaults. `registered_at` is kept, `updated_at` set.
+pub(super) async fn update(
+    app: &App,
+    req: Request<Incoming>,
+    tool_id: &str,
+    rid: &str,
+) -> Result<Response> {
+    require_admin(app, req.headers())?;
+    app.audit_ready().map_err(|_| audit_unavailable())?;
+    if !valid_id(tool_id) {
+        return Err(invalid_tool_id());
+    }
+    let entry = read_entry(app, req, Some(tool_id)).await?;
+    let stored = app.update_tool(entry).await?.ok_or_else(tool_not_found)?;
+    crate::log_info!("updated tool {tool_id} for {}", stored.resource());
+    record(app, rid, tool_id, "updated", stored.resource()).await?;
+    Ok(json_response(StatusCode::OK, &json!(stored)))
+}
+
+/// A tool entry from a JSON body, validated; for an update, `path_id` is the tool it replaces.
+async fn read_entry(
+    app: &App,
+    req: Request<Incoming>,
+    path_id: Option<&str>,
+) -> Result<crate::registry::ToolEntry> {
+    let (parts, incoming) = req.into_parts();
+    let bytes = body::read_json(&parts.headers, incoming).await?;
+    let mut object = body::json_object(&bytes)?;
+    check_field_types(&object)?;
+    object.retain(|_, v| !v.is_null());
+    if let Some(id) = path_id {
+        match object.get("tool_id") {
+            None => {
+                object.insert("tool_id".into(), json!(id));
+            }
+            Some(v) if v.as_str() == Some(id) => {}
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "tool_id in the body must be the one in the path",
+                ))
+            }
+        }
+    }
+    let input: ToolInput = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|_| ApiError::invalid_request("invalid tool entry"))?;
+    let entry = input
+        .validate(&rfc3339(app.now()))
+        .map_err(ApiError::invalid_request)?;
+    if entry.resource() == app.issuer {
+        // Tokens for toolgate's own audience are agent tokens; no tool may receive them.
+        return Err(ApiError::invalid_request(
+            "resource_uri must not be toolgate's own issuer",
+        ));
+    }
+    Ok(entry)
+}
+
+fn invalid_tool_id() -> ApiError {
+    ApiError::invalid_request("tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
 }
 
 pub(super) async fn deregister_by_query<B>(
@@ -144,9 +192,7 @@ async fn record(
 async fn remove(app: &App, tool_id: &str, rid: &str) -> Result<Response> {
     app.audit_ready().map_err(|_| audit_unavailable())?;
     if !valid_id(tool_id) {
-        return Err(ApiError::invalid_request(
-            "tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-        ));
+        return Err(invalid_tool_id());
     }
     let removed = app
         .deregister_tool(tool_id)

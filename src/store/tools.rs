@@ -12,6 +12,10 @@ const SELECT_ALL: &str = "SELECT tool_id, name, description, resource_uri, serve
      required_capabilities, max_blast_radius, requires_execution, allowed_operations, \
      allowed_targets, protocols, registered_at, updated_at FROM tools ORDER BY tool_id";
 const DELETE: &str = "DELETE FROM tools WHERE tool_id = ?1";
+const UPDATE: &str = "UPDATE tools SET name = ?2, description = ?3, resource_uri = ?4, \
+     server_id = ?5, required_capabilities = ?6, max_blast_radius = ?7, requires_execution = ?8, \
+     allowed_operations = ?9, allowed_targets = ?10, protocols = ?11, updated_at = ?12 \
+     WHERE tool_id = ?1 RETURNING registered_at";
 
 fn list_json(v: &[String]) -> String {
     serde_json::Value::from(v.to_vec()).to_string()
@@ -38,6 +42,30 @@ pub fn insert(conn: &Connection, t: &ToolEntry) -> Result<(), StoreError> {
         ],
     )?;
     Ok(())
+}
+
+/// Replace a tool's policy in place (its `registered_at` is kept); the stored `registered_at`,
+/// or `None` if no such tool exists.
+pub fn update(conn: &Connection, t: &ToolEntry) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(UPDATE)?;
+    let mut rows = stmt.query(params![
+        t.tool_id,
+        t.name,
+        t.description,
+        t.resource_uri,
+        t.server_id,
+        list_json(&t.required_capabilities),
+        t.max_blast_radius,
+        t.requires_execution,
+        list_json(&t.allowed_operations),
+        list_json(&t.allowed_targets),
+        list_json(&t.protocols),
+        t.updated_at,
+    ])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(row.get(0)?)),
+        None => Ok(None),
+    }
 }
 
 /// Delete a tool; whether it existed.

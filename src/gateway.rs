@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+pub mod paths;
+
 /// Largest request body the gateway reads to find the JSON-RPC messages in it.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Decisions waiting to be reported before requests are refused (shed load, never lose one).
@@ -170,18 +172,12 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> http::Response<Body> {
         let path = req.uri().path().to_string();
-        // A path the upstream might normalise into another one is never decided.
-        let lowered = path.to_ascii_lowercase();
-        if path.split('/').any(|seg| seg == "." || seg == "..")
-            || lowered.contains("%2e")
-            || lowered.contains("%2f")
-            || lowered.contains("%5c")
-            || path.contains('\\')
-        {
+        // A path the upstream might read as another one is never decided.
+        if let Err(why) = paths::canonical(&path) {
             return Self::error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "dot segments and encoded separators are not accepted in paths",
+                why.description(),
             );
         }
         if path == "/.well-known/oauth-protected-resource" {
@@ -190,10 +186,8 @@ impl Gateway {
         if path == self.cfg.mcp_path {
             return self.mcp(req).await;
         }
-        let routed = self.cfg.routes.iter().find(|(prefix, _)| {
-            path == *prefix || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
-        });
-        let Some((_, tool_id)) = routed else {
+        let routed = paths::route(&self.cfg.routes, &path);
+        let Some(tool_id) = routed else {
             return Self::error(
                 StatusCode::FORBIDDEN,
                 "access_denied",
@@ -429,6 +423,8 @@ pub async fn serve(
     if upstream.scheme_str() != Some("http") {
         return Err("--upstream must be an http:// URL".into());
     }
+    paths::canonical(&cfg.mcp_path).map_err(|e| format!("--mcp-path {}: {e}", cfg.mcp_path))?;
+    paths::check_routes(&cfg.routes)?;
     let mut report_client = Client::new(&cfg.guard.toolgate).map_err(|e| e.to_string())?;
     if let Some(t) = &cfg.guard.admin_token {
         report_client = report_client.with_admin_token(t.clone());

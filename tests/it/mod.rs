@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod discovery;
 mod exchange;
+mod findings_gateway;
 mod gateway;
 mod interop;
 mod layout;

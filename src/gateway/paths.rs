@@ -152,6 +152,8 @@ pub fn check_routes(routes: &[(String, String)]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

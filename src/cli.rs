@@ -58,6 +58,15 @@ struct GatewayCmd {
     /// the public URL of this gateway, for resource_metadata (default http://<listen>)
     #[argh(option)]
     public_url: Option<String>,
+    /// a browser origin allowed besides the public URL's, e.g. https://app.example.com (repeatable); any other Origin is a 403
+    #[argh(option)]
+    allowed_origin: Vec<String>,
+    /// most JSON-RPC messages in one batch; a larger one is a 400 (default 64)
+    #[argh(option, default = "toolgate::gateway::DEFAULT_MAX_BATCH")]
+    max_batch: usize,
+    /// a path on which the gateway answers its own Prometheus metrics (default: none)
+    #[argh(option)]
+    metrics_path: Option<String>,
     /// deny everything when toolgate could not be reached for this many seconds (default 5)
     #[argh(option, default = "5")]
     max_staleness: u64,
@@ -732,6 +741,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         mcp_path: g.mcp_path,
         routes,
         max_connections: 1024,
+        max_batch: g.max_batch,
+        allowed_origins: g.allowed_origin,
+        metrics_path: g.metrics_path,
         guard: toolgate::guard::GuardConfig {
             toolgate: g.toolgate,
             admin_token,

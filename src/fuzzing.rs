@@ -110,3 +110,80 @@ pub fn jsonrpc(data: &[u8]) {
         assert_eq!(targets.len(), messages);
     }
 }
+
+/// Arbitrary bytes as a request path (first line) and a route table (one prefix a line): never
+/// panics; a path accepted as canonical decodes and re-encodes to itself (one spelling per
+/// path: round-trip oracle) and has no `;`, dot or empty segment; the route chosen is the
+/// longest prefix the path is under.
+pub fn gateway_path(data: &[u8]) {
+    use crate::gateway::paths;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.split('\n');
+    let path = lines.next().unwrap_or_default();
+    let routes: Vec<(String, String)> = lines
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), i.to_string()))
+        .collect();
+    if paths::canonical(path).is_ok() {
+        assert!(!path.contains(';') && !path.contains('\\'));
+        assert!(path.split('/').skip(1).all(|s| s != "." && s != ".."));
+        assert!(!path.contains("//"));
+        let decoded = percent_decode(path);
+        assert_eq!(percent_encode(&decoded), path);
+    }
+    let chosen = paths::route(&routes, path);
+    let longest = routes
+        .iter()
+        .filter(|(p, _)| paths::under(path, p))
+        .map(|(p, _)| p.trim_end_matches('/').len())
+        .max();
+    match chosen {
+        Some(tool) => {
+            let prefix = routes
+                .iter()
+                .find(|(_, t)| t == tool)
+                .map(|(p, _)| p.as_str())
+                .unwrap_or_default();
+            assert!(paths::under(path, prefix));
+            assert_eq!(Some(prefix.trim_end_matches('/').len()), longest);
+        }
+        None => assert_eq!(longest, None),
+    }
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn percent_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b == b'/' || crate::gateway::paths::raw_path_byte(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

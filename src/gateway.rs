@@ -16,16 +16,24 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+pub mod paths;
 
 /// Largest request body the gateway reads to find the JSON-RPC messages in it.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Decisions waiting to be reported before requests are refused (shed load, never lose one).
 const REPORT_QUEUE: usize = 10_000;
 const REPORT_BATCH: usize = 500;
+/// Longest target name a report carries (toolgate keeps no more of it), so that no caller can
+/// make a report too large for toolgate to take.
+const REPORT_LABEL_CHARS: usize = 256;
+/// Default for `--max-batch`: most JSON-RPC messages one request may carry.
+pub const DEFAULT_MAX_BATCH: usize = 64;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -46,6 +54,81 @@ pub struct GatewayConfig {
     /// Plain HTTP and A2A tools: path prefix → `tool_id`.
     pub routes: Vec<(String, String)>,
     pub max_connections: usize,
+    /// Most JSON-RPC messages in one batch; a larger one is a 400 ([`DEFAULT_MAX_BATCH`]).
+    pub max_batch: usize,
+    /// Browser origins allowed besides the gateway's own (that of `guard.public_url`), e.g.
+    /// `https://app.example.com`; a request with any other `Origin` is a 403.
+    pub allowed_origins: Vec<String>,
+    /// Where the gateway answers its own Prometheus metrics (never forwarded); `None`: nowhere.
+    pub metrics_path: Option<String>,
+}
+
+/// The gateway's own counters (its decisions are counted by toolgate, from its reports).
+#[derive(Debug, Default)]
+struct Counters {
+    /// Decisions toolgate accepted.
+    reports_sent: AtomicU64,
+    /// Decisions in a report toolgate refused (4xx): never reported.
+    reports_refused: AtomicU64,
+    /// Decisions that found the report queue full: never reported, their request got a 503.
+    reports_queue_full: AtomicU64,
+}
+
+impl Counters {
+    fn prometheus(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP toolgate_gateway_reports_sent_total Decisions reported to toolgate.\n\
+             # TYPE toolgate_gateway_reports_sent_total counter\n\
+             toolgate_gateway_reports_sent_total {}\n\
+             # HELP toolgate_gateway_reports_dropped_total Decisions never reported: toolgate refused the report, or the queue was full (and the request was refused).\n\
+             # TYPE toolgate_gateway_reports_dropped_total counter\n\
+             toolgate_gateway_reports_dropped_total{{reason=\"refused\"}} {}\n\
+             toolgate_gateway_reports_dropped_total{{reason=\"queue_full\"}} {}\n",
+            get(&self.reports_sent),
+            get(&self.reports_refused),
+            get(&self.reports_queue_full),
+        )
+    }
+}
+
+/// The serialised origin (`scheme://host[:port]`, lower-case, without a default port) of an
+/// absolute http(s) URL, or `None` for anything else (`null`, userinfo, a relative URL).
+pub fn origin_of(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let host = authority.host().to_ascii_lowercase();
+    Some(match authority.port_u16() {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// An origin and nothing more (no path, query or userinfo), serialised as [`origin_of`] does.
+fn exact_origin(s: &str) -> Option<String> {
+    let bare = s.strip_suffix('/').unwrap_or(s);
+    let uri: Uri = bare.parse().ok()?;
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return None;
+    }
+    origin_of(bare)
+}
+
+/// A label toolgate keeps whole ([`REPORT_LABEL_CHARS`]).
+fn clipped(label: &str) -> &str {
+    match label.char_indices().nth(REPORT_LABEL_CHARS) {
+        Some((end, _)) => label.get(..end).unwrap_or_default(),
+        None => label,
+    }
 }
 
 /// The tool names called in a body: one entry per message, `None` for non-tool messages. The
@@ -62,16 +145,19 @@ struct Gateway {
     client: HttpClient<HttpConnector, Body>,
     cfg: GatewayConfig,
     reports: mpsc::Sender<Value>,
+    /// The origins a browser may call from: the gateway's own and `--allowed-origin`.
+    origins: Vec<String>,
+    counters: Arc<Counters>,
 }
 
 /// A decision to report: tool (or the server's resource), subject, outcome.
 fn decision(tool_id: &str, outcome: &Result<Allowed, Rejection>, micros: u64) -> Value {
     match outcome {
         Ok(Allowed { claims: c, .. }) => {
-            json!({"tool_id": tool_id, "subject": c.sub, "jti": c.jti, "decision": "allow", "micros": micros})
+            json!({"tool_id": clipped(tool_id), "subject": c.sub, "jti": c.jti, "decision": "allow", "micros": micros})
         }
         Err(r) => {
-            json!({"tool_id": tool_id, "decision": "deny", "check": r.check.map(|c| c.name()).unwrap_or("malformed"),
+            json!({"tool_id": clipped(tool_id), "decision": "deny", "check": r.check.map(|c| c.name()).unwrap_or("malformed"),
                          "reason": r.description, "micros": micros})
         }
     }
@@ -91,6 +177,55 @@ impl Gateway {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp
+    }
+
+    /// No `Origin` header, or exactly one naming an allowed origin.
+    fn origin_allowed(&self, headers: &http::HeaderMap) -> bool {
+        let mut sent = headers.get_all(header::ORIGIN).iter();
+        match (sent.next(), sent.next()) {
+            (None, _) => true,
+            (Some(v), None) => v
+                .to_str()
+                .ok()
+                .and_then(exact_origin)
+                .is_some_and(|o| self.origins.contains(&o)),
+            (Some(_), Some(_)) => false,
+        }
+    }
+
+    fn metrics(&self, method: &Method) -> http::Response<Body> {
+        if method != Method::GET {
+            let mut resp = Self::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return resp;
+        }
+        let mut resp = http::Response::new(full(self.counters.prometheus()));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        resp
+    }
+
+    /// The answer to a batch over `--max-batch`: a JSON-RPC error (the request is invalid as a
+    /// whole, so it has no id), with HTTP 400.
+    fn batch_too_large(&self) -> http::Response<Body> {
+        let body = json!({"jsonrpc": "2.0", "id": null, "error": {
+            "code": -32600,
+            "message": format!("Invalid Request: a batch may carry at most {} messages", self.cfg.max_batch),
+        }});
+        let mut resp = http::Response::new(full(body.to_string()));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 
@@ -130,6 +265,9 @@ impl Gateway {
             .try_send(decision(label, &outcome, micros))
             .is_err()
         {
+            self.counters
+                .reports_queue_full
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Self::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -170,30 +308,34 @@ impl Gateway {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> http::Response<Body> {
         let path = req.uri().path().to_string();
-        // A path the upstream might normalise into another one is never decided.
-        let lowered = path.to_ascii_lowercase();
-        if path.split('/').any(|seg| seg == "." || seg == "..")
-            || lowered.contains("%2e")
-            || lowered.contains("%2f")
-            || lowered.contains("%5c")
-            || path.contains('\\')
-        {
+        // A path the upstream might read as another one is never decided.
+        if let Err(why) = paths::canonical(&path) {
             return Self::error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "dot segments and encoded separators are not accepted in paths",
+                why.description(),
             );
         }
         if path == "/.well-known/oauth-protected-resource" {
             return self.metadata();
         }
+        // A browser page of another origin (or a rebound DNS name) reaches nothing behind the
+        // gateway; clients that are not browsers send no Origin.
+        if !self.origin_allowed(req.headers()) {
+            return Self::error(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "requests from this Origin are not accepted",
+            );
+        }
+        if self.cfg.metrics_path.as_deref() == Some(path.as_str()) {
+            return self.metrics(req.method());
+        }
         if path == self.cfg.mcp_path {
             return self.mcp(req).await;
         }
-        let routed = self.cfg.routes.iter().find(|(prefix, _)| {
-            path == *prefix || path.starts_with(&format!("{}/", prefix.trim_end_matches('/')))
-        });
-        let Some((_, tool_id)) = routed else {
+        let routed = paths::route(&self.cfg.routes, &path);
+        let Some(tool_id) = routed else {
             return Self::error(
                 StatusCode::FORBIDDEN,
                 "access_denied",
@@ -250,6 +392,10 @@ impl Gateway {
             Ok(t) => t,
             Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),
         };
+        // A batch is bounded before anything is decided or reported for it.
+        if targets.len() > self.cfg.max_batch {
+            return self.batch_too_large();
+        }
         // No token at all: the 401 challenge, before anything about the tools is revealed.
         if crate::guard::bearer(&parts.headers).is_none() {
             if let Err(resp) = self.decide(&parts, self.guard.server_target(), None) {
@@ -349,7 +495,12 @@ impl Gateway {
 }
 
 /// Report decisions to toolgate in batches; on failure keep them and retry.
-async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String) {
+async fn reporter(
+    client: Client,
+    mut rx: mpsc::Receiver<Value>,
+    source: String,
+    counters: Arc<Counters>,
+) {
     let mut pending: Vec<Value> = Vec::new();
     loop {
         if pending.is_empty() {
@@ -373,8 +524,16 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String)
             )
             .await;
         match sent {
-            Ok((status, _)) if status.is_success() => pending.clear(),
+            Ok((status, _)) if status.is_success() => {
+                counters
+                    .reports_sent
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                pending.clear();
+            }
             Ok((status, _)) if status.is_client_error() => {
+                counters
+                    .reports_refused
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 crate::log_error!(
                     "gateway: toolgate refused a decision report ({status}); dropping {} decisions",
                     pending.len()
@@ -390,6 +549,32 @@ async fn reporter(client: Client, mut rx: mpsc::Receiver<Value>, source: String)
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Prove at start that toolgate takes this gateway's decision reports: an empty report must be
+/// accepted. A gateway whose every report would be refused (no token, or a wrong one, against a
+/// production toolgate) would decide without an audit trail, so it does not run.
+async fn check_reporting(client: &Client, source: &str) -> Result<(), String> {
+    let body = json!({"source": source, "decisions": []});
+    let sent = client
+        .send(
+            Method::POST,
+            "/v1/mcp/decisions",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await;
+    match sent {
+        Ok((status, _)) if status.is_success() => Ok(()),
+        Ok((status, _)) if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN => {
+            Err(format!(
+                "toolgate refuses this gateway's decision reports ({status}): give it a token toolgate accepts for POST /v1/mcp/decisions (--admin-token-file)"
+            ))
+        }
+        Ok((status, _)) => Err(format!(
+            "toolgate answered {status} to an empty decision report; not starting"
+        )),
+        Err(e) => Err(format!("cannot report decisions to toolgate: {e}")),
     }
 }
 
@@ -429,11 +614,29 @@ pub async fn serve(
     if upstream.scheme_str() != Some("http") {
         return Err("--upstream must be an http:// URL".into());
     }
+    paths::canonical(&cfg.mcp_path).map_err(|e| format!("--mcp-path {}: {e}", cfg.mcp_path))?;
+    paths::check_routes(&cfg.routes)?;
+    if let Some(p) = &cfg.metrics_path {
+        paths::canonical(p).map_err(|e| format!("--metrics-path {p}: {e}"))?;
+    }
+    if cfg.max_batch == 0 {
+        return Err("--max-batch must be at least 1".into());
+    }
+    let mut origins = vec![origin_of(&cfg.guard.public_url).ok_or_else(|| {
+        format!(
+            "--public-url {} is not an http(s) URL",
+            cfg.guard.public_url
+        )
+    })?];
+    for o in &cfg.allowed_origins {
+        origins.push(exact_origin(o).ok_or_else(|| {
+            format!("--allowed-origin {o} is not an origin (scheme://host[:port])")
+        })?);
+    }
     let mut report_client = Client::new(&cfg.guard.toolgate).map_err(|e| e.to_string())?;
     if let Some(t) = &cfg.guard.admin_token {
         report_client = report_client.with_admin_token(t.clone());
     }
-    let (reports, rx) = mpsc::channel(REPORT_QUEUE);
     let source = format!(
         "gateway {}",
         cfg.guard
@@ -441,7 +644,10 @@ pub async fn serve(
             .clone()
             .unwrap_or_else(|| cfg.listen.to_string())
     );
-    let reporter_task = tokio::spawn(reporter(report_client, rx, source));
+    check_reporting(&report_client, &source).await?;
+    let (reports, rx) = mpsc::channel(REPORT_QUEUE);
+    let counters = Arc::new(Counters::default());
+    let reporter_task = tokio::spawn(reporter(report_client, rx, source, counters.clone()));
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = HttpClient::builder(TokioExecutor::new())
@@ -463,6 +669,8 @@ pub async fn serve(
         client,
         cfg: cfg.clone(),
         reports,
+        origins,
+        counters,
     });
     let limits = crate::server::Limits {
         max_connections: cfg.max_connections,

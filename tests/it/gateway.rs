@@ -425,6 +425,9 @@ impl Env {
             mcp_path: "/mcp".into(),
             routes,
             max_connections: 64,
+            max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
+            allowed_origins: Vec::new(),
+            metrics_path: None,
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let guard = Guard::connect(cfg.guard.clone(), clock.clone())

@@ -7,6 +7,7 @@ mod discovery;
 mod exchange;
 mod findings_conn;
 mod findings_edge;
+mod findings_gateway;
 mod findings_tools;
 mod gateway;
 mod interop;

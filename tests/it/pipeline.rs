@@ -123,6 +123,9 @@ async fn gateway(daemon: &Daemon, upstream: &str) -> Gateway {
         mcp_path: "/mcp".into(),
         routes: vec![("/exec-route".into(), "exec".into())],
         max_connections: 64,
+        max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
+        allowed_origins: Vec::new(),
+        metrics_path: None,
     };
     // The gateway decides on the daemon's (manual) clock, as one machine's gateway would.
     let clock: Arc<dyn Clock> = daemon.clock.clone();

@@ -753,6 +753,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             max_staleness: std::time::Duration::from_secs(g.max_staleness.max(1)),
             poll_interval: std::time::Duration::from_millis(250),
             leeway: g.leeway,
+            max_batch: g.max_batch,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {

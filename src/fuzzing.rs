@@ -100,7 +100,7 @@ pub fn exchange_request(data: &[u8]) {
 /// Arbitrary bytes as a gateway request body: never panics, and whatever is accepted has at
 /// least one message, each of which got a decision target (no message is skipped).
 pub fn jsonrpc(data: &[u8]) {
-    if let Ok(targets) = crate::gateway::jsonrpc_targets(data) {
+    if let Ok(targets) = crate::gateway::jsonrpc_targets(data, usize::MAX) {
         let messages = match serde_json::from_slice::<serde_json::Value>(data) {
             Ok(serde_json::Value::Array(batch)) => batch.len(),
             Ok(_) => 1,

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use toolgate_guard::mcp::InvalidMessage;
 
 pub mod paths;
 
@@ -134,9 +135,13 @@ fn clipped(label: &str) -> &str {
 /// The tool names called in a body: one entry per message, `None` for non-tool messages. The
 /// guard's strict reader (duplicate member names anywhere, a non-string `method` or
 /// `params.name` are refused), so the gateway decides on what any upstream would run.
-/// Exposed for the fuzz target.
-pub fn jsonrpc_targets(body: &[u8]) -> Result<Vec<Option<String>>, &'static str> {
-    toolgate_guard::mcp::jsonrpc_targets(body).map_err(|e| e.description())
+/// A batch over `max_batch` is refused before its messages are read. Exposed for the fuzz
+/// target.
+pub fn jsonrpc_targets(
+    body: &[u8],
+    max_batch: usize,
+) -> Result<Vec<Option<String>>, InvalidMessage> {
+    toolgate_guard::mcp::jsonrpc_targets(body, max_batch)
 }
 
 struct Gateway {
@@ -388,14 +393,18 @@ impl Gateway {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let targets = match jsonrpc_targets(&bytes) {
-            Ok(t) => t,
-            Err(why) => return Self::error(StatusCode::BAD_REQUEST, "invalid_request", why),
-        };
         // A batch is bounded before anything is decided or reported for it.
-        if targets.len() > self.cfg.max_batch {
-            return self.batch_too_large();
-        }
+        let targets = match jsonrpc_targets(&bytes, self.cfg.max_batch) {
+            Ok(t) => t,
+            Err(InvalidMessage::BatchTooLong) => return self.batch_too_large(),
+            Err(why) => {
+                return Self::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    why.description(),
+                )
+            }
+        };
         // No token at all: the 401 challenge, before anything about the tools is revealed.
         if crate::guard::bearer(&parts.headers).is_none() {
             if let Err(resp) = self.decide(&parts, self.guard.server_target(), None) {

@@ -135,6 +135,7 @@ impl Env {
                 max_staleness: Duration::from_secs(3600),
                 poll_interval: Duration::from_millis(200),
                 leeway: 60,
+                max_batch: 64,
             },
             clock,
         )

@@ -97,6 +97,7 @@ async fn config(
             max_staleness: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(100),
             leeway: 60,
+            max_batch: 64,
         },
         mcp_path: "/mcp".into(),
         routes: Vec::new(),

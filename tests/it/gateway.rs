@@ -378,6 +378,7 @@ fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
         max_staleness: Duration::from_secs(3),
         poll_interval: Duration::from_millis(100),
         leeway: 60,
+        max_batch: 64,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct GuardConfig {
     pub poll_interval: Duration,
     /// Clock skew allowed on token times, in seconds (clamped to 0..=60).
     pub leeway: i64,
+    /// The most JSON-RPC messages one MCP batch may carry ([`Routing::Mcp`]); a longer batch
+    /// is refused whole with `400 invalid_request`.
+    pub max_batch: usize,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -55,6 +58,7 @@ impl std::fmt::Debug for GuardConfig {
             .field("max_staleness", &self.max_staleness)
             .field("poll_interval", &self.poll_interval)
             .field("leeway", &self.leeway)
+            .field("max_batch", &self.max_batch)
             .finish()
     }
 }
@@ -74,6 +78,7 @@ impl GuardConfig {
             max_staleness: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
             leeway: crate::verify::MAX_LEEWAY,
+            max_batch: crate::mcp::DEFAULT_MAX_BATCH,
         }
     }
 
@@ -112,6 +117,12 @@ impl GuardConfig {
     /// The clock skew allowed on token times, in seconds (clamped to 0..=60).
     pub fn leeway(mut self, seconds: i64) -> Self {
         self.leeway = seconds;
+        self
+    }
+
+    /// The most messages one MCP batch may carry (default 64).
+    pub fn max_batch(mut self, messages: usize) -> Self {
+        self.max_batch = messages;
         self
     }
 
@@ -168,6 +179,12 @@ impl GuardBuilder {
     /// The clock skew allowed on token times, in seconds (default and maximum 60).
     pub fn leeway(mut self, seconds: i64) -> Self {
         self.cfg = self.cfg.leeway(seconds);
+        self
+    }
+
+    /// The most messages one MCP batch may carry (default 64).
+    pub fn max_batch(mut self, messages: usize) -> Self {
+        self.cfg = self.cfg.max_batch(messages);
         self
     }
 
@@ -732,7 +749,8 @@ pub enum Routing {
     /// (up to [`MAX_BUFFERED_BODY`]) and every message in it is decided, a `tools/call` against
     /// the tool in `params.name` and any other message against the server; `GET`, `DELETE`
     /// and other methods are server-level requests. A body that is not strict JSON-RPC
-    /// (see [`crate::mcp::jsonrpc_targets`]) is refused with `400 invalid_request`.
+    /// (see [`crate::mcp::jsonrpc_targets`]), or a batch over [`GuardConfig::max_batch`], is
+    /// refused with `400 invalid_request`.
     Mcp,
 }
 
@@ -932,7 +950,7 @@ fn admit_jsonrpc(
     bytes: &[u8],
 ) -> Result<(), Refusal> {
     let refuse = |r: Rejection| rejection_response(&r, guard.resource_metadata());
-    let names = crate::mcp::jsonrpc_targets(bytes).map_err(|e| {
+    let names = crate::mcp::jsonrpc_targets(bytes, guard.cfg.max_batch).map_err(|e| {
         let body =
             serde_json::json!({"error": "invalid_request", "error_description": e.description()});
         json_response(StatusCode::BAD_REQUEST, &body)

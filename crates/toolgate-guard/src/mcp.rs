@@ -21,7 +21,12 @@ pub enum InvalidMessage {
     MethodNotString,
     /// A `tools/call` without a string `params.name`.
     ToolNameMissing,
+    /// A batch with more messages than the configured cap.
+    BatchTooLong,
 }
+
+/// The default cap on the messages of one batch: a client that needs more sends more requests.
+pub const DEFAULT_MAX_BATCH: usize = 64;
 
 impl InvalidMessage {
     /// The `error_description` of the `400 invalid_request` answer.
@@ -33,6 +38,7 @@ impl InvalidMessage {
             Self::NotAnObject => "each JSON-RPC message must be an object",
             Self::MethodNotString => "method must be a string",
             Self::ToolNameMissing => "tools/call needs a string params.name",
+            Self::BatchTooLong => "the batch carries more messages than this server accepts",
         }
     }
 }
@@ -46,14 +52,21 @@ impl std::error::Error for InvalidMessage {}
 
 /// The tool names a body calls, one entry per JSON-RPC message (single or batch): `Some(name)`
 /// for a `tools/call`, `None` for every other message (requests, notifications, and the
-/// responses a client sends back to the server). Duplicate member names anywhere are refused.
-pub fn jsonrpc_targets(body: &[u8]) -> Result<Vec<Option<String>>, InvalidMessage> {
+/// responses a client sends back to the server). Duplicate member names anywhere are refused,
+/// and so is a batch of more than `max_batch` messages (before any message of it is read).
+pub fn jsonrpc_targets(
+    body: &[u8],
+    max_batch: usize,
+) -> Result<Vec<Option<String>>, InvalidMessage> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
         let batch: Vec<&RawValue> =
             serde_json::from_slice(body).map_err(|_| InvalidMessage::NotJson)?;
         if batch.is_empty() {
             return Err(InvalidMessage::EmptyBatch);
+        }
+        if batch.len() > max_batch {
+            return Err(InvalidMessage::BatchTooLong);
         }
         batch
             .iter()
@@ -107,16 +120,19 @@ mod tests {
     #[test]
     fn names_the_tool_of_each_message() {
         assert_eq!(
-            jsonrpc_targets(call("search").as_bytes()).unwrap(),
+            jsonrpc_targets(call("search").as_bytes(), 64).unwrap(),
             vec![Some("search".to_string())]
         );
         let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
-        assert_eq!(jsonrpc_targets(init.as_bytes()).unwrap(), vec![None]);
+        assert_eq!(jsonrpc_targets(init.as_bytes(), 64).unwrap(), vec![None]);
         let response = r#"{"jsonrpc":"2.0","id":7,"result":{}}"#;
-        assert_eq!(jsonrpc_targets(response.as_bytes()).unwrap(), vec![None]);
+        assert_eq!(
+            jsonrpc_targets(response.as_bytes(), 64).unwrap(),
+            vec![None]
+        );
         let batch = format!(" [{}, {init}, {}]", call("a"), call("b"));
         assert_eq!(
-            jsonrpc_targets(batch.as_bytes()).unwrap(),
+            jsonrpc_targets(batch.as_bytes(), 64).unwrap(),
             vec![Some("a".into()), None, Some("b".into())]
         );
     }
@@ -153,7 +169,19 @@ mod tests {
             (r#"{"method":"ping"} {}"#, InvalidMessage::NotJson),
         ];
         for (body, want) in cases {
-            assert_eq!(jsonrpc_targets(body.as_bytes()), Err(*want), "{body}");
+            assert_eq!(jsonrpc_targets(body.as_bytes(), 64), Err(*want), "{body}");
         }
+    }
+
+    #[test]
+    fn a_batch_over_the_cap_is_refused_whole() {
+        let two = r#"[{"method":"ping"},{"method":"ping"}]"#;
+        assert_eq!(jsonrpc_targets(two.as_bytes(), 2).unwrap().len(), 2);
+        assert_eq!(
+            jsonrpc_targets(two.as_bytes(), 1),
+            Err(InvalidMessage::BatchTooLong)
+        );
+        // A single message is not a batch: the cap does not apply.
+        assert!(jsonrpc_targets(br#"{"method":"ping"}"#, 0).is_ok());
     }
 }

@@ -254,6 +254,10 @@ async fn the_mcp_layer_decides_every_message() {
             "tools/call needs a string params.name",
         ),
         ("[]", "an empty batch is not a JSON-RPC request"),
+        (
+            &format!("[{}]", vec![init; 65].join(",")),
+            "the batch carries more messages than this server accepts",
+        ),
     ] {
         let r = send(&mut svc, Method::POST, "/mcp", Some(&search), body).await;
         assert_eq!(r.status, 400, "{body}");
@@ -310,4 +314,5 @@ fn the_builder_starts_from_the_defaults() {
     assert_eq!(cfg.max_staleness, std::time::Duration::from_secs(5));
     assert_eq!(cfg.poll_interval, std::time::Duration::from_millis(250));
     assert_eq!(cfg.leeway, 60);
+    assert_eq!(cfg.max_batch, 64);
 }

@@ -394,7 +394,7 @@ pub(super) fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
     let (digest, count) = app.revocations.digest(now)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"hash": digest, "algorithm": "xor-sha256-128", "count": count,
+        &json!({"hash": digest, "algorithm": crate::revocation::DIGEST_ALGORITHM, "count": count,
                 "generated_at": crate::clock::rfc3339(now), "unit_id": app.unit_id}),
     ))
 }
@@ -407,7 +407,7 @@ pub(super) async fn export(app: &App, req: Request<Incoming>) -> Result<Response
     let (entries, next) = page(app, &req).await?;
     let mut resp = json_response(
         StatusCode::OK,
-        &json!({"revocations": entries, "hash": digest, "algorithm": "xor-sha256-128",
+        &json!({"revocations": entries, "hash": digest, "algorithm": crate::revocation::DIGEST_ALGORITHM,
                 "count": count, "generated_at": crate::clock::rfc3339(now), "next_after": next}),
     );
     resp.headers_mut().insert(

@@ -6,8 +6,7 @@ use crate::config::Transmitter;
 use crate::jose;
 use crate::registry::valid_id;
 use crate::revocation::{Format, Target};
-use crate::store::revocations::Action;
-use crate::store::revocations::NewRevocation;
+use crate::store::revocations::{Action, NewRevocation, ADMIN_SOURCE};
 use crate::verify;
 use serde_json::{Map, Value};
 
@@ -133,6 +132,12 @@ fn read_claims(
     iss: &str,
     policy: &Policy<'_>,
 ) -> Result<Signal, SignalError> {
+    if iss == ADMIN_SOURCE {
+        return Err(SignalError {
+            code: "invalid_issuer",
+            description: "SET issuer admin is reserved for the admin API",
+        });
+    }
     let jti = match claims.get("jti") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
         _ => return Err(bad("SET needs a jti string")),
@@ -156,6 +161,8 @@ fn read_claims(
             .as_object()
             .ok_or(bad("each event must be a JSON object"))?;
         let expires_at = match claims::numeric_date(payload, "expires_at") {
+            // A revocation that ends before it is applied would only cancel another.
+            Ok(Some(t)) if t <= policy.now => return Err(bad("event expires_at is in the past")),
             Ok(Some(t)) => Some(t),
             Ok(None) => policy.default_ttl.map(|ttl| policy.now.saturating_add(ttl)),
             Err(_) => return Err(bad("event expires_at is malformed")),
@@ -212,7 +219,11 @@ fn read_claims(
             }
             t if t == format!("{RISC}account-enabled") => {
                 let s = subject.ok_or(bad("event has no subject identifier"))?;
-                Action::Lift(s)
+                // Only what this transmitter revoked: another's revocation stands.
+                Action::Lift {
+                    target: s,
+                    source: iss.to_string(),
+                }
             }
             TOOL_COMPROMISED => {
                 let tool_id = payload
@@ -364,7 +375,9 @@ mod tests {
             "events":{"https://schemas.openid.net/secevent/risc/event-type/account-enabled":{}}}),
         )
         .unwrap();
-        assert!(matches!(&s.actions[0], Action::Lift(t) if t.value == "wimse://a"));
+        assert!(
+            matches!(&s.actions[0], Action::Lift { target, source } if target.value == "wimse://a" && source == "dev")
+        );
         let s =
             read(json!({"jti":"3","events":{TOOL_COMPROMISED:{"tool_id":"sql-admin"}}})).unwrap();
         assert!(matches!(&s.actions[0], Action::Revoke(r) if r.target.format == Format::Tool));

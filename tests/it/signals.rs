@@ -919,6 +919,17 @@ async fn a_replayed_set_is_acknowledged_but_not_applied_again() {
         json!({}),
     )
     .await;
+    // The other transmitter's revocation stands until it lifts its own.
+    assert_revoked(&daemon, &alice, "search").await;
+    let mut other_lift = dev_set(
+        &daemon,
+        Some(uri_id(&wimse("alice"))),
+        &account_enabled(),
+        json!({}),
+    );
+    other_lift["iss"] = json!("https://other-transmitter.example");
+    let (status, body) = post_json(&daemon, &other_lift).await;
+    assert_accepted(status, &body);
     assert_allowed(&daemon, &alice, "search").await;
     revoke_uri(&daemon, &wimse("alice")).await;
     assert_revoked(&daemon, &alice, "search").await;
@@ -1288,15 +1299,16 @@ async fn an_event_expires_at_stops_denying_once_past() {
     let (_, count) = federation_hash(&daemon).await;
     assert_eq!(count, 1);
 
-    // An expiry already past revokes nothing.
+    // An expiry already past is refused and revokes nothing.
     let carol = daemon.token_for("carol", SEARCH).await;
-    signal(
+    let set = dev_set(
         &daemon,
         Some(uri_id(&wimse("carol"))),
         &session_revoked(),
         json!({"expires_at": daemon.clock_now() - 1}),
-    )
-    .await;
+    );
+    let (status, body) = post_json(&daemon, &set).await;
+    assert_set_error(status, &body, 400, "invalid_request");
     assert_allowed(&daemon, &carol, "search").await;
 
     // Expired entries stay expired across a restart.
@@ -1981,7 +1993,10 @@ async fn federation_export(daemon: &Daemon, limit: u32) -> (Vec<Value>, String, 
 /// SHA-256 over the 16-byte key and the 8-byte expiry (`i64::MAX` for none), first 16 bytes.
 fn entry_digest(key: &str, expires_at_unix: Option<i64>) -> u128 {
     assert_eq!(key.len(), 32, "{key}");
-    let mut buf = u128::from_str_radix(key, 16).unwrap().to_be_bytes().to_vec();
+    let mut buf = u128::from_str_radix(key, 16)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
     buf.extend_from_slice(&expires_at_unix.unwrap_or(i64::MAX).to_be_bytes());
     let d = ring::digest::digest(&ring::digest::SHA256, &buf);
     u128::from_be_bytes(d.as_ref()[..16].try_into().unwrap())

@@ -117,10 +117,11 @@ pub const DIGEST_ALGORITHM: &str = "xor-sha256-128-key-expiry";
 /// Covering the expiry is the point: re-revoking with another expiry must change the digest.
 pub fn entry_digest(key: Key, expires_at: i64) -> u128 {
     let mut buf = [0u8; 24];
-    for (dst, src) in buf
-        .iter_mut()
-        .zip(key.to_be_bytes().into_iter().chain(expires_at.to_be_bytes()))
-    {
+    for (dst, src) in buf.iter_mut().zip(
+        key.to_be_bytes()
+            .into_iter()
+            .chain(expires_at.to_be_bytes()),
+    ) {
         *dst = src;
     }
     let d = digest(&SHA256, &buf);
@@ -152,6 +153,13 @@ impl Hasher for KeyHasher {
 
 /// Revoked keys and when each revocation ends (`i64::MAX`: never).
 pub type Entries = HashMap<Key, i64, BuildHasherDefault<KeyHasher>>;
+
+/// Record that `key` is revoked until at least `expires_at`: an entry already there for
+/// longer keeps its expiry (the later one wins).
+pub fn revoke_until(entries: &mut Entries, key: Key, expires_at: i64) {
+    let slot = entries.entry(key).or_insert(expires_at);
+    *slot = (*slot).max(expires_at);
+}
 
 /// The index's lock was poisoned by a panic elsewhere: every check that meets it denies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,12 +295,16 @@ impl RevocationIndex {
         self.entries.write().map_err(|_| IndexUnavailable)
     }
 
-    /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`.
+    /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`. A name revoked
+    /// by several sources comes once per source; it stays revoked until the latest expiry.
     pub fn replace(
         &self,
         all: impl IntoIterator<Item = (Key, i64)>,
     ) -> Result<(), IndexUnavailable> {
-        let fresh: Entries = all.into_iter().collect();
+        let mut fresh = Entries::default();
+        for (k, exp) in all {
+            revoke_until(&mut fresh, k, exp);
+        }
         let mut entries = self.entries.write().map_err(|_| IndexUnavailable)?;
         *entries = fresh;
         Ok(())
@@ -317,8 +329,14 @@ mod tests {
         let forever = index(&[(k, i64::MAX)]).digest(1_000_000).unwrap();
         assert_eq!(short.1, 1);
         assert_eq!(forever.1, 1);
-        assert_ne!(short.0, forever.0, "a changed expiry must change the digest");
+        assert_ne!(
+            short.0, forever.0,
+            "a changed expiry must change the digest"
+        );
         assert_eq!(forever.0, format!("{:032x}", entry_digest(k, i64::MAX)));
+        // A name exported once per source counts once, until its latest expiry.
+        let both = index(&[(k, 1_000_600), (k, i64::MAX), (k, 1_000_300)]);
+        assert_eq!(both.digest(1_000_000).unwrap(), forever);
         // Expired entries leave it.
         assert_eq!(
             index(&[(k, 1_000_600)]).digest(1_000_600).unwrap(),

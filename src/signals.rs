@@ -99,19 +99,28 @@ pub fn verify_signed(token: &str, policy: &Policy<'_>) -> Result<Signal, SignalE
             description: "SET audience does not name this toolgate",
         });
     }
-    let iat = claims::numeric_date(&claims, "iat")
-        .map_err(|_| bad("SET iat is malformed"))?
-        .ok_or(bad("SET has no iat"))?;
-    if iat > policy.now + policy.leeway {
-        return Err(bad("SET was issued in the future"));
-    }
-    if iat < policy.now - policy.max_age {
-        return Err(bad("SET is too old"));
-    }
+    check_iat(&claims, policy)?;
     read_claims(&claims, iss, policy)
 }
 
-/// The SET claims as plain JSON (dev mode only): `iss` and `aud` are recorded, not enforced.
+/// A SET's `iat` must be present and within `max_age` before now (plus the leeway after it):
+/// its `jti` is remembered as long as that, so an older SET could be a replay whose `jti` was
+/// forgotten.
+fn check_iat(claims: &Map<String, Value>, policy: &Policy<'_>) -> Result<(), SignalError> {
+    let iat = claims::numeric_date(claims, "iat")
+        .map_err(|_| bad("SET iat is malformed"))?
+        .ok_or(bad("SET has no iat"))?;
+    if iat > policy.now.saturating_add(policy.leeway) {
+        return Err(bad("SET was issued in the future"));
+    }
+    if iat < policy.now.saturating_sub(policy.max_age) {
+        return Err(bad("SET is too old"));
+    }
+    Ok(())
+}
+
+/// The SET claims as plain JSON (dev mode only): `iss` and `aud` are recorded, not enforced;
+/// `iat` is, as for a signed SET, so that a replay cannot outlive the memory of its `jti`.
 pub fn read_unsigned(
     claims: &Map<String, Value>,
     policy: &Policy<'_>,
@@ -121,9 +130,7 @@ pub fn read_unsigned(
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(_) => return Err(bad("SET iss must be a non-empty string")),
     };
-    if claims::numeric_date(claims, "iat").is_err() {
-        return Err(bad("SET iat is malformed"));
-    }
+    check_iat(claims, policy)?;
     read_claims(claims, iss, policy)
 }
 
@@ -317,8 +324,42 @@ mod tests {
         }
     }
 
-    fn read(v: Value) -> Result<Signal, SignalError> {
-        read_unsigned(v.as_object().unwrap(), &policy())
+    /// A dev SET, issued now unless it says otherwise.
+    fn read(mut v: Value) -> Result<Signal, SignalError> {
+        let claims = v.as_object_mut().unwrap();
+        claims.entry("iat").or_insert(json!(1_000_000));
+        read_unsigned(claims, &policy())
+    }
+
+    #[test]
+    fn dev_sets_have_the_signed_iat_window() {
+        let ev = json!({TOOL_COMPROMISED: {"tool_id": "t"}});
+        let at = |iat: Value| read(json!({"jti": "1", "iat": iat, "events": ev.clone()}));
+        assert!(at(json!(1_000_000)).is_ok());
+        assert!(at(json!(1_000_060)).is_ok());
+        assert!(at(json!(1_000_000 - 3600)).is_ok());
+        assert_eq!(
+            at(json!(1_000_061)).unwrap_err().description,
+            "SET was issued in the future"
+        );
+        assert_eq!(
+            at(json!(1_000_000 - 3601)).unwrap_err().description,
+            "SET is too old"
+        );
+        assert_eq!(
+            at(json!(null)).unwrap_err().description,
+            "SET iat is malformed"
+        );
+        assert_eq!(
+            at(json!("now")).unwrap_err().description,
+            "SET iat is malformed"
+        );
+        let mut no_iat = json!({"jti": "1", "events": ev.clone()});
+        let claims = no_iat.as_object_mut().unwrap();
+        assert_eq!(
+            read_unsigned(claims, &policy()).unwrap_err().description,
+            "SET has no iat"
+        );
     }
 
     #[test]

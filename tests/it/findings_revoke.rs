@@ -23,7 +23,7 @@ fn wimse(name: &str) -> String {
 async fn dev_daemon() -> Daemon {
     let d = Daemon::with(|c| {
         c.dev = true;
-        c.token_ttl = 3600;
+        c.token_ttl = 7200;
     })
     .await;
     d.register("search", SEARCH).await;
@@ -539,4 +539,59 @@ async fn finding_2_a_version_5_database_upgrades() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, toolgate::store::SCHEMA_VERSION);
+}
+
+/// A dev-mode SET has the signed SETs' `iat` window: once its `jti` is pruned (an hour and the
+/// leeway after it arrived) a replay is too old, not applied again. A dev SET without `iat`,
+/// or from the future, is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_3_a_replayed_dev_set_whose_jti_was_pruned_is_refused() {
+    let d = dev_daemon().await;
+    let alice = d.token_for("alice", SEARCH).await;
+    let set = dev_set(&d, SIEM, &wimse("alice"), SESSION_REVOKED, json!({}));
+    let (status, body) = post_set(&d, &set).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(daemon_check(&d, &alice).await, "revocation");
+    lift_id(&d, record_id(&d, &wimse("alice"), SIEM).await).await;
+    assert_eq!(daemon_check(&d, &alice).await, "allow");
+
+    // Within the window a replay is recognised by its jti.
+    let (status, body) = post_set(&d, &set).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(daemon_check(&d, &alice).await, "allow");
+
+    // Past it, the pruner forgets the jti (as it does once a minute: SET ids received before
+    // now - 3600 - leeway); the replay is then refused for its age.
+    d.clock.advance(3600 + 61);
+    let horizon = d.clock_now() - 3600 - 60;
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let pruned = conn
+        .execute(
+            "DELETE FROM signal_events WHERE received_at < ?1",
+            [horizon],
+        )
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let (status, body) = post_set(&d, &set).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    assert_eq!(body["error_description"], "SET is too old", "{body}");
+    assert_eq!(daemon_check(&d, &alice).await, "allow");
+
+    // No iat, or one from the future: refused, nothing applied.
+    let mut no_iat = dev_set(&d, SIEM, &wimse("alice"), SESSION_REVOKED, json!({}));
+    no_iat.as_object_mut().unwrap().remove("iat");
+    let mut future = dev_set(&d, SIEM, &wimse("alice"), SESSION_REVOKED, json!({}));
+    future["iat"] = json!(d.clock_now() + 61);
+    for (set, why) in [
+        (no_iat, "SET has no iat"),
+        (future, "SET was issued in the future"),
+    ] {
+        let (status, body) = post_set(&d, &set).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error_description"], why, "{body}");
+    }
+    assert_eq!(daemon_check(&d, &alice).await, "allow");
+    assert!(records(&d, &wimse("alice")).await.is_empty());
 }

@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS tools (
 CREATE INDEX IF NOT EXISTS tools_by_resource ON tools (resource_uri);
 
 -- Revocations from CAEP / RISC / toolgate signals and operators. One row per revoked
--- (format, issuer, value); a repeated revocation refreshes the row. Lifting deletes it.
+-- (format, issuer, value) and source (the SET's issuer, or 'admin' for the admin API), so that
+-- a name revoked by two sources stays revoked until both rows are gone. A repeated revocation
+-- refreshes its source's row and never shortens it (the admin's may). Lifting deletes a row.
 -- format: uri | email | iss_sub | opaque (subjects), jti (one token), tool (a tool_id).
 CREATE TABLE IF NOT EXISTS revocations (
     id         INTEGER PRIMARY KEY,
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS revocations (
     source     TEXT NOT NULL DEFAULT '',
     revoked_at INTEGER NOT NULL,
     expires_at INTEGER,
-    UNIQUE (format, issuer, value)
+    UNIQUE (format, issuer, value, source)
 ) STRICT;
 
 -- Pruning finds expiring revocations without scanning the whole table.

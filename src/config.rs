@@ -321,6 +321,11 @@ impl Config {
             if t.issuer.is_empty() {
                 return Err(err("transmitters entries need an issuer"));
             }
+            if t.issuer == crate::store::revocations::ADMIN_SOURCE {
+                return Err(err(
+                    "a transmitter's issuer may not be \"admin\": it names the admin API's revocations",
+                ));
+            }
             self.transmitters.push(Transmitter {
                 keys: load_jwks(base, &t.jwks_file)?,
                 issuer: t.issuer,

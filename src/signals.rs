@@ -6,8 +6,7 @@ use crate::config::Transmitter;
 use crate::jose;
 use crate::registry::valid_id;
 use crate::revocation::{Format, Target};
-use crate::store::revocations::Action;
-use crate::store::revocations::NewRevocation;
+use crate::store::revocations::{Action, NewRevocation, ADMIN_SOURCE};
 use crate::verify;
 use serde_json::{Map, Value};
 
@@ -100,19 +99,28 @@ pub fn verify_signed(token: &str, policy: &Policy<'_>) -> Result<Signal, SignalE
             description: "SET audience does not name this toolgate",
         });
     }
-    let iat = claims::numeric_date(&claims, "iat")
-        .map_err(|_| bad("SET iat is malformed"))?
-        .ok_or(bad("SET has no iat"))?;
-    if iat > policy.now + policy.leeway {
-        return Err(bad("SET was issued in the future"));
-    }
-    if iat < policy.now - policy.max_age {
-        return Err(bad("SET is too old"));
-    }
+    check_iat(&claims, policy)?;
     read_claims(&claims, iss, policy)
 }
 
-/// The SET claims as plain JSON (dev mode only): `iss` and `aud` are recorded, not enforced.
+/// A SET's `iat` must be present and within `max_age` before now (plus the leeway after it):
+/// its `jti` is remembered as long as that, so an older SET could be a replay whose `jti` was
+/// forgotten.
+fn check_iat(claims: &Map<String, Value>, policy: &Policy<'_>) -> Result<(), SignalError> {
+    let iat = claims::numeric_date(claims, "iat")
+        .map_err(|_| bad("SET iat is malformed"))?
+        .ok_or(bad("SET has no iat"))?;
+    if iat > policy.now.saturating_add(policy.leeway) {
+        return Err(bad("SET was issued in the future"));
+    }
+    if iat < policy.now.saturating_sub(policy.max_age) {
+        return Err(bad("SET is too old"));
+    }
+    Ok(())
+}
+
+/// The SET claims as plain JSON (dev mode only): `iss` and `aud` are recorded, not enforced;
+/// `iat` is, as for a signed SET, so that a replay cannot outlive the memory of its `jti`.
 pub fn read_unsigned(
     claims: &Map<String, Value>,
     policy: &Policy<'_>,
@@ -122,9 +130,7 @@ pub fn read_unsigned(
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(_) => return Err(bad("SET iss must be a non-empty string")),
     };
-    if claims::numeric_date(claims, "iat").is_err() {
-        return Err(bad("SET iat is malformed"));
-    }
+    check_iat(claims, policy)?;
     read_claims(claims, iss, policy)
 }
 
@@ -133,6 +139,12 @@ fn read_claims(
     iss: &str,
     policy: &Policy<'_>,
 ) -> Result<Signal, SignalError> {
+    if iss == ADMIN_SOURCE {
+        return Err(SignalError {
+            code: "invalid_issuer",
+            description: "SET issuer admin is reserved for the admin API",
+        });
+    }
     let jti = match claims.get("jti") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
         _ => return Err(bad("SET needs a jti string")),
@@ -156,6 +168,8 @@ fn read_claims(
             .as_object()
             .ok_or(bad("each event must be a JSON object"))?;
         let expires_at = match claims::numeric_date(payload, "expires_at") {
+            // A revocation that ends before it is applied would only cancel another.
+            Ok(Some(t)) if t <= policy.now => return Err(bad("event expires_at is in the past")),
             Ok(Some(t)) => Some(t),
             Ok(None) => policy.default_ttl.map(|ttl| policy.now.saturating_add(ttl)),
             Err(_) => return Err(bad("event expires_at is malformed")),
@@ -212,7 +226,11 @@ fn read_claims(
             }
             t if t == format!("{RISC}account-enabled") => {
                 let s = subject.ok_or(bad("event has no subject identifier"))?;
-                Action::Lift(s)
+                // Only what this transmitter revoked: another's revocation stands.
+                Action::Lift {
+                    target: s,
+                    source: iss.to_string(),
+                }
             }
             TOOL_COMPROMISED => {
                 let tool_id = payload
@@ -306,8 +324,42 @@ mod tests {
         }
     }
 
-    fn read(v: Value) -> Result<Signal, SignalError> {
-        read_unsigned(v.as_object().unwrap(), &policy())
+    /// A dev SET, issued now unless it says otherwise.
+    fn read(mut v: Value) -> Result<Signal, SignalError> {
+        let claims = v.as_object_mut().unwrap();
+        claims.entry("iat").or_insert(json!(1_000_000));
+        read_unsigned(claims, &policy())
+    }
+
+    #[test]
+    fn dev_sets_have_the_signed_iat_window() {
+        let ev = json!({TOOL_COMPROMISED: {"tool_id": "t"}});
+        let at = |iat: Value| read(json!({"jti": "1", "iat": iat, "events": ev.clone()}));
+        assert!(at(json!(1_000_000)).is_ok());
+        assert!(at(json!(1_000_060)).is_ok());
+        assert!(at(json!(1_000_000 - 3600)).is_ok());
+        assert_eq!(
+            at(json!(1_000_061)).unwrap_err().description,
+            "SET was issued in the future"
+        );
+        assert_eq!(
+            at(json!(1_000_000 - 3601)).unwrap_err().description,
+            "SET is too old"
+        );
+        assert_eq!(
+            at(json!(null)).unwrap_err().description,
+            "SET iat is malformed"
+        );
+        assert_eq!(
+            at(json!("now")).unwrap_err().description,
+            "SET iat is malformed"
+        );
+        let mut no_iat = json!({"jti": "1", "events": ev.clone()});
+        let claims = no_iat.as_object_mut().unwrap();
+        assert_eq!(
+            read_unsigned(claims, &policy()).unwrap_err().description,
+            "SET has no iat"
+        );
     }
 
     #[test]
@@ -364,7 +416,9 @@ mod tests {
             "events":{"https://schemas.openid.net/secevent/risc/event-type/account-enabled":{}}}),
         )
         .unwrap();
-        assert!(matches!(&s.actions[0], Action::Lift(t) if t.value == "wimse://a"));
+        assert!(
+            matches!(&s.actions[0], Action::Lift { target, source } if target.value == "wimse://a" && source == "dev")
+        );
         let s =
             read(json!({"jti":"3","events":{TOOL_COMPROMISED:{"tool_id":"sql-admin"}}})).unwrap();
         assert!(matches!(&s.actions[0], Action::Revoke(r) if r.target.format == Format::Tool));

@@ -125,7 +125,9 @@ pub(crate) fn tools(body: &Value) -> String {
 
 /// `GET /v1/signals/revocations` as a table.
 pub(crate) fn revocations(body: &Value) -> String {
-    let mut t = Table::new(&["ID", "KIND", "FORMAT", "VALUE", "EXPIRES", "REASON"]);
+    let mut t = Table::new(&[
+        "ID", "KIND", "FORMAT", "VALUE", "SOURCE", "EXPIRES", "REASON",
+    ]);
     let list = body.get("revocations").and_then(Value::as_array);
     for r in list.into_iter().flatten() {
         let expires = match field(r, "expires_at") {
@@ -137,6 +139,7 @@ pub(crate) fn revocations(body: &Value) -> String {
             field(r, "kind"),
             field(r, "format"),
             field(r, "value"),
+            field(r, "source"),
             expires,
             field(r, "reason"),
         ]);

@@ -11,7 +11,7 @@ use crate::revocations::{row_json, unstored_json};
 use crate::signals::{self, Policy, SignalError};
 use crate::store::audit::Record;
 use crate::store::revocations::{self as rows, NewRevocation};
-use crate::store::revocations::{Action, Applied};
+use crate::store::revocations::{Action, Applied, ADMIN_SOURCE};
 use http::{header, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
         .apply(event, signal.actions.clone(), now)
         .await;
     let decision = match &outcome {
-        Ok(Applied::Applied) => "applied",
+        Ok(Applied::Applied(_)) => "applied",
         Ok(Applied::Replay) => "replay",
         Err(_) => "unstored",
     };
@@ -114,14 +114,23 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
         jti: clip(&signal.jti),
         ..Default::default()
     };
-    for action in &signal.actions {
-        record_action(app, rid, action, decision, &signal.jti, &signal.issuer);
+    let found = match &outcome {
+        Ok(Applied::Applied(found)) => found.as_slice(),
+        _ => &[],
+    };
+    for (i, action) in signal.actions.iter().enumerate() {
+        // A lift that found no record of this transmitter's changes nothing.
+        let outcome = match found.get(i) {
+            Some(false) => "not_found",
+            _ => decision,
+        };
+        record_action(app, rid, action, outcome, &signal.jti, &signal.issuer);
     }
     // The queue is first in, first out: once the summary row is committed, so are the rows
     // before it. A signal is acknowledged only with its audit rows on disk.
     let audited = app.record_durable("signal", row).await;
     match outcome {
-        Ok(Applied::Applied) => {
+        Ok(Applied::Applied(_)) => {
             crate::log_info!(
                 "signal {} from {} applied: {}",
                 signal.jti,
@@ -174,17 +183,23 @@ fn record_action(
     );
 }
 
+/// The audit row of a revocation or a lift by `actor` (a transmitter's issuer or `admin`). A
+/// revocation's `reason` is its source; a lift's names who lifted whose record.
 fn action_row(
     app: &App,
     rid: &str,
     action: &Action,
     outcome: &str,
     event_jti: &str,
-    source: &str,
+    actor: &str,
 ) -> Record {
-    let (verb, target) = match action {
-        Action::Revoke(r) => ("revoke", &r.target),
-        Action::Lift(t) => ("lift", t),
+    let (verb, target, reason) = match action {
+        Action::Revoke(r) => ("revoke", &r.target, r.source.clone()),
+        Action::Lift { target, source } => (
+            "lift",
+            target,
+            format!("lifted by {actor}: the revocation by {source}"),
+        ),
     };
     Record {
         ts_ms: app.now_ms(),
@@ -192,7 +207,7 @@ fn action_row(
         subject: clip(&target.value),
         target: format!("{}:{}", target.format.kind(), target.format.name()),
         decision: format!("{verb}:{outcome}").into(),
-        reason: clip(source),
+        reason: clip(&reason),
         request_id: rid.into(),
         jti: clip(event_jti),
         ..Default::default()
@@ -304,7 +319,7 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         reason: reason.chars().take(256).collect(),
         event_type: String::new(),
         event_jti: String::new(),
-        source: "admin".into(),
+        source: ADMIN_SOURCE.into(),
         expires_at,
     });
     app.audit_ready()
@@ -321,7 +336,7 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     let audited = app
         .record_durable(
             "revocation",
-            action_row(app, rid, &action, verdict, "", "admin"),
+            action_row(app, rid, &action, verdict, "", ADMIN_SOURCE),
         )
         .await;
     outcome.map_err(|e| {
@@ -333,7 +348,7 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"status": "revoked", "kind": format.kind(), "format": format.name(), "value": value,
-                "key": format!("{:032x}", target.key())}),
+                "source": ADMIN_SOURCE, "key": format!("{:032x}", target.key())}),
     ))
 }
 
@@ -354,7 +369,7 @@ pub(super) async fn lift(
         .map_err(|_| ApiError::unavailable("the audit log is unavailable; nothing was changed"))?;
     let row = app
         .revocations
-        .lift_by_id(id)
+        .lift_by_id(id, app.now())
         .await
         .map_err(|e| {
             crate::log_error!("lift not stored: {e}");
@@ -368,19 +383,18 @@ pub(super) async fn lift(
             )
         })?;
     crate::log_info!("operator lifted revocation {id}");
-    app.record_durable(
-        "revocation",
-        action_row(
-            app,
-            rid,
-            &Action::Lift(row.target.clone()),
-            "applied",
-            "",
-            "admin",
-        ),
-    )
-    .await
-    .map_err(|_| durable_audit_failed())?;
+    let lifted = Action::Lift {
+        target: row.target.clone(),
+        source: row.source.clone(),
+    };
+    let mut audit = action_row(app, rid, &lifted, "applied", "", ADMIN_SOURCE);
+    audit.reason = clip(&format!(
+        "lifted by {ADMIN_SOURCE}: revocation {id} by {}",
+        row.source
+    ));
+    app.record_durable("revocation", audit)
+        .await
+        .map_err(|_| durable_audit_failed())?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"status": "lifted", "revocation": row_json(&row)}),
@@ -394,7 +408,7 @@ pub(super) fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
     let (digest, count) = app.revocations.digest(now)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"hash": digest, "algorithm": "xor-sha256-128", "count": count,
+        &json!({"hash": digest, "algorithm": crate::revocation::DIGEST_ALGORITHM, "count": count,
                 "generated_at": crate::clock::rfc3339(now), "unit_id": app.unit_id}),
     ))
 }
@@ -407,7 +421,7 @@ pub(super) async fn export(app: &App, req: Request<Incoming>) -> Result<Response
     let (entries, next) = page(app, &req).await?;
     let mut resp = json_response(
         StatusCode::OK,
-        &json!({"revocations": entries, "hash": digest, "algorithm": "xor-sha256-128",
+        &json!({"revocations": entries, "hash": digest, "algorithm": crate::revocation::DIGEST_ALGORITHM,
                 "count": count, "generated_at": crate::clock::rfc3339(now), "next_after": next}),
     );
     resp.headers_mut().insert(

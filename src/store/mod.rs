@@ -18,8 +18,8 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
-/// place of its two indexes.
-pub const SCHEMA_VERSION: i64 = 5;
+/// place of its two indexes. 6: revocations unique per (format, issuer, value, source).
+pub const SCHEMA_VERSION: i64 = 6;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -179,6 +179,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         // Versions 3 and 4 have the audit log with hex hashes, prev_hash and two indexes.
         let audit_v4 = (3..5).contains(&version);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Versions 2 to 5 have revocations unique per name only.
+        let revocations_v5 = (2..6).contains(&version)
+            && tx.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'revocations'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? > 0;
         if audit_v4 {
             // The move drops prev_hash; say now if the old chain was already broken.
             match audit::verify_chain(&tx) {
@@ -194,9 +201,15 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             }
             tx.execute_batch(AUDIT_V4_ASIDE)?;
         }
+        if revocations_v5 {
+            tx.execute_batch(REVOCATIONS_V5_ASIDE)?;
+        }
         tx.execute_batch(SCHEMA)?;
         if audit_v4 {
             tx.execute_batch(AUDIT_V4_MOVE)?;
+        }
+        if revocations_v5 {
+            tx.execute_batch(REVOCATIONS_V5_MOVE)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -220,6 +233,22 @@ const AUDIT_V4_MOVE: &str = "
         SELECT 'subject', subject, seq, seq FROM audit_log WHERE subject != '';
     INSERT INTO audit_runs (field, value, first_seq, last_seq)
         SELECT 'target', target, seq, seq FROM audit_log WHERE target != '';
+";
+
+/// Version 6: SQLite cannot change a table's unique key, so the revocations are set aside
+/// (their expiry index too, which would otherwise keep its name on the old table)...
+const REVOCATIONS_V5_ASIDE: &str = "
+    ALTER TABLE revocations RENAME TO revocations_v5;
+    DROP INDEX IF EXISTS revocations_by_expiry;
+";
+/// ...and move, ids and sources kept, into the table `SCHEMA` created: each old row was already
+/// the only one of its name, so it is the only one of its name and source.
+const REVOCATIONS_V5_MOVE: &str = "
+    INSERT INTO revocations (id, format, issuer, value, reason, event_type, event_jti, source,
+                             revoked_at, expires_at)
+        SELECT id, format, issuer, value, reason, event_type, event_jti, source, revoked_at,
+               expires_at FROM revocations_v5 ORDER BY id;
+    DROP TABLE revocations_v5;
 ";
 
 #[cfg(test)]
@@ -320,6 +349,78 @@ mod tests {
             )
             .unwrap();
         assert_eq!(leftovers, 0);
+    }
+
+    /// A version-5 database (revocations unique per name) moves to version 6 with every row,
+    /// id and source; two sources may then each hold a record of the same name.
+    #[test]
+    fn version_5_revocations_migrate_to_one_record_per_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE revocations (id INTEGER PRIMARY KEY, format TEXT NOT NULL,
+                 issuer TEXT NOT NULL DEFAULT '', value TEXT NOT NULL, reason TEXT NOT NULL,
+                 event_type TEXT NOT NULL DEFAULT '', event_jti TEXT NOT NULL DEFAULT '',
+                 source TEXT NOT NULL DEFAULT '', revoked_at INTEGER NOT NULL,
+                 expires_at INTEGER, UNIQUE (format, issuer, value)) STRICT;
+             CREATE INDEX revocations_by_expiry ON revocations (expires_at)
+                 WHERE expires_at IS NOT NULL;
+             INSERT INTO revocations VALUES (7, 'uri', '', 'wimse://a', 'stolen', '', '',
+                 'admin', 100, NULL);
+             INSERT INTO revocations VALUES (9, 'tool', '', 'files', 'x', 'e', 'j',
+                 'https://siem.example', 100, 500);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        drop(conn);
+
+        let (store, thread) = Store::open(&path).unwrap();
+        drop(store);
+        thread.join().unwrap();
+        let conn = open_connection(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let rows: Vec<(i64, String, String, Option<i64>)> = conn
+            .prepare("SELECT id, value, source, expires_at FROM revocations ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (7, "wimse://a".into(), "admin".into(), None),
+                (9, "files".into(), "https://siem.example".into(), Some(500)),
+            ]
+        );
+        // The expiry index is on the new table, the old table is gone.
+        let on: String = conn
+            .query_row(
+                "SELECT tbl_name FROM sqlite_schema WHERE name = 'revocations_by_expiry'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(on, "revocations");
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'revocations_v5'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
+        // A second source's record of the same name is a row of its own.
+        conn.execute(
+            "INSERT INTO revocations (format, issuer, value, reason, source, revoked_at)
+             VALUES ('uri', '', 'wimse://a', 'r', 'https://siem.example', 200)",
+            [],
+        )
+        .unwrap();
     }
 
     #[test]

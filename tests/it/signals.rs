@@ -919,6 +919,17 @@ async fn a_replayed_set_is_acknowledged_but_not_applied_again() {
         json!({}),
     )
     .await;
+    // The other transmitter's revocation stands until it lifts its own.
+    assert_revoked(&daemon, &alice, "search").await;
+    let mut other_lift = dev_set(
+        &daemon,
+        Some(uri_id(&wimse("alice"))),
+        &account_enabled(),
+        json!({}),
+    );
+    other_lift["iss"] = json!("https://other-transmitter.example");
+    let (status, body) = post_json(&daemon, &other_lift).await;
+    assert_accepted(status, &body);
     assert_allowed(&daemon, &alice, "search").await;
     revoke_uri(&daemon, &wimse("alice")).await;
     assert_revoked(&daemon, &alice, "search").await;
@@ -1288,15 +1299,16 @@ async fn an_event_expires_at_stops_denying_once_past() {
     let (_, count) = federation_hash(&daemon).await;
     assert_eq!(count, 1);
 
-    // An expiry already past revokes nothing.
+    // An expiry already past is refused and revokes nothing.
     let carol = daemon.token_for("carol", SEARCH).await;
-    signal(
+    let set = dev_set(
         &daemon,
         Some(uri_id(&wimse("carol"))),
         &session_revoked(),
         json!({"expires_at": daemon.clock_now() - 1}),
-    )
-    .await;
+    );
+    let (status, body) = post_json(&daemon, &set).await;
+    assert_set_error(status, &body, 400, "invalid_request");
     assert_allowed(&daemon, &carol, "search").await;
 
     // Expired entries stay expired across a restart.
@@ -1938,7 +1950,7 @@ async fn federation_hash(daemon: &Daemon) -> (String, u64) {
         .call(Method::GET, "/v1/federation/revocation-hash", None)
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["algorithm"], "xor-sha256-128", "{body}");
+    assert_eq!(body["algorithm"], "xor-sha256-128-key-expiry", "{body}");
     (
         body["hash"].as_str().unwrap().to_string(),
         body["count"].as_u64().unwrap(),
@@ -1977,13 +1989,32 @@ async fn federation_export(daemon: &Daemon, limit: u32) -> (Vec<Value>, String, 
     (entries, hash, count)
 }
 
+/// One revoked name's share of the digest, recomputed here from the README's definition:
+/// SHA-256 over the 16-byte key and the 8-byte expiry (`i64::MAX` for none), first 16 bytes.
+fn entry_digest(key: &str, expires_at_unix: Option<i64>) -> u128 {
+    assert_eq!(key.len(), 32, "{key}");
+    let mut buf = u128::from_str_radix(key, 16)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    buf.extend_from_slice(&expires_at_unix.unwrap_or(i64::MAX).to_be_bytes());
+    let d = ring::digest::digest(&ring::digest::SHA256, &buf);
+    u128::from_be_bytes(d.as_ref()[..16].try_into().unwrap())
+}
+
+/// The digest over exported entries: per key the latest expiry of its records, then the XOR.
 fn xor_of(entries: &[Value]) -> String {
-    let mut acc = 0u128;
+    let mut latest: std::collections::HashMap<String, i64> = Default::default();
     for e in entries {
-        let key = e["key"].as_str().unwrap();
-        assert_eq!(key.len(), 32, "{e}");
-        acc ^= u128::from_str_radix(key, 16).unwrap();
+        let exp = e["expires_at_unix"].as_i64().unwrap_or(i64::MAX);
+        let slot = latest
+            .entry(e["key"].as_str().unwrap().to_string())
+            .or_insert(exp);
+        *slot = (*slot).max(exp);
     }
+    let acc = latest
+        .iter()
+        .fold(0u128, |acc, (k, exp)| acc ^ entry_digest(k, Some(*exp)));
     format!("{acc:032x}")
 }
 
@@ -2010,8 +2041,14 @@ async fn federation_hash_and_export_agree() {
         operator_revoke(&daemon, json!({"kind": "subject", "value": wimse("alice")})).await;
     assert_eq!(status, 201, "{subject}");
     let one = assert_federation_consistent(&daemon, 1).await;
-    // One entry: the digest is that entry's key.
-    assert_eq!(one, subject["key"]);
+    // One entry: the digest is that entry's share (its key, no expiry).
+    assert_eq!(
+        one,
+        format!(
+            "{:032x}",
+            entry_digest(subject["key"].as_str().unwrap(), None)
+        )
+    );
 
     let (status, token) =
         operator_revoke(&daemon, json!({"kind": "token", "value": "jti-1"})).await;
@@ -2046,7 +2083,7 @@ async fn federation_hash_and_export_agree() {
     let four = assert_federation_consistent(&daemon, 4).await;
     assert_ne!(four, five);
     let expected = u128::from_str_radix(&five, 16).unwrap()
-        ^ u128::from_str_radix(token["key"].as_str().unwrap(), 16).unwrap();
+        ^ entry_digest(token["key"].as_str().unwrap(), None);
     assert_eq!(four, format!("{expected:032x}"));
 
     // A lift by signal too.

@@ -109,6 +109,29 @@ pub fn key(format: Format, issuer: &str, value: &str) -> Key {
     u128::from_be_bytes(k)
 }
 
+/// The name of the federation digest's algorithm, as `/v1/federation/revocation-hash` reports it.
+pub const DIGEST_ALGORITHM: &str = "xor-sha256-128-key-expiry";
+
+/// One entry's share of the federation digest: SHA-256 over the key (16 bytes, big-endian) and
+/// the expiry (8 bytes, big-endian two's complement; `i64::MAX` for none), first 16 bytes.
+/// Covering the expiry is the point: re-revoking with another expiry must change the digest.
+pub fn entry_digest(key: Key, expires_at: i64) -> u128 {
+    let mut buf = [0u8; 24];
+    for (dst, src) in buf.iter_mut().zip(
+        key.to_be_bytes()
+            .into_iter()
+            .chain(expires_at.to_be_bytes()),
+    ) {
+        *dst = src;
+    }
+    let d = digest(&SHA256, &buf);
+    let mut k = [0u8; 16];
+    for (dst, src) in k.iter_mut().zip(d.as_ref()) {
+        *dst = *src;
+    }
+    u128::from_be_bytes(k)
+}
+
 /// Keys are already uniform hashes: use their low bits directly.
 #[derive(Default)]
 pub struct KeyHasher(u64);
@@ -130,6 +153,13 @@ impl Hasher for KeyHasher {
 
 /// Revoked keys and when each revocation ends (`i64::MAX`: never).
 pub type Entries = HashMap<Key, i64, BuildHasherDefault<KeyHasher>>;
+
+/// Record that `key` is revoked until at least `expires_at`: an entry already there for
+/// longer keeps its expiry (the later one wins).
+pub fn revoke_until(entries: &mut Entries, key: Key, expires_at: i64) {
+    let slot = entries.entry(key).or_insert(expires_at);
+    *slot = (*slot).max(expires_at);
+}
 
 /// The index's lock was poisoned by a panic elsewhere: every check that meets it denies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,15 +266,17 @@ impl RevocationIndex {
         Ok(entries.values().filter(|exp| **exp > now).count())
     }
 
-    /// The federation digest of the unexpired set: XOR of every entry's key, hex. Any peer
-    /// can recompute it from `/v1/federation/revocation-export`.
+    /// The federation digest of the unexpired set: XOR of every entry's [`entry_digest`] (its
+    /// key and its expiry), hex. Any peer can recompute it from
+    /// `/v1/federation/revocation-export`; a changed expiry changes it, so a guard that
+    /// re-downloads only on a new digest never keeps an old expiry.
     pub fn digest(&self, now: i64) -> Result<(String, usize), IndexUnavailable> {
         let entries = self.entries.read().map_err(|_| IndexUnavailable)?;
         let mut acc = 0u128;
         let mut n = 0;
         for (k, exp) in entries.iter() {
             if *exp > now {
-                acc ^= k;
+                acc ^= entry_digest(*k, *exp);
                 n += 1;
             }
         }
@@ -263,14 +295,52 @@ impl RevocationIndex {
         self.entries.write().map_err(|_| IndexUnavailable)
     }
 
-    /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`.
+    /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`. A name revoked
+    /// by several sources comes once per source; it stays revoked until the latest expiry.
     pub fn replace(
         &self,
         all: impl IntoIterator<Item = (Key, i64)>,
     ) -> Result<(), IndexUnavailable> {
-        let fresh: Entries = all.into_iter().collect();
+        let mut fresh = Entries::default();
+        for (k, exp) in all {
+            revoke_until(&mut fresh, k, exp);
+        }
         let mut entries = self.entries.write().map_err(|_| IndexUnavailable)?;
         *entries = fresh;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn index(entries: &[(Key, i64)]) -> RevocationIndex {
+        let index = RevocationIndex::default();
+        index.replace(entries.iter().copied()).unwrap();
+        index
+    }
+
+    #[test]
+    fn the_digest_covers_the_expiry() {
+        let k = key(Format::Uri, "", "wimse://d/ns/a/sa/alice");
+        let short = index(&[(k, 1_000_600)]).digest(1_000_000).unwrap();
+        let forever = index(&[(k, i64::MAX)]).digest(1_000_000).unwrap();
+        assert_eq!(short.1, 1);
+        assert_eq!(forever.1, 1);
+        assert_ne!(
+            short.0, forever.0,
+            "a changed expiry must change the digest"
+        );
+        assert_eq!(forever.0, format!("{:032x}", entry_digest(k, i64::MAX)));
+        // A name exported once per source counts once, until its latest expiry.
+        let both = index(&[(k, 1_000_600), (k, i64::MAX), (k, 1_000_300)]);
+        assert_eq!(both.digest(1_000_000).unwrap(), forever);
+        // Expired entries leave it.
+        assert_eq!(
+            index(&[(k, 1_000_600)]).digest(1_000_600).unwrap(),
+            (format!("{:032x}", 0u128), 0)
+        );
     }
 }

@@ -59,6 +59,7 @@ async fn guard(d: &Daemon) -> Arc<Guard> {
             max_staleness: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(50),
             leeway: 60,
+            max_batch: 64,
         },
         clock,
     )

@@ -50,6 +50,47 @@ impl Algorithm {
     }
 }
 
+/// Header `typ` of a JWT of no particular kind (what most identity providers send).
+pub const TYP_JWT: &str = "JWT";
+/// Header `typ` of an OAuth 2.0 access token (RFC 9068 §2.1): the tool tokens toolgate mints.
+pub const TYP_ACCESS_TOKEN: &str = "at+jwt";
+/// Header `typ` of toolgate's agent tokens, so that neither kind passes as the other.
+pub const TYP_AGENT: &str = "toolgate-agent+jwt";
+
+/// What a header `typ` says a token is. Compared as RFC 7515 §4.1.9 says: case-insensitively,
+/// with `application/` implied when the value has no `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// No `typ`.
+    Unspecified,
+    /// `JWT`: a JWT of no particular kind.
+    Jwt,
+    /// `at+jwt`: an OAuth 2.0 access token (RFC 9068).
+    AccessToken,
+    /// `toolgate-agent+jwt`: a toolgate agent token.
+    Agent,
+    /// Any other media type (`secevent+jwt`, `dpop+jwt`, `logout+jwt`, …): another kind of
+    /// token, never a subject or tool token.
+    Other,
+}
+
+impl TokenType {
+    /// Classify a `typ` value (`None` when the header has none).
+    pub fn of(typ: Option<&str>) -> TokenType {
+        let Some(typ) = typ else {
+            return TokenType::Unspecified;
+        };
+        let lower = typ.to_ascii_lowercase();
+        let name = lower.strip_prefix("application/").unwrap_or(&lower);
+        match name {
+            "jwt" => TokenType::Jwt,
+            "at+jwt" => TokenType::AccessToken,
+            "toolgate-agent+jwt" => TokenType::Agent,
+            _ => TokenType::Other,
+        }
+    }
+}
+
 /// A validated JOSE header.
 #[derive(Debug, Clone)]
 pub struct Header {
@@ -57,10 +98,18 @@ pub struct Header {
     pub alg: Algorithm,
     /// The key ID (RFC 7515 §4.1.4) that selects the verification key.
     pub kid: Option<String>,
-    /// The media type (RFC 7515 §4.1.9), `JWT` for toolgate's tokens; read but not enforced.
+    /// The media type (RFC 7515 §4.1.9): present, absent, or (not a string) a malformed header.
+    /// [`Header::token_type`] classifies it.
     pub typ: Option<String>,
     /// All header members, as parsed.
     pub raw: Map<String, Value>,
+}
+
+impl Header {
+    /// The kind of token the `typ` names.
+    pub fn token_type(&self) -> TokenType {
+        TokenType::of(self.typ.as_deref())
+    }
 }
 
 /// A decoded (not yet verified) compact JWS whose payload is a JSON object.
@@ -143,13 +192,18 @@ fn optional_string(raw: &Map<String, Value>, name: &str) -> Result<Option<String
     }
 }
 
-/// Encode and sign: header `{"alg","typ":"JWT","kid"}` + claims -> compact string.
+/// Encode and sign: header `{"alg","typ","kid"}` + claims -> compact string. `typ` says what
+/// kind of token it is: [`TYP_ACCESS_TOKEN`], [`TYP_AGENT`], [`TYP_JWT`], ….
 ///
 /// Fails with `TooLarge` rather than mint a token that [`decode`] would refuse.
-pub fn encode_signed(key: &SigningKey, claims: &Map<String, Value>) -> Result<String, JoseError> {
+pub fn encode_signed(
+    key: &SigningKey,
+    typ: &str,
+    claims: &Map<String, Value>,
+) -> Result<String, JoseError> {
     let mut header = Map::new();
     header.insert("alg".into(), Value::from(key.algorithm().name()));
-    header.insert("typ".into(), Value::from("JWT"));
+    header.insert("typ".into(), Value::from(typ));
     header.insert("kid".into(), Value::from(key.kid()));
     let header_json = serde_json::to_vec(&header).map_err(|_| JoseError::Json)?;
     let claims_json = serde_json::to_vec(claims).map_err(|_| JoseError::Json)?;
@@ -497,11 +551,12 @@ mod tests {
         let jwk = key.public_jwk();
         let claims = json!({"iss":"toolgate","sub":"alice","aud":["a","b"],"exp":4102444800u64});
         let claims = claims.as_object().unwrap().clone();
-        let tok = encode_signed(&key, &claims).unwrap();
+        let tok = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
         let c = decode(&tok).unwrap();
         assert_eq!(c.header.alg, Algorithm::ES256);
         assert_eq!(c.header.kid.as_deref(), Some(key.kid()));
-        assert_eq!(c.header.typ.as_deref(), Some("JWT"));
+        assert_eq!(c.header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(c.header.token_type(), TokenType::AccessToken);
         assert_eq!(c.claims, claims);
         c.verify_with(&jwk).unwrap();
 
@@ -524,6 +579,30 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let mut claims = Map::new();
         claims.insert("f".into(), Value::from("x".repeat(MAX_TOKEN_BYTES)));
-        assert_eq!(encode_signed(&key, &claims), Err(JoseError::TooLarge));
+        assert_eq!(
+            encode_signed(&key, TYP_JWT, &claims),
+            Err(JoseError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn token_types_compare_as_media_types() {
+        for (typ, want) in [
+            (None, TokenType::Unspecified),
+            (Some("JWT"), TokenType::Jwt),
+            (Some("jwt"), TokenType::Jwt),
+            (Some("application/jwt"), TokenType::Jwt),
+            (Some("at+jwt"), TokenType::AccessToken),
+            (Some("Application/AT+JWT"), TokenType::AccessToken),
+            (Some("toolgate-agent+jwt"), TokenType::Agent),
+            (Some("secevent+jwt"), TokenType::Other),
+            (Some("dpop+jwt"), TokenType::Other),
+            (Some("logout+jwt"), TokenType::Other),
+            (Some("JWT; x=1"), TokenType::Other),
+            (Some("text/jwt"), TokenType::Other),
+            (Some(""), TokenType::Other),
+        ] {
+            assert_eq!(TokenType::of(typ), want, "{typ:?}");
+        }
     }
 }

@@ -1,0 +1,251 @@
+//! Issue 12, findings 12–17: token types, the issuer as a tool's resource, the signature cache,
+//! secrets at rest and log injection.
+
+use super::harness::*;
+
+use http::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+use toolgate::config::TrustedIssuer;
+use toolgate::credentials::Credential;
+use toolgate::jose::{JwkSet, SigningKey, TYP_ACCESS_TOKEN, TYP_JWT};
+
+const IDP: &str = "https://idp.example.com";
+const TOOLGATE_AUD: &str = "https://toolgate.example.com";
+const AGENT_MCP: &str = "urn:starfly:token-type:agent-mcp";
+const RESOURCE: &str = "https://mcp.example.com/tools/search";
+
+/// A production daemon that trusts subject tokens signed by `idp` (issuer `IDP`), with one tool.
+async fn with_idp(idp: &SigningKey) -> Daemon {
+    let jwks = json!({"keys": [idp.public_jwk().to_json()]}).to_string();
+    let d = Daemon::with(|c| {
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
+        c.trusted_issuers = vec![TrustedIssuer {
+            issuer: IDP.into(),
+            keys: JwkSet::from_json_bytes(jwks.as_bytes()).unwrap(),
+            audience: TOOLGATE_AUD.into(),
+            trust_domain: "example.com".into(),
+        }];
+    })
+    .await;
+    d.register("search", RESOURCE).await;
+    d
+}
+
+/// A compact JWS with exactly this header, signed by `key`.
+fn sign_with_header(key: &SigningKey, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(&sig))
+}
+
+/// Subject claims from the IdP, valid for ten minutes, with `extra` merged over them (a `null`
+/// removes a claim).
+fn idp_claims(d: &Daemon, extra: Value) -> Value {
+    let now = d.clock_now();
+    let mut claims =
+        json!({"iss": IDP, "sub": "workload-1", "aud": TOOLGATE_AUD, "iat": now, "exp": now + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        let obj = claims.as_object_mut().unwrap();
+        if v.is_null() {
+            obj.remove(k);
+        } else {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    claims
+}
+
+fn idp_token(d: &Daemon, idp: &SigningKey, typ: Option<&str>, extra: Value) -> String {
+    let mut header = json!({"alg": "ES256", "kid": idp.kid()});
+    if let Some(t) = typ {
+        header["typ"] = json!(t);
+    }
+    sign_with_header(idp, &header, &idp_claims(d, extra))
+}
+
+async fn issuer_of(d: &Daemon) -> String {
+    let (status, meta) = d
+        .call(Method::GET, "/.well-known/oauth-authorization-server", None)
+        .await;
+    assert_eq!(status, 200, "{meta}");
+    meta["issuer"].as_str().unwrap().to_string()
+}
+
+/// The daemon's active private key, read from its database.
+fn daemon_key(d: &Daemon) -> SigningKey {
+    let conn = rusqlite::Connection::open(d.db_path()).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let pkcs8: Vec<u8> = conn
+        .query_row(
+            "SELECT pkcs8 FROM signing_keys WHERE retired_at IS NULL \
+             ORDER BY created_at DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    SigningKey::from_pkcs8(&pkcs8).unwrap()
+}
+
+fn assert_invalid_client(status: u16, body: &Value, description: &str) {
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert_eq!(body["error_description"], description, "{body}");
+}
+
+/// Subject tokens whose `typ` names another kind of token are refused, in production and in
+/// dev mode alike; `JWT`, `at+jwt` and none are taken. toolgate's tool tokens are RFC 9068
+/// access tokens (`at+jwt`, `client_id`), its agent tokens `toolgate-agent+jwt`, and the
+/// verify pipeline takes each only where it belongs. A verified subject token that names
+/// nobody is refused rather than mapped to `dev-workload`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_12_typ_is_checked_and_minted_tokens_are_typed() {
+    let idp = SigningKey::generate().unwrap();
+    let d = with_idp(&idp).await;
+    let issuer = issuer_of(&d).await;
+
+    // 1. External subject tokens: another kind of token is no subject token.
+    for typ in [
+        "secevent+jwt",
+        "application/secevent+jwt",
+        "dpop+jwt",
+        "logout+jwt",
+        "toolgate-agent+jwt",
+        "JOSE",
+    ] {
+        let token = idp_token(&d, &idp, Some(typ), json!({}));
+        let (status, body) = d.exchange(exchange_body(&token, RESOURCE)).await;
+        assert_invalid_client(
+            status,
+            &body,
+            "subject token typ names another kind of token",
+        );
+    }
+    for typ in [None, Some("JWT"), Some("jwt"), Some("at+jwt"), Some("application/at+jwt")] {
+        let token = idp_token(&d, &idp, typ, json!({}));
+        let (status, body) = d.exchange(exchange_body(&token, RESOURCE)).await;
+        assert_eq!(status, 200, "{typ:?}: {body}");
+    }
+
+    // 2. A tool's token: `at+jwt`, RFC 9068's claims, `client_id` the subject.
+    let subject = idp_token(&d, &idp, Some(TYP_JWT), json!({}));
+    let (status, body) = d.exchange(exchange_body(&subject, RESOURCE)).await;
+    assert_eq!(status, 200, "{body}");
+    let tool_token = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(header_of(&tool_token)["typ"], "at+jwt");
+    let claims = claims_of(&tool_token);
+    for name in ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"] {
+        assert!(claims.get(name).is_some(), "{name} missing: {claims}");
+    }
+    assert_eq!(claims["client_id"], claims["sub"]);
+    assert_eq!(claims["client_id"], "wimse://example.com/ns/default/sa/workload-1");
+    let (status, body) = d.verify(&tool_token, "search").await;
+    assert_eq!(status, 200, "{body}");
+
+    // 3. An agent token: its own type, no client_id.
+    let (status, body) = d.exchange(exchange_body(&subject, &issuer)).await;
+    assert_eq!(status, 200, "{body}");
+    let agent_token = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(header_of(&agent_token)["typ"], "toolgate-agent+jwt");
+    assert!(claims_of(&agent_token).get("client_id").is_none());
+
+    // The agent token is no access token: not even for a server-level request naming the
+    // issuer (its audience), which the audience check alone let through.
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/v1/mcp/verify",
+            Some(json!({"token": agent_token, "resource": issuer})),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["check"], "malformed", "{body}");
+    assert_eq!(
+        body["error_description"],
+        "token is not a toolgate access token (typ)"
+    );
+    // It is taken where it belongs: exchanged for a tool's token.
+    let mut agent_body = exchange_body(&agent_token, RESOURCE);
+    agent_body["subject_token_type"] = json!(AGENT_MCP);
+    let (status, body) = d.exchange(agent_body).await;
+    assert_eq!(status, 200, "{body}");
+    // A tool's token is no agent token.
+    let mut tool_as_agent = exchange_body(&tool_token, RESOURCE);
+    tool_as_agent["subject_token_type"] = json!(AGENT_MCP);
+    let (status, body) = d.exchange(tool_as_agent).await;
+    assert_invalid_client(status, &body, "subject token failed verification");
+
+    // 4. A token signed by toolgate's own key for the tool, but not typed `at+jwt` (as an ID
+    // token or a SET it signed would be): refused at verify.
+    let key = daemon_key(&d);
+    let now = d.clock_now();
+    let claims = json!({"iss": issuer, "sub": "wimse://example.com/ns/default/sa/x",
+                        "aud": RESOURCE, "iat": now, "exp": now + 60, "jti": "typ-test"});
+    for typ in [Some("JWT"), None, Some("secevent+jwt"), Some("toolgate-agent+jwt")] {
+        let mut header = json!({"alg": "ES256", "kid": key.kid()});
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        let token = sign_with_header(&key, &header, &claims);
+        let (status, body) = d.verify(&token, "search").await;
+        assert_eq!(status, 403, "{typ:?}: {body}");
+        assert_eq!(body["check"], "malformed", "{typ:?}: {body}");
+    }
+    let header = json!({"alg": "ES256", "kid": key.kid(), "typ": TYP_ACCESS_TOKEN});
+    let (status, body) = d
+        .verify(&sign_with_header(&key, &header, &claims), "search")
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // 5. A verified subject token naming nobody is refused, not mapped to dev-workload.
+    let nobody = idp_token(&d, &idp, Some(TYP_JWT), json!({"sub": null}));
+    let (status, body) = d.exchange(exchange_body(&nobody, RESOURCE)).await;
+    assert_invalid_client(
+        status,
+        &body,
+        "subject token names no subject (sub or a service account)",
+    );
+    // A service account is a subject.
+    let sa = idp_token(
+        &d,
+        &idp,
+        Some(TYP_JWT),
+        json!({"sub": null, "namespace": "ops", "serviceaccount": "deployer"}),
+    );
+    let (status, body) = d.exchange(exchange_body(&sa, RESOURCE)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["sub"],
+        "wimse://example.com/ns/ops/sa/deployer"
+    );
+    d.stop().await;
+
+    // 6. Dev mode relaxes the signature, not the type: a stub SET is refused; a stub naming
+    // nobody is still the dev workload.
+    let dev = Daemon::dev().await;
+    let claims = json!({"sub": "agent-1", "exp": dev.clock_now() + 600});
+    let stub_set = format!(
+        "{}.{}.stub",
+        b64(br#"{"alg":"none","typ":"secevent+jwt"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let (status, body) = dev.exchange(exchange_body(&stub_set, RESOURCE)).await;
+    assert_invalid_client(
+        status,
+        &body,
+        "subject token typ names another kind of token",
+    );
+    let (status, body) = dev
+        .exchange(exchange_body(&stub(json!({})), RESOURCE))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["sub"],
+        "wimse://dev.local/ns/default/sa/dev-workload"
+    );
+    dev.stop().await;
+}

@@ -249,3 +249,53 @@ async fn finding_12_typ_is_checked_and_minted_tokens_are_typed() {
     );
     dev.stop().await;
 }
+
+/// Registration refuses a tool whose resource is toolgate's issuer, but the default issuer
+/// follows `--listen`: a tool registered under one issuer can hold the issuer of the next start.
+/// That start is refused, with a sentence naming the tool; the old issuer serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_13_a_tool_holding_the_issuer_refuses_the_start() {
+    use toolgate::server::{self, ServeError};
+    let d = Daemon::with(|c| {
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
+        c.issuer = Some(TOOLGATE_AUD.into());
+    })
+    .await;
+    // The URL of this very listener: not the issuer now, so registration takes it.
+    let own_url = d.url.clone();
+    d.register("squatter", &own_url).await;
+    let addr: std::net::SocketAddr = own_url.strip_prefix("http://").unwrap().parse().unwrap();
+    let mut config = d.config.clone();
+    let clock = d.clock.clone();
+    let dir = d.dir.clone();
+    d.stop().await;
+
+    // The same database, listening where the tool's resource points, with the default issuer.
+    config.listen = addr;
+    config.issuer = None;
+    match server::start(config.clone(), clock.clone(), std::future::pending()).await {
+        Err(ServeError::Refused(why)) => {
+            assert!(why.contains("tool squatter"), "{why}");
+            assert!(why.contains(&format!("issuer {own_url} ")), "{why}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(running) => {
+            running.stop().await.unwrap();
+            panic!("started with a tool whose resource is its own issuer");
+        }
+    }
+    // An explicit issuer equal to the tool's resource is refused alike.
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.issuer = Some(own_url.clone());
+    assert!(matches!(
+        server::start(config.clone(), clock.clone(), std::future::pending()).await,
+        Err(ServeError::Refused(_))
+    ));
+    // Under the issuer it was registered with, the daemon starts and the tool is there.
+    config.issuer = Some(TOOLGATE_AUD.into());
+    let running = server::start(config, clock, std::future::pending())
+        .await
+        .unwrap();
+    running.stop().await.unwrap();
+    drop(dir);
+}

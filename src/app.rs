@@ -279,6 +279,7 @@ impl App {
             audit_queue_depth: self.audit.depth(),
             audit_rows_written: self.audit.written(),
             sse_clients: self.events.clients(),
+            signature_cache_entries: self.verifier.cached_signatures(),
         }
     }
 

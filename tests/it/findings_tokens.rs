@@ -299,3 +299,103 @@ async fn finding_13_a_tool_holding_the_issuer_refuses_the_start() {
     running.stop().await.unwrap();
     drop(dir);
 }
+
+/// `n - s` for a big-endian P-256 scalar `s` below the group order `n`.
+fn p256_negate(s: &[u8]) -> Vec<u8> {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (mut out, mut borrow) = (vec![0u8; 32], 0i16);
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = d.rem_euclid(256) as u8;
+    }
+    out
+}
+
+/// The same token with its ECDSA signature's other form: `(r, n - s)`, as valid as `(r, s)`.
+fn signature_twin(token: &str) -> String {
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = toolgate::jose::b64::decode(sig).unwrap();
+    let (r, s) = sig.split_at(32);
+    format!("{input}.{}", b64(&[r, &p256_negate(s)].concat()))
+}
+
+async fn signature_cache_entries(d: &Daemon) -> u64 {
+    let (status, text) = d
+        .client()
+        .send(Method::GET, "/metrics", None)
+        .await
+        .map(|(s, v)| (s.as_u16(), v))
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    // The client wraps a body that is not JSON as {"raw": text}.
+    let text = text["raw"].as_str().unwrap().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("toolgate_signature_cache_entries "))
+        .unwrap_or_else(|| panic!("no signature cache gauge in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// One token, one cache entry: the signature cache is keyed by the canonical (low-S) form of
+/// the signature, so a token and its high-S twin share an entry. Neither form is refused — other
+/// issuers' ES256 signatures are high-S half of the time — and a twin of an invalid signature
+/// stays invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_14_one_token_one_cache_entry_whatever_its_s() {
+    let d = Daemon::dev().await;
+    d.register("search", RESOURCE).await;
+    assert_eq!(signature_cache_entries(&d).await, 0);
+
+    let token = d.token_for("agent-1", RESOURCE).await;
+    let twin = signature_twin(&token);
+    assert_ne!(token, twin);
+    for t in [&token, &twin, &token, &twin] {
+        let (status, body) = d.verify(t, "search").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(signature_cache_entries(&d).await, 1);
+    // Either form may come first.
+    let second = d.token_for("agent-2", RESOURCE).await;
+    let (status, body) = d.verify(&signature_twin(&second), "search").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = d.verify(&second, "search").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(signature_cache_entries(&d).await, 2);
+
+    // A subject token from an identity provider whose signature is high-S is taken as well.
+    d.stop().await;
+    let idp = SigningKey::generate().unwrap();
+    let p = with_idp(&idp).await;
+    let subject = idp_token(&p, &idp, Some(TYP_JWT), json!({}));
+    for t in [subject.clone(), signature_twin(&subject)] {
+        let (status, body) = p.exchange(exchange_body(&t, RESOURCE)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // A signature that does not verify has twins that do not either, and no entry.
+    let token = p
+        .exchange(exchange_body(&subject, RESOURCE))
+        .await
+        .1
+        .get("access_token")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_string();
+    let before = signature_cache_entries(&p).await;
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut bad = toolgate::jose::b64::decode(sig).unwrap();
+    bad[0] ^= 1;
+    let bad = format!("{input}.{}", b64(&bad));
+    for t in [bad.clone(), signature_twin(&bad)] {
+        let (status, body) = p.verify(&t, "search").await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["check"], "signature", "{body}");
+    }
+    assert_eq!(signature_cache_entries(&p).await, before);
+    p.stop().await;
+}

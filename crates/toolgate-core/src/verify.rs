@@ -529,6 +529,12 @@ impl Verifier {
         self.clock.now()
     }
 
+    /// How many verified signatures are remembered (one per token, whatever form of its
+    /// signature was presented).
+    pub fn cached_signatures(&self) -> usize {
+        self.cache.read().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// Forget remembered signatures (after the key set changed).
     pub fn clear_cache(&self) {
         if let Ok(mut map) = self.cache.write() {
@@ -537,18 +543,24 @@ impl Verifier {
     }
 
     /// Checks 1–5 for a token toolgate minted: shape, header, signature (remembered per token,
-    /// so a repeated token costs one hash), then its `typ` (`expected`), time and issuer on
-    /// every call.
+    /// so a repeated token costs a decode and one hash), then its `typ` (`expected`), time and
+    /// issuer on every call.
     fn check_own_token(
         &self,
         token: &str,
         expected: TokenType,
         now: i64,
     ) -> Result<Arc<TokenClaims>, Denial> {
-        if token.len() > jose::MAX_TOKEN_BYTES {
-            return Err(JoseError::TooLarge.into());
-        }
-        let fingerprint: [u8; 32] = digest(&SHA256, token.as_bytes())
+        let compact = jose::decode(token)?;
+        // Keyed by the signing input and the canonical signature: a high-S twin of a token is
+        // the same token (and verifies alike), not a second entry.
+        let mut hash = ring::digest::Context::new(&SHA256);
+        let input = compact.signing_input.as_bytes();
+        hash.update(&(input.len() as u64).to_be_bytes());
+        hash.update(input);
+        hash.update(&compact.canonical_signature());
+        let fingerprint: [u8; 32] = hash
+            .finish()
             .as_ref()
             .try_into()
             .map_err(|_| deny(Check::Malformed, "token could not be hashed"))?;
@@ -559,7 +571,6 @@ impl Verifier {
         let claims = match cached {
             Some(c) => c,
             None => {
-                let compact = jose::decode(token)?;
                 let key = compact
                     .header
                     .kid

@@ -134,6 +134,60 @@ impl Compact<'_> {
         }
         key.verify(self.signing_input.as_bytes(), &self.signature)
     }
+
+    /// The signature in one form per token, to name it (never to judge it: a high-S signature
+    /// is valid, and other issuers make them). ECDSA signatures are malleable — `(r, s)` and
+    /// `(r, n - s)` verify alike — so for ES256 and ES384 an `s` above `n / 2` becomes `n - s`.
+    /// Only an `s` in `1..n` is mapped, onto another `s` in `1..n`, so a signature that does not
+    /// verify never takes the form of one that does. Other algorithms' signatures are unique
+    /// (Ed25519 and RSA verification refuse every other encoding) and kept as they are.
+    pub fn canonical_signature(&self) -> Vec<u8> {
+        let order: &[u8] = match self.header.alg {
+            Algorithm::ES256 => &P256_ORDER,
+            Algorithm::ES384 => &P384_ORDER,
+            Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256 => &[],
+        };
+        low_s(&self.signature, order).unwrap_or_else(|| self.signature.clone())
+    }
+}
+
+/// The order `n` of P-256's base point, big-endian (SEC 2 §2.4.2).
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The order `n` of P-384's base point, big-endian (SEC 2 §2.5.1).
+const P384_ORDER: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf,
+    0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+
+/// `r || (n - s)` when the fixed-size signature `r || s` has `n / 2 < s < n`; `None` when it is
+/// already low, out of range, or not `2 * len(n)` bytes.
+fn low_s(signature: &[u8], order: &[u8]) -> Option<Vec<u8>> {
+    if order.is_empty() || signature.len() != 2 * order.len() {
+        return None;
+    }
+    let (r, s) = signature.split_at(order.len());
+    // Equal-length big-endian byte strings compare as the numbers they are.
+    if s >= order {
+        return None;
+    }
+    let mut negated = vec![0u8; s.len()];
+    let mut borrow = 0u16;
+    for ((out, n), s) in negated.iter_mut().zip(order).zip(s).rev() {
+        let d = u16::from(*n).wrapping_sub(u16::from(*s)).wrapping_sub(borrow);
+        *out = d.to_be_bytes()[1];
+        borrow = u16::from(d > 0xff);
+    }
+    if s <= negated.as_slice() {
+        return None;
+    }
+    let mut out = r.to_vec();
+    out.extend_from_slice(&negated);
+    Some(out)
 }
 
 /// Parse a compact JWS. Does NOT verify the signature.
@@ -582,6 +636,76 @@ mod tests {
         assert_eq!(
             encode_signed(&key, TYP_JWT, &claims),
             Err(JoseError::TooLarge)
+        );
+    }
+
+    /// `n - s` for a big-endian `s` below `n`, for the tests.
+    fn negate(order: &[u8], s: &[u8]) -> Vec<u8> {
+        let (mut out, mut borrow) = (vec![0u8; s.len()], 0i16);
+        for i in (0..s.len()).rev() {
+            let d = i16::from(order[i]) - i16::from(s[i]) - borrow;
+            borrow = i16::from(d < 0);
+            out[i] = d.rem_euclid(256) as u8;
+        }
+        out
+    }
+
+    #[test]
+    fn high_s_verifies_and_has_the_low_s_form() {
+        let key = SigningKey::generate().unwrap();
+        let jwk = key.public_jwk();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let mut seen_high = false;
+        for _ in 0..16 {
+            let tok = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
+            let c = decode(&tok).unwrap();
+            let (r, s) = c.signature.split_at(32);
+            let flipped = [r, &negate(&P256_ORDER, s)].concat();
+            let (input, _) = tok.rsplit_once('.').unwrap();
+            let other = format!("{input}.{}", b64::encode(&flipped));
+            let o = decode(&other).unwrap();
+            // Both verify; both have one canonical form, the low one.
+            c.verify_with(&jwk).unwrap();
+            o.verify_with(&jwk).unwrap();
+            assert_eq!(c.canonical_signature(), o.canonical_signature());
+            let canonical = c.canonical_signature();
+            let low = canonical[32..].to_vec();
+            assert!(low <= negate(&P256_ORDER, &low));
+            seen_high |= c.signature != canonical;
+        }
+        // ring signs with either half; sixteen signatures all low is 2^-16.
+        assert!(seen_high);
+    }
+
+    #[test]
+    fn out_of_range_s_keeps_its_own_form() {
+        let r = [1u8; 32];
+        // s = n, s = n + 1 (0xff.. high bytes), s = 0, s = all ones: not mapped.
+        let mut n_plus_1 = P256_ORDER;
+        n_plus_1[31] += 1;
+        for s in [P256_ORDER, n_plus_1, [0u8; 32], [0xff; 32]] {
+            let sig = [r.as_slice(), &s].concat();
+            assert_eq!(low_s(&sig, &P256_ORDER), None);
+        }
+        // s = n - 1 is high: it becomes 1. s = 1 is low already.
+        let mut n_minus_1 = P256_ORDER;
+        n_minus_1[31] -= 1;
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let sig = [r.as_slice(), &n_minus_1].concat();
+        assert_eq!(low_s(&sig, &P256_ORDER), Some([r.as_slice(), &one].concat()));
+        assert_eq!(low_s(&[r.as_slice(), &one].concat(), &P256_ORDER), None);
+        // Wrong length, and P-384's order at P-384's length.
+        assert_eq!(low_s(&[0u8; 63], &P256_ORDER), None);
+        let mut n384_minus_1 = P384_ORDER;
+        n384_minus_1[47] -= 1;
+        let sig = [[2u8; 48].as_slice(), &n384_minus_1].concat();
+        let mut one48 = [0u8; 48];
+        one48[47] = 1;
+        assert_eq!(
+            low_s(&sig, &P384_ORDER),
+            Some([[2u8; 48].as_slice(), &one48].concat())
         );
     }
 

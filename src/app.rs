@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
 use crate::events::Hub;
-use crate::keys::KeyRing;
+use crate::keys::{KeyError, KeyRing};
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocations::Revocations;
@@ -133,6 +133,14 @@ impl App {
         bound: SocketAddr,
         clock: Arc<dyn Clock>,
     ) -> Result<(App, Threads), OpenError> {
+        // The database holds the signing key (or its old copies) and the audit log: its
+        // owner's alone, with its write-ahead log and index.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = config.db_path.clone().into_os_string();
+            file.push(suffix);
+            crate::secret_file::ensure_private(std::path::Path::new(&file), "database file")
+                .map_err(OpenError::Refused)?;
+        }
         let (store, db_thread) = Store::open(&config.db_path)?;
         let now = clock.now();
         let issuer = config
@@ -150,13 +158,21 @@ impl App {
                 tool.tool_id
             )));
         }
+        // Before the audit writer opens its connection: moving the key out of the database
+        // empties the write-ahead log, which no reader may hold.
+        let keys = Arc::new(match &config.signing_key_file {
+            Some(path) => KeyRing::from_file(&store, path, now).map_err(|e| match e {
+                KeyError::Store(e) => OpenError::Store(e),
+                KeyError::File(why) => OpenError::Refused(why),
+            })?,
+            None => KeyRing::load_or_create(&store, now)?,
+        });
         let (audit, audit_thread) = Audit::start(&config.db_path, config.audit)?;
         let trust_domain = match (&config.trust_domain, config.dev) {
             (Some(td), _) => td.clone(),
             (None, true) => DEV_TRUST_DOMAIN.to_string(),
             (None, false) => issuer_host(&issuer),
         };
-        let keys = Arc::new(KeyRing::load_or_create(&store, now)?);
         let unit_id = store.call_blocking(|c| {
             store::meta::get_or_insert(c, "unit_id", || {
                 crate::ids::random_id().unwrap_or_else(|| "unknown".into())

@@ -262,6 +262,9 @@ struct ServeCmd {
     /// SQLite database file, created on first start (default ./toolgate.db)
     #[argh(option)]
     db: Option<PathBuf>,
+    /// keep the token-signing key in this PKCS#8 PEM file (owner-only; generated, or moved out of the database, if missing) instead of the database
+    #[argh(option)]
+    signing_key_file: Option<PathBuf>,
     /// the `iss` of minted tokens (default http://<listen address>)
     #[argh(option)]
     issuer: Option<String>,
@@ -656,6 +659,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
     let flags = ServeFlags {
         listen: s.listen,
         db: s.db,
+        signing_key_file: s.signing_key_file,
         issuer: s.issuer,
         trust_domain: s.trust_domain,
         dev: s.dev,

@@ -125,7 +125,13 @@ async fn finding_12_typ_is_checked_and_minted_tokens_are_typed() {
             "subject token typ names another kind of token",
         );
     }
-    for typ in [None, Some("JWT"), Some("jwt"), Some("at+jwt"), Some("application/at+jwt")] {
+    for typ in [
+        None,
+        Some("JWT"),
+        Some("jwt"),
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+    ] {
         let token = idp_token(&d, &idp, typ, json!({}));
         let (status, body) = d.exchange(exchange_body(&token, RESOURCE)).await;
         assert_eq!(status, 200, "{typ:?}: {body}");
@@ -142,7 +148,10 @@ async fn finding_12_typ_is_checked_and_minted_tokens_are_typed() {
         assert!(claims.get(name).is_some(), "{name} missing: {claims}");
     }
     assert_eq!(claims["client_id"], claims["sub"]);
-    assert_eq!(claims["client_id"], "wimse://example.com/ns/default/sa/workload-1");
+    assert_eq!(
+        claims["client_id"],
+        "wimse://example.com/ns/default/sa/workload-1"
+    );
     let (status, body) = d.verify(&tool_token, "search").await;
     assert_eq!(status, 200, "{body}");
 
@@ -185,7 +194,12 @@ async fn finding_12_typ_is_checked_and_minted_tokens_are_typed() {
     let now = d.clock_now();
     let claims = json!({"iss": issuer, "sub": "wimse://example.com/ns/default/sa/x",
                         "aud": RESOURCE, "iat": now, "exp": now + 60, "jti": "typ-test"});
-    for typ in [Some("JWT"), None, Some("secevent+jwt"), Some("toolgate-agent+jwt")] {
+    for typ in [
+        Some("JWT"),
+        None,
+        Some("secevent+jwt"),
+        Some("toolgate-agent+jwt"),
+    ] {
         let mut header = json!({"alg": "ES256", "kid": key.kid()});
         if let Some(t) = typ {
             header["typ"] = json!(t);
@@ -398,4 +412,239 @@ async fn finding_14_one_token_one_cache_entry_whatever_its_s() {
     }
     assert_eq!(signature_cache_entries(&p).await, before);
     p.stop().await;
+}
+
+/// Run `toolgate serve --listen 127.0.0.1:0 <args>` to its end: its exit code and log. Should it
+/// start listening instead, it is stopped and the test fails.
+fn serve_refused(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("TOOLGATE_URL")
+        .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(" listening on http://") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("toolgate serve started:\n{log}");
+        }
+    }
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), log)
+}
+
+#[cfg(unix)]
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The database, its write-ahead log, the admin-token file and the signing key file hold
+/// secrets: when any group or other permission bit is set, `toolgate serve` refuses to start
+/// with a sentence naming the file and who may read it, and changes nothing.
+#[cfg(unix)]
+#[test]
+fn finding_15_refuses_secrets_others_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("toolgate.db");
+    let os = |p: &std::path::Path| p.as_os_str().to_owned();
+
+    // A database readable by group and others (an empty file is an empty SQLite database).
+    std::fs::write(&db, b"").unwrap();
+    chmod(&db, 0o644);
+    let (code, log) = serve_refused(&["--dev".as_ref(), "--db".as_ref(), &os(&db)]);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "database file {} is readable by group and others (mode 0644)",
+            db.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "nothing written");
+
+    // Its write-ahead log, readable by group only.
+    chmod(&db, 0o600);
+    let wal = dir.path().join("toolgate.db-wal");
+    std::fs::write(&wal, b"").unwrap();
+    chmod(&wal, 0o640);
+    let (code, log) = serve_refused(&["--dev".as_ref(), "--db".as_ref(), &os(&db)]);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "database file {} is readable by group (mode 0640)",
+            wal.display()
+        )),
+        "{log}"
+    );
+    std::fs::remove_file(&wal).unwrap();
+
+    // The admin-token file, readable by group: refused before the database is touched.
+    let fresh_db = dir.path().join("fresh.db");
+    let admin = dir.path().join("admin-token");
+    std::fs::write(&admin, ADMIN).unwrap();
+    chmod(&admin, 0o640);
+    let (code, log) = serve_refused(&[
+        "--db".as_ref(),
+        &os(&fresh_db),
+        "--admin-token-file".as_ref(),
+        &os(&admin),
+    ]);
+    assert_eq!(code, 2, "{log}");
+    assert!(
+        log.contains(&format!(
+            "--admin-token-file {} is readable by group (mode 0640)",
+            admin.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(ADMIN), "the secret is never printed: {log}");
+    assert!(!fresh_db.exists());
+    // The reporter-token file alike (writable by others is as bad).
+    chmod(&admin, 0o600);
+    let reporter = dir.path().join("reporter-token");
+    std::fs::write(&reporter, "reporter-secret-0123456789").unwrap();
+    chmod(&reporter, 0o602);
+    let (code, log) = serve_refused(&[
+        "--db".as_ref(),
+        &os(&fresh_db),
+        "--admin-token-file".as_ref(),
+        &os(&admin),
+        "--reporter-token-file".as_ref(),
+        &os(&reporter),
+    ]);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("is writable by others (mode 0602)"), "{log}");
+
+    // The signing key file, readable by group and others.
+    let key_file = dir.path().join("signing.pem");
+    std::fs::write(
+        &key_file,
+        toolgate::keys::to_pem(SigningKey::generate().unwrap().pkcs8()),
+    )
+    .unwrap();
+    chmod(&key_file, 0o644);
+    let (code, log) = serve_refused(&[
+        "--dev".as_ref(),
+        "--db".as_ref(),
+        &os(&db),
+        "--signing-key-file".as_ref(),
+        &os(&key_file),
+    ]);
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "--signing-key-file {} is readable by group and others (mode 0644)",
+            key_file.display()
+        )),
+        "{log}"
+    );
+}
+
+/// Does `haystack` contain `needle` anywhere?
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The database file and its write-ahead log, as bytes.
+fn database_bytes(db: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(db).unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    if let Ok(more) = std::fs::read(wal) {
+        bytes.extend(more);
+    }
+    bytes
+}
+
+fn stored_keys(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row("SELECT count(*) FROM signing_keys", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `--signing-key-file`: the signing key lives in its own file (PKCS#8 PEM, created `0600`), and
+/// the database an auditor is given holds no private key. An existing database's key moves
+/// out — same `kid`, so tokens it signed still verify — and its bytes are overwritten, not only
+/// unlinked. New databases are created `0600`.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_15_signing_key_file_keeps_the_key_out_of_the_database() {
+    // A daemon with its key in the database, as before.
+    let mut d = Daemon::dev().await;
+    d.register("search", RESOURCE).await;
+    let db = d.db_path();
+    assert_eq!(mode_of(&db), 0o600);
+    let before = daemon_key(&d);
+    let token = d.token_for("agent-1", RESOURCE).await;
+    assert_eq!(header_of(&token)["kid"], before.kid());
+    assert!(contains_bytes(&database_bytes(&db), before.pkcs8()));
+
+    // Restarted with --signing-key-file: the key moves to the file.
+    let key_file = d.dir.path().join("signing.pem");
+    d.config.signing_key_file = Some(key_file.clone());
+    let d = d.restart().await;
+    assert_eq!(mode_of(&key_file), 0o600);
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "PEM");
+    let moved = SigningKey::from_pkcs8(&toolgate::keys::from_pem(&text).unwrap()).unwrap();
+    assert_eq!(moved.kid(), before.kid());
+    assert_eq!(moved.pkcs8(), before.pkcs8());
+    assert_eq!(stored_keys(&db), 0);
+    assert!(
+        !contains_bytes(&database_bytes(&db), before.pkcs8()),
+        "the database file still holds the private key's bytes"
+    );
+    // Tokens minted before the move still verify; new ones are signed with the same key.
+    let (status, body) = d.verify(&token, "search").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, jwks) = d.call(Method::GET, "/v1/identity/jwks", None).await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+    assert_eq!(jwks["keys"][0]["kid"], before.kid());
+    let fresh = d.token_for("agent-2", RESOURCE).await;
+    assert_eq!(header_of(&fresh)["kid"], before.kid());
+
+    // And it stays there across restarts, the database still keyless.
+    let d = d.restart().await;
+    let (status, body) = d.verify(&fresh, "search").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stored_keys(&db), 0);
+    d.stop().await;
+
+    // A new deployment with the option: the key is generated into the file, never the database.
+    let n = Daemon::with(|c| {
+        c.dev = true;
+        c.signing_key_file = Some(c.db_path.parent().unwrap().join("new.pem"));
+    })
+    .await;
+    let file = n.config.signing_key_file.clone().unwrap();
+    assert_eq!(mode_of(&file), 0o600);
+    assert_eq!(mode_of(&n.db_path()), 0o600);
+    let generated = SigningKey::from_pkcs8(
+        &toolgate::keys::from_pem(&std::fs::read_to_string(&file).unwrap()).unwrap(),
+    )
+    .unwrap();
+    n.register("search", RESOURCE).await;
+    let token = n.token_for("agent-1", RESOURCE).await;
+    assert_eq!(header_of(&token)["kid"], generated.kid());
+    assert_eq!(stored_keys(&n.db_path()), 0);
+    n.stop().await;
 }

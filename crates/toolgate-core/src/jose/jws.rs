@@ -178,7 +178,9 @@ fn low_s(signature: &[u8], order: &[u8]) -> Option<Vec<u8>> {
     let mut negated = vec![0u8; s.len()];
     let mut borrow = 0u16;
     for ((out, n), s) in negated.iter_mut().zip(order).zip(s).rev() {
-        let d = u16::from(*n).wrapping_sub(u16::from(*s)).wrapping_sub(borrow);
+        let d = u16::from(*n)
+            .wrapping_sub(u16::from(*s))
+            .wrapping_sub(borrow);
         *out = d.to_be_bytes()[1];
         borrow = u16::from(d > 0xff);
     }
@@ -694,7 +696,10 @@ mod tests {
         let mut one = [0u8; 32];
         one[31] = 1;
         let sig = [r.as_slice(), &n_minus_1].concat();
-        assert_eq!(low_s(&sig, &P256_ORDER), Some([r.as_slice(), &one].concat()));
+        assert_eq!(
+            low_s(&sig, &P256_ORDER),
+            Some([r.as_slice(), &one].concat())
+        );
         assert_eq!(low_s(&[r.as_slice(), &one].concat(), &P256_ORDER), None);
         // Wrong length, and P-384's order at P-384's length.
         assert_eq!(low_s(&[0u8; 63], &P256_ORDER), None);

@@ -589,8 +589,10 @@ async fn run(command: Command) -> ExitCode {
                         let mut lines = Vec::new();
                         let events = body.get("events").and_then(Value::as_array);
                         for e in events.into_iter().flatten().rev() {
+                            // Rows record what requests said: shown with controls escaped.
                             let f = |k: &str| {
-                                e.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+                                let v = e.get(k).and_then(Value::as_str).unwrap_or("");
+                                toolgate::log::escape_controls(v).into_owned()
                             };
                             lines.push(format!(
                                 "{} #{} {:<12} {:<14} {:<10} {} {} {}",

@@ -648,3 +648,93 @@ async fn finding_15_signing_key_file_keeps_the_key_out_of_the_database() {
     assert_eq!(stored_keys(&n.db_path()), 0);
     n.stop().await;
 }
+
+/// Log injection: a value from a request that carries a line feed, a carriage return or a
+/// terminal escape is logged with them escaped — one request, one line, no forged entry — and
+/// `toolgate audit tail` shows the audit row alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_17_logged_request_values_cannot_forge_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("toolgate.db");
+    let log = dir.path().join("daemon.log");
+    let served = Served::start(
+        &["--dev".as_ref(), "--db".as_ref(), db.as_os_str()],
+        Some(&log),
+    );
+    let url = format!("http://{}", served.addr);
+    let forged = "2026-01-01T00:00:00Z ERROR forged entry";
+    let jti = format!("sig-1\n{forged}\r\u{1b}[2K\u{2028}x");
+    let iss = format!("https://siem.example.com\n{forged}\u{1b}[31m");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let set = json!({
+        "iss": iss, "jti": jti, "iat": now, "aud": "starfly",
+        "sub_id": {"format": "uri", "uri": "wimse://dev.local/ns/demo/sa/agent-1"},
+        "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}}
+    });
+    let client = toolgate::client::Client::new(&url).unwrap();
+    let (status, body) = client
+        .send(
+            Method::POST,
+            "/v1/signals/events",
+            Some(("application/json", set.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 202, "{body}");
+
+    let text = eventually("the signal is logged", || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains(" applied: ").then_some(text)
+        }
+    })
+    .await;
+    let line = text
+        .lines()
+        .find(|l| l.contains(" applied: "))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(r"signal sig-1\n2026-01-01T00:00:00Z ERROR forged entry\r\u{1b}[2K\u{2028}x from https://siem.example.com\n2026-01-01T00:00:00Z ERROR forged entry\u{1b}[31m applied"),
+        "{line}"
+    );
+    for l in text.lines() {
+        assert!(!l.starts_with(forged), "a forged line: {text}");
+    }
+    assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{2028}'));
+
+    // The operator's view of the audit log: one row, one line, no escape sequence.
+    let args = vec![
+        "audit".to_string(),
+        "tail".into(),
+        "--url".into(),
+        url.clone(),
+        "--limit".into(),
+        "5".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(&args)
+            .env_remove("TOOLGATE_URL")
+            .env_remove("TOOLGATE_ADMIN_TOKEN_FILE")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            r"https://siem.example.com\n2026-01-01T00:00:00Z ERROR forged entry\u{1b}[31m"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(!stdout.lines().any(|l| l.starts_with(forged)), "{stdout}");
+    drop(served);
+}

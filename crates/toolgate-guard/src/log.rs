@@ -61,8 +61,9 @@ fn is_disguising(c: char) -> bool {
         )
 }
 
-/// `text` with each character that [`is_disguising`] written as its Rust escape (`\n`, `\r`,
-/// `\t`, `\u{1b}`, `\u{2028}`); unchanged (and not copied) when there is none.
+/// `text` with each control character (C0, DEL, C1), line or paragraph separator and
+/// bidirectional control written as its Rust escape (`\n`, `\r`, `\t`, `\u{1b}`, `\u{2028}`);
+/// unchanged (and not copied) when there is none.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_disguising) {
         return Cow::Borrowed(text);

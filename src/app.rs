@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
 use crate::events::Hub;
-use crate::keys::KeyRing;
+use crate::keys::{KeyError, KeyRing};
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocations::Revocations;
@@ -85,6 +85,31 @@ impl LiveEvent {
     }
 }
 
+/// Why the daemon cannot start.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The database could not be opened, migrated or read.
+    Store(StoreError),
+    /// What is configured or stored cannot be served safely: one sentence for the operator.
+    Refused(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "cannot open the database: {e}"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+impl std::error::Error for OpenError {}
+
+impl From<StoreError> for OpenError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
 /// The threads behind an `App`, joined at shutdown once the app is gone.
 pub struct Threads {
     pub db: JoinHandle<()>,
@@ -107,21 +132,47 @@ impl App {
         config: &Config,
         bound: SocketAddr,
         clock: Arc<dyn Clock>,
-    ) -> Result<(App, Threads), StoreError> {
+    ) -> Result<(App, Threads), OpenError> {
+        // The database holds the signing key (or its old copies) and the audit log: its
+        // owner's alone, with its write-ahead log and index.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = config.db_path.clone().into_os_string();
+            file.push(suffix);
+            crate::secret_file::ensure_private(std::path::Path::new(&file), "database file")
+                .map_err(OpenError::Refused)?;
+        }
         let (store, db_thread) = Store::open(&config.db_path)?;
-        let (audit, audit_thread) = Audit::start(&config.db_path, config.audit)?;
         let now = clock.now();
         let issuer = config
             .issuer
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"));
+        let tools = store.call_blocking(|c| store::tools::all(c))?;
+        // Registration refuses it, but the default issuer follows `--listen`: a tool registered
+        // under one address can hold the issuer of another. Its tokens would be agent tokens.
+        if let Some(tool) = tools.iter().find(|t| t.resource() == issuer) {
+            return Err(OpenError::Refused(format!(
+                "tool {} has toolgate's own issuer {issuer} as its resource_uri (tokens for that \
+                 audience are agent tokens); start with the --issuer (or --listen) it was \
+                 registered under and update or deregister the tool",
+                tool.tool_id
+            )));
+        }
+        // Before the audit writer opens its connection: moving the key out of the database
+        // empties the write-ahead log, which no reader may hold.
+        let keys = Arc::new(match &config.signing_key_file {
+            Some(path) => KeyRing::from_file(&store, path, now).map_err(|e| match e {
+                KeyError::Store(e) => OpenError::Store(e),
+                KeyError::File(why) => OpenError::Refused(why),
+            })?,
+            None => KeyRing::load_or_create(&store, now)?,
+        });
+        let (audit, audit_thread) = Audit::start(&config.db_path, config.audit)?;
         let trust_domain = match (&config.trust_domain, config.dev) {
             (Some(td), _) => td.clone(),
             (None, true) => DEV_TRUST_DOMAIN.to_string(),
             (None, false) => issuer_host(&issuer),
         };
-        let keys = Arc::new(KeyRing::load_or_create(&store, now)?);
-        let tools = store.call_blocking(|c| store::tools::all(c))?;
         let unit_id = store.call_blocking(|c| {
             store::meta::get_or_insert(c, "unit_id", || {
                 crate::ids::random_id().unwrap_or_else(|| "unknown".into())
@@ -244,6 +295,7 @@ impl App {
             audit_queue_depth: self.audit.depth(),
             audit_rows_written: self.audit.written(),
             sse_clients: self.events.clients(),
+            signature_cache_entries: self.verifier.cached_signatures(),
         }
     }
 

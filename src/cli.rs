@@ -262,6 +262,9 @@ struct ServeCmd {
     /// SQLite database file, created on first start (default ./toolgate.db)
     #[argh(option)]
     db: Option<PathBuf>,
+    /// keep the token-signing key in this PKCS#8 PEM file (owner-only; generated, or moved out of the database, if missing) instead of the database
+    #[argh(option)]
+    signing_key_file: Option<PathBuf>,
     /// the `iss` of minted tokens (default http://<listen address>)
     #[argh(option)]
     issuer: Option<String>,
@@ -586,8 +589,10 @@ async fn run(command: Command) -> ExitCode {
                         let mut lines = Vec::new();
                         let events = body.get("events").and_then(Value::as_array);
                         for e in events.into_iter().flatten().rev() {
+                            // Rows record what requests said: shown with controls escaped.
                             let f = |k: &str| {
-                                e.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+                                let v = e.get(k).and_then(Value::as_str).unwrap_or("");
+                                toolgate::log::escape_controls(v).into_owned()
                             };
                             lines.push(format!(
                                 "{} #{} {:<12} {:<14} {:<10} {} {} {}",
@@ -656,6 +661,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
     let flags = ServeFlags {
         listen: s.listen,
         db: s.db,
+        signing_key_file: s.signing_key_file,
         issuer: s.issuer,
         trust_domain: s.trust_domain,
         dev: s.dev,

@@ -58,6 +58,9 @@ pub struct Transmitter {
 pub struct Config {
     pub listen: SocketAddr,
     pub db_path: PathBuf,
+    /// The token-signing key as a PKCS#8 PEM file, apart from the database (generated there
+    /// if missing); `None` keeps it in the database.
+    pub signing_key_file: Option<PathBuf>,
     /// `iss` of every minted token; `None` means `http://<bound address>`.
     pub issuer: Option<String>,
     pub trust_domain: Option<String>,
@@ -100,6 +103,7 @@ pub struct Config {
 pub struct ServeFlags {
     pub listen: Option<String>,
     pub db: Option<PathBuf>,
+    pub signing_key_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub trust_domain: Option<String>,
     pub dev: bool,
@@ -116,6 +120,7 @@ pub struct ServeFlags {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     issuer: Option<String>,
+    signing_key_file: Option<PathBuf>,
     trust_domain: Option<String>,
     token_ttl_seconds: Option<i64>,
     revocation_ttl_seconds: Option<i64>,
@@ -156,6 +161,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             db_path: db_path.to_path_buf(),
+            signing_key_file: None,
             issuer: None,
             trust_domain: None,
             dev: false,
@@ -201,6 +207,9 @@ impl Config {
         }
         if flags.issuer.is_some() {
             cfg.issuer.clone_from(&flags.issuer);
+        }
+        if flags.signing_key_file.is_some() {
+            cfg.signing_key_file.clone_from(&flags.signing_key_file);
         }
         if flags.trust_domain.is_some() {
             cfg.trust_domain.clone_from(&flags.trust_domain);
@@ -256,6 +265,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         self.issuer = file.issuer;
         self.trust_domain = file.trust_domain;
+        self.signing_key_file = file.signing_key_file.map(|f| base.join(f));
         if let Some(ttl) = file.token_ttl_seconds {
             if !(1..=MAX_TOKEN_TTL).contains(&ttl) {
                 return Err(err(format!(
@@ -439,6 +449,30 @@ mod tests {
         assert!(validate_origin("https://app.example.com/path").is_err());
         assert!(validate_origin("null").is_err());
         assert!(validate_origin("ftp://x").is_err());
+    }
+
+    #[test]
+    fn signing_key_file_is_relative_to_the_config_file_and_the_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"signing_key_file":"keys/signing.pem"}"#).unwrap();
+        let mut flags = ServeFlags {
+            dev: true,
+            config: Some(path),
+            ..Default::default()
+        };
+        let cfg = Config::from_flags(&flags).unwrap();
+        assert_eq!(
+            cfg.signing_key_file,
+            Some(dir.path().join("keys/signing.pem"))
+        );
+        flags.signing_key_file = Some(PathBuf::from("/run/secrets/k.pem"));
+        let cfg = Config::from_flags(&flags).unwrap();
+        assert_eq!(
+            cfg.signing_key_file,
+            Some(PathBuf::from("/run/secrets/k.pem"))
+        );
+        assert_eq!(Config::for_test(Path::new("x.db")).signing_key_file, None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Each is a secret of at least 16 characters, compared in constant time and never printed. One
 //! read from a file follows that file: when its modification time or size changes, the next
 //! check reads it again, so a token is rotated by rewriting its file, without a restart. A file
-//! that becomes unreadable or too short matches nothing until it is fixed (fail closed).
+//! that becomes unreadable, too short, or readable by anyone but its owner matches nothing until
+//! it is fixed (fail closed); one that is so at start is refused.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,8 +48,8 @@ struct Inner {
 struct State {
     /// The SHA-256 of the current secret; `None` while the file is unusable.
     digest: Option<[u8; 32]>,
-    /// The file's modification time and length when it was last read.
-    stamp: Option<(SystemTime, u64)>,
+    /// The file's modification time, length and mode when it was last read.
+    stamp: Option<Stamp>,
 }
 
 impl Credential {
@@ -64,12 +65,13 @@ impl Credential {
         })))
     }
 
-    /// A secret read from `path` now (it must be valid now) and again whenever the file changes.
-    /// The error names `flag` and the path, never the content.
+    /// A secret read from `path` now (it must be valid and its owner's alone now) and again
+    /// whenever the file changes. The error names `flag` and the path, never the content.
     pub fn from_file(path: &Path, flag: &str) -> Result<Self, String> {
         let stamp = stamp_of(path);
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?;
+        crate::secret_file::ensure_private(path, flag)?;
         let digest = digest_of(&text).map_err(|e| format!("{flag}: {e}"))?;
         Ok(Self(Arc::new(Inner {
             file: Some(path.to_path_buf()),
@@ -108,8 +110,10 @@ impl Credential {
                 state.stamp = stamp;
                 state.digest = match std::fs::read_to_string(path)
                     .map_err(|e| e.to_string())
-                    .and_then(|t| digest_of(&t))
-                {
+                    .and_then(|t| {
+                        crate::secret_file::ensure_private(path, "the file")?;
+                        digest_of(&t)
+                    }) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         // The path is the operator's; the secret is never printed.
@@ -148,10 +152,17 @@ fn digest_of(secret: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
+/// What tells a changed file: modification time, length, and (a `chmod` moves neither) mode.
+fn stamp_of(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    #[cfg(not(unix))]
+    let mode = 0;
+    Some((meta.modified().ok()?, meta.len(), mode))
 }
+
+type Stamp = (SystemTime, u64, u32);
 
 /// The credentials a daemon accepts, by role.
 #[derive(Debug, Clone, Default)]
@@ -195,7 +206,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tg-cred-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
-        std::fs::write(&path, "first-secret-0123456789").unwrap();
+        let _ = std::fs::remove_file(&path);
+        crate::secret_file::create_private(&path, b"first-secret-0123456789").unwrap();
         let c = Credential::from_file(&path, "--reporter-token-file").unwrap();
         assert!(c.matches(b"first-secret-0123456789"));
         // A rotation changes the length (the modification time may not move within its
@@ -206,6 +218,22 @@ mod tests {
         std::fs::write(&path, "short").unwrap();
         assert!(!c.matches(b"short"));
         assert!(!c.matches(b"second-secret-0123456789-rotated"));
+        // Readable by others: matches nothing until it is its owner's again.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&path, "third-secret-0123456789").unwrap();
+            assert!(c.matches(b"third-secret-0123456789"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(!c.matches(b"third-secret-0123456789"));
+            let refused = Credential::from_file(&path, "--admin-token-file").unwrap_err();
+            assert!(
+                refused.contains("readable by group and others"),
+                "{refused}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(c.matches(b"third-secret-0123456789"));
+        }
         std::fs::remove_file(&path).unwrap();
         assert!(!c.matches(b"second-secret-0123456789-rotated"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -4,7 +4,7 @@
 use crate::claims::{self, Audience};
 use crate::config::TrustedIssuer;
 use crate::ids::random_id;
-use crate::jose::{self, b64, json, SigningKey};
+use crate::jose::{self, b64, json, SigningKey, TokenType};
 use crate::resource;
 use crate::revocation::Identity;
 use crate::verify::{self, Check, DecisionRequest, Target, TimeClaims, Verifier};
@@ -277,6 +277,13 @@ pub fn exchange(
     claims.insert("iss".into(), json!(app.issuer));
     claims.insert("sub".into(), json!(subject.id));
     claims.insert("aud".into(), json!(audience));
+    // A tool's token is an RFC 9068 access token; its client is the subject it was exchanged for.
+    let typ = if is_agent_audience {
+        jose::TYP_AGENT
+    } else {
+        claims.insert("client_id".into(), json!(subject.id));
+        jose::TYP_ACCESS_TOKEN
+    };
     claims.insert("iat".into(), json!(now));
     claims.insert("nbf".into(), json!(now));
     claims.insert("exp".into(), json!(exp));
@@ -307,7 +314,8 @@ pub fn exchange(
         }
         claims.insert("nonce".into(), json!(nonce));
     }
-    let access_token = jose::jws::encode_signed(app.signing_key, &claims).map_err(|_| Internal)?;
+    let access_token =
+        jose::jws::encode_signed(app.signing_key, typ, &claims).map_err(|_| Internal)?;
     Ok(Issued {
         access_token,
         expires_in: exp - now,
@@ -404,6 +412,7 @@ fn external_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subjec
     if iss == app.issuer {
         return agent_subject(app, token, now);
     }
+    subject_token_type(unverified.header.token_type())?;
     let trusted: &TrustedIssuer = app
         .trusted_issuers
         .iter()
@@ -433,6 +442,18 @@ fn external_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subjec
     let mut subject = subject_from(&raw, &trusted.trust_domain, false)?;
     subject.exp = Some(times.exp);
     Ok(subject)
+}
+
+/// The header `typ` of a subject token from an identity provider: none, `JWT` (Keycloak, Entra)
+/// or `at+jwt`. Anything else names another kind of token (`secevent+jwt`, `dpop+jwt`,
+/// `logout+jwt`, toolgate's own agent type from another issuer, …), which is no subject token.
+fn subject_token_type(typ: TokenType) -> Result<(), ExchangeError> {
+    match typ {
+        TokenType::Unspecified | TokenType::Jwt | TokenType::AccessToken => Ok(()),
+        TokenType::Agent | TokenType::Other => Err(ExchangeError::InvalidClient(
+            "subject token typ names another kind of token",
+        )),
+    }
 }
 
 /// A toolgate agent identity token: the verify pipeline with toolgate itself as the audience —
@@ -481,10 +502,17 @@ fn stub_claims(token: &str) -> Result<Option<Map<String, Value>>, ExchangeError>
         return Ok(None);
     };
     let bad = || ExchangeError::InvalidClient("stub subject token is malformed");
-    b64::decode(h)
+    let header = b64::decode(h)
         .ok()
         .and_then(|b| json::parse_object(&b).ok())
         .ok_or_else(bad)?;
+    // Dev mode relaxes the signature, not the kind of token: a stub SET is still a SET.
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(bad()),
+    };
+    subject_token_type(TokenType::of(typ))?;
     let claims = b64::decode(c)
         .ok()
         .and_then(|b| json::parse_object(&b).ok())
@@ -532,8 +560,17 @@ fn subject_from(
                 .flatten()
                 .or_else(|| nested_str(claims, &["kubernetes.io.serviceaccount.name"]))
                 .or_else(|| nested_str(claims, &["kubernetes.io", "serviceaccount", "name"]))
-                .or(sub)
-                .unwrap_or("dev-workload");
+                .or(sub);
+            // Only a dev stub may name nobody; a verified token must say whom it is for.
+            let sa = match sa {
+                Some(sa) => sa,
+                None if dev_stub => "dev-workload",
+                None => {
+                    return Err(InvalidClient(
+                        "subject token names no subject (sub or a service account)",
+                    ))
+                }
+            };
             for part in [ns, sa] {
                 let ok = !part.is_empty()
                     && part.len() <= MAX_SUBJECT_PART

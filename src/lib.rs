@@ -28,6 +28,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod revocations;
+pub mod secret_file;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -123,6 +123,8 @@ pub struct Gauges {
     pub audit_queue_depth: usize,
     pub audit_rows_written: u64,
     pub sse_clients: usize,
+    /// Tokens whose verified signature the pipeline remembers (one entry per token).
+    pub signature_cache_entries: usize,
 }
 
 fn check_index(check: Check) -> usize {
@@ -294,7 +296,7 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
-        let gauges: [(&str, &str, &str, f64); 7] = [
+        let gauges: [(&str, &str, &str, f64); 8] = [
             (
                 "toolgate_signals_rejected_total",
                 "counter",
@@ -336,6 +338,12 @@ impl Metrics {
                 "gauge",
                 "Connected /v1/events clients.",
                 g.sse_clients as f64,
+            ),
+            (
+                "toolgate_signature_cache_entries",
+                "gauge",
+                "Tokens whose verified signature is remembered (one entry per token).",
+                g.signature_cache_entries as f64,
             ),
         ];
         for (name, kind, help, value) in gauges {

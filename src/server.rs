@@ -2,7 +2,7 @@
 //! deadline on request heads, a progress timeout on every write, and graceful shutdown that
 //! lets in-flight requests finish.
 
-use crate::app::{App, Threads};
+use crate::app::{App, OpenError, Threads};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::StoreError;
@@ -25,6 +25,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub enum ServeError {
     Bind(std::io::Error),
     Store(StoreError),
+    /// The configuration or the stored state cannot be served safely (the sentence says why).
+    Refused(String),
     Join,
 }
 
@@ -33,6 +35,7 @@ impl std::fmt::Display for ServeError {
         match self {
             Self::Bind(e) => write!(f, "cannot listen: {e}"),
             Self::Store(e) => write!(f, "cannot open the database: {e}"),
+            Self::Refused(why) => f.write_str(why),
             Self::Join => f.write_str("a server task failed"),
         }
     }
@@ -75,7 +78,10 @@ pub async fn start(
     let (app, threads) = tokio::task::spawn_blocking(move || App::open(&cfg, addr, clock))
         .await
         .map_err(|_| ServeError::Join)?
-        .map_err(ServeError::Store)?;
+        .map_err(|e| match e {
+            OpenError::Store(e) => ServeError::Store(e),
+            OpenError::Refused(why) => ServeError::Refused(why),
+        })?;
     let app = Arc::new(app);
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

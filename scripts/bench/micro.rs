@@ -71,7 +71,7 @@ fn mint(key: &SigningKey, sub: &str, n: usize) -> String {
     ] {
         claims.insert(name.into(), value);
     }
-    jose::jws::encode_signed(key, &claims).expect("sign a token")
+    jose::jws::encode_signed(key, jose::TYP_ACCESS_TOKEN, &claims).expect("sign a token")
 }
 
 /// A verifier with one key, one registered tool and `revocations`.

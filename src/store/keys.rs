@@ -32,6 +32,39 @@ pub fn live(conn: &Connection, now: i64) -> Result<Vec<StoredKey>, StoreError> {
     Ok(keys)
 }
 
+/// Remove every stored private key, overwriting their bytes (`secure_delete`) and emptying the
+/// write-ahead log, so that the database file keeps no copy: for a key kept in its own file.
+/// The kids removed.
+pub fn remove_all(conn: &mut Connection) -> Result<Vec<String>, StoreError> {
+    conn.pragma_update(None, "secure_delete", true)?;
+    let removed = (|| {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let kids = {
+            let mut stmt = tx.prepare("SELECT kid FROM signing_keys ORDER BY created_at")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute("DELETE FROM signing_keys", [])?;
+        tx.commit()?;
+        Ok::<_, StoreError>(kids)
+    })();
+    // Always, so that a start after one whose checkpoint failed still empties the log.
+    let busy = removed.as_ref().ok().map(|_| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    });
+    conn.pragma_update(None, "secure_delete", false)?;
+    match busy {
+        Some(Ok(0)) | None => removed,
+        // A reader kept the log: its old pages may still hold the key.
+        Some(Ok(_)) => Err(StoreError::Database(
+            "the write-ahead log could not be emptied after removing the signing key".into(),
+        )),
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
 pub fn insert(
     conn: &Connection,
     kid: &str,

@@ -163,9 +163,9 @@ impl Env {
         self.key.kid()
     }
 
-    /// The header toolgate itself writes.
+    /// The header toolgate itself writes on a tool's token.
     fn header(&self) -> Value {
-        json!({"alg": "ES256", "typ": "JWT", "kid": self.kid()})
+        json!({"alg": "ES256", "typ": "at+jwt", "kid": self.kid()})
     }
 
     /// The header with `extra` merged over it (a `null` removes a member).
@@ -458,8 +458,12 @@ async fn exchange_refuses(env: &Env, cases: &[Case]) {
         assert_eq!(resp["error"], "invalid_client", "{resp}");
     }
     assert!(refused >= 18, "the subset shrank: {refused}");
-    // Control: the same forging with `aud` = toolgate is a valid agent token.
-    let agent = env.with_claims(json!({"aud": env.issuer}));
+    // Control: the same forging with `aud` = toolgate and the agent type is a valid agent
+    // token.
+    let agent = env.sign(
+        &env.header_with(json!({"typ": "toolgate-agent+jwt"})),
+        &env.claims(json!({"aud": env.issuer})),
+    );
     for ty in [AGENT_MCP, JWT] {
         let mut body = exchange_body(&agent, RESOURCE);
         body["subject_token_type"] = json!(ty);

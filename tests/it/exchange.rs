@@ -22,7 +22,7 @@ async fn minted_token_carries_every_claim() {
     let token = resp["access_token"].as_str().unwrap();
     let header = header_of(token);
     assert_eq!(header["alg"], "ES256");
-    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["typ"], "at+jwt");
     let (_, jwks) = d.call(Method::GET, "/v1/identity/jwks", None).await;
     assert_eq!(header["kid"], jwks["keys"][0]["kid"]);
     let c = claims_of(token);

@@ -277,7 +277,7 @@ async fn finding_11_open_reads_need_a_token_unless_configured() {
 async fn finding_07_scoped_credentials_and_rotation_without_restart() {
     let dir = tempfile::tempdir().unwrap();
     let reporter_file = dir.path().join("reporter");
-    std::fs::write(&reporter_file, REPORTER).unwrap();
+    toolgate::secret_file::create_private(&reporter_file, REPORTER.as_bytes()).unwrap();
     let d = Daemon::with(|c| {
         c.admin_token = Some(Credential::new(ADMIN).unwrap());
         c.reporter_token =

@@ -47,7 +47,7 @@ async fn jsonwebtoken_verifies_a_minted_token() {
 
     let data = decode::<Value>(&token, &key, &validation(RESOURCE, &issuer)).unwrap();
     assert_eq!(data.header.alg, Algorithm::ES256);
-    assert_eq!(data.header.typ.as_deref(), Some("JWT"));
+    assert_eq!(data.header.typ.as_deref(), Some("at+jwt"));
     let claims = data.claims;
     assert_eq!(claims, claims_of(&token));
     assert_eq!(claims["iss"], issuer.as_str());
@@ -111,7 +111,7 @@ async fn kid_is_the_rfc7638_thumbprint_of_the_jwks_key() {
     assert!(!keys.is_empty(), "{jwks}");
     let header = header_of(&token);
     assert_eq!(header["alg"], "ES256");
-    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["typ"], "at+jwt");
     let kid = header["kid"].as_str().unwrap();
 
     let key_json = keys

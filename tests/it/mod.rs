@@ -9,6 +9,7 @@ mod findings_conn;
 mod findings_edge;
 mod findings_gateway;
 mod findings_revoke;
+mod findings_tokens;
 mod findings_tools;
 mod gateway;
 mod interop;

@@ -159,7 +159,7 @@ fn subject_claims(daemon: &Daemon, extra: Value) -> Map<String, Value> {
 }
 
 fn sign(key: &SigningKey, claims: &Map<String, Value>) -> String {
-    toolgate::jose::jws::encode_signed(key, claims).unwrap()
+    toolgate::jose::jws::encode_signed(key, toolgate::jose::TYP_JWT, claims).unwrap()
 }
 
 fn subject_jwt(daemon: &Daemon, key: &SigningKey, extra: Value) -> String {
@@ -381,7 +381,7 @@ async fn trusted_issuer_jwt_is_exchanged_for_a_tool_token() {
     let token = access_token(&body);
     let header = header_of(&token);
     assert_eq!(header["alg"], "ES256");
-    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["typ"], "at+jwt");
     assert!(header["kid"].is_string());
 
     let claims = claims_of(&token);
@@ -743,10 +743,10 @@ async fn agent_token_is_exchanged_for_a_tool_token() {
     let (status, body) = daemon.verify(&tool_token, "search").await;
     assert_eq!(status, 200, "{body}");
 
-    // The agent token itself is not a tool token.
+    // The agent token itself is not a tool token: its type says so before its audience does.
     let (status, body) = daemon.verify(&agent, "search").await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(body["check"], "audience");
+    assert_eq!(body["check"], "malformed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

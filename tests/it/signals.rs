@@ -262,7 +262,7 @@ fn idp_token(daemon: &Daemon, idp: &SigningKey, sub: &str) -> String {
     let now = daemon.clock_now();
     let claims = json!({"iss": IDP, "sub": sub, "aud": TOOLGATE_AUD, "iat": now, "exp": now + 600});
     let claims: Map<String, Value> = claims.as_object().unwrap().clone();
-    toolgate::jose::jws::encode_signed(idp, &claims).unwrap()
+    toolgate::jose::jws::encode_signed(idp, toolgate::jose::TYP_JWT, &claims).unwrap()
 }
 
 async fn production_exchange(daemon: &Daemon, subject_token: &str) -> (u16, Value) {

@@ -14,7 +14,7 @@
 //!
 //! use serde_json::json;
 //! use toolgate_core::clock::ManualClock;
-//! use toolgate_core::jose::{jws::encode_signed, Jwk, SigningKey};
+//! use toolgate_core::jose::{jws::encode_signed, Jwk, SigningKey, TYP_ACCESS_TOKEN};
 //! use toolgate_core::registry::{Registry, ToolInput};
 //! use toolgate_core::revocation::RevocationIndex;
 //! use toolgate_core::verify::{
@@ -52,6 +52,7 @@
 //!     Arc::new(RevocationIndex::default()),
 //! );
 //!
+//! // A tool token: an RFC 9068 access token (header `typ` `at+jwt`).
 //! let mint = |aud: &str| {
 //!     let claims = json!({
 //!         "iss": "https://toolgate.example.com",
@@ -60,9 +61,10 @@
 //!         "jti": "tok-1",
 //!         "iat": now,
 //!         "exp": now + 300,
+//!         "client_id": "spiffe://example.com/agent/triage",
 //!         "caps": ["search"],
 //!     });
-//!     encode_signed(&key, claims.as_object().ok_or("claims are an object")?)
+//!     encode_signed(&key, TYP_ACCESS_TOKEN, claims.as_object().ok_or("claims are an object")?)
 //!         .map_err(Box::<dyn std::error::Error>::from)
 //! };
 //!

@@ -4,7 +4,7 @@
 use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::clock::Clock;
-use crate::jose::{self, Header, JoseError, Jwk};
+use crate::jose::{self, Header, JoseError, Jwk, TokenType};
 use crate::registry::{Registry, ToolEntry};
 use crate::resource;
 use crate::revocation::{Identity, RevocationIndex};
@@ -21,8 +21,9 @@ const CACHE_CAPACITY: usize = 4096;
 /// The name of the check that denied, as it appears on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Check {
-    /// Check 1: not a compact JWS of JSON objects, or a registered claim of the wrong type
-    /// (`exp`, `sub` and `jti` are required).
+    /// Check 1: not a compact JWS of JSON objects, a registered claim of the wrong type
+    /// (`exp`, `sub` and `jti` are required), or a header `typ` naming another kind of token
+    /// than the target takes (`at+jwt` for a tool or server, `toolgate-agent+jwt` at exchange).
     Malformed,
     /// Check 2: header `alg` not on the allow-list, a forbidden header parameter, or an `alg`
     /// other than the key's.
@@ -204,6 +205,8 @@ impl TimeClaims {
 pub struct TokenClaims {
     /// The whole payload, for the claims not read below (`exec_act`, `nonce`, `src`, `cnf`).
     pub raw: Map<String, Value>,
+    /// What the header `typ` says the token is: a tool's access token or an agent token.
+    pub token_type: TokenType,
     /// `exp`, `nbf`, `iat`.
     pub times: TimeClaims,
     /// The issuer; must equal the verifier's (check 5).
@@ -233,7 +236,7 @@ impl TokenClaims {
         }
     }
 
-    fn read(raw: Map<String, Value>) -> Result<Self, Denial> {
+    fn read(raw: Map<String, Value>, token_type: TokenType) -> Result<Self, Denial> {
         let times = TimeClaims::read(&raw)?;
         let iss = claims::string(&raw, "iss")?.map(str::to_string);
         let sub = claims::string(&raw, "sub")?
@@ -249,6 +252,7 @@ impl TokenClaims {
         let blast_radius = claims::string(&raw, "blast_radius")?.map(str::to_string);
         let mut claims = Self {
             raw,
+            token_type,
             times,
             iss,
             sub,
@@ -525,6 +529,12 @@ impl Verifier {
         self.clock.now()
     }
 
+    /// How many verified signatures are remembered (one per token, whatever form of its
+    /// signature was presented).
+    pub fn cached_signatures(&self) -> usize {
+        self.cache.read().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// Forget remembered signatures (after the key set changed).
     pub fn clear_cache(&self) {
         if let Ok(mut map) = self.cache.write() {
@@ -533,12 +543,24 @@ impl Verifier {
     }
 
     /// Checks 1–5 for a token toolgate minted: shape, header, signature (remembered per token,
-    /// so a repeated token costs one hash), then time and issuer on every call.
-    fn check_own_token(&self, token: &str, now: i64) -> Result<Arc<TokenClaims>, Denial> {
-        if token.len() > jose::MAX_TOKEN_BYTES {
-            return Err(JoseError::TooLarge.into());
-        }
-        let fingerprint: [u8; 32] = digest(&SHA256, token.as_bytes())
+    /// so a repeated token costs a decode and one hash), then its `typ` (`expected`), time and
+    /// issuer on every call.
+    fn check_own_token(
+        &self,
+        token: &str,
+        expected: TokenType,
+        now: i64,
+    ) -> Result<Arc<TokenClaims>, Denial> {
+        let compact = jose::decode(token)?;
+        // Keyed by the signing input and the canonical signature: a high-S twin of a token is
+        // the same token (and verifies alike), not a second entry.
+        let mut hash = ring::digest::Context::new(&SHA256);
+        let input = compact.signing_input.as_bytes();
+        hash.update(&(input.len() as u64).to_be_bytes());
+        hash.update(input);
+        hash.update(&compact.canonical_signature());
+        let fingerprint: [u8; 32] = hash
+            .finish()
             .as_ref()
             .try_into()
             .map_err(|_| deny(Check::Malformed, "token could not be hashed"))?;
@@ -549,9 +571,15 @@ impl Verifier {
         let claims = match cached {
             Some(c) => c,
             None => {
-                let raw =
-                    verify_signature(token, |h| h.kid.as_deref().and_then(|k| self.keys.key(k)))?;
-                let claims = Arc::new(TokenClaims::read(raw)?);
+                let key = compact
+                    .header
+                    .kid
+                    .as_deref()
+                    .and_then(|k| self.keys.key(k))
+                    .ok_or(deny(Check::Signature, "signing key is not known"))?;
+                compact.verify_with(&key)?;
+                let token_type = compact.header.token_type();
+                let claims = Arc::new(TokenClaims::read(compact.claims, token_type)?);
                 if let Ok(mut map) = self.cache.write() {
                     if map.len() >= CACHE_CAPACITY {
                         map.clear();
@@ -561,6 +589,17 @@ impl Verifier {
                 claims
             }
         };
+        // A tool's token is no agent token and the other way round; an ID token, a SET or a
+        // DPoP proof signed by the same key is neither.
+        if claims.token_type != expected {
+            return Err(deny(
+                Check::Malformed,
+                match expected {
+                    TokenType::Agent => "token is not a toolgate agent token (typ)",
+                    _ => "token is not a toolgate access token (typ)",
+                },
+            ));
+        }
         claims.times.check(now, self.leeway)?;
         if claims.iss.as_deref() != Some(self.issuer.as_str()) {
             return Err(deny(Check::Issuer, "issuer is not this toolgate"));
@@ -582,7 +621,11 @@ impl Verifier {
     /// verdict carries the token's claims whenever its signature checked out, so that a denial
     /// can still be attributed to a subject in the audit log.
     pub fn decide_at(&self, req: &DecisionRequest<'_>, now: i64) -> Verdict {
-        match self.check_own_token(req.token, now) {
+        let expected = match req.target {
+            Target::Audience(_) => TokenType::Agent,
+            Target::Tool(_) | Target::Server { .. } => TokenType::AccessToken,
+        };
+        match self.check_own_token(req.token, expected, now) {
             Err(denial) => Verdict {
                 claims: None,
                 result: Err(denial),

@@ -93,7 +93,7 @@ fn token_for(key: &SigningKey, audience: &str) -> String {
     ] {
         claims.insert(name.into(), value);
     }
-    jws::encode_signed(key, &claims).unwrap()
+    jws::encode_signed(key, jws::TYP_ACCESS_TOKEN, &claims).unwrap()
 }
 
 /// The protected service: counts the requests it sees and answers the verified subject.

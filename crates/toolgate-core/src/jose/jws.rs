@@ -50,6 +50,47 @@ impl Algorithm {
     }
 }
 
+/// Header `typ` of a JWT of no particular kind (what most identity providers send).
+pub const TYP_JWT: &str = "JWT";
+/// Header `typ` of an OAuth 2.0 access token (RFC 9068 §2.1): the tool tokens toolgate mints.
+pub const TYP_ACCESS_TOKEN: &str = "at+jwt";
+/// Header `typ` of toolgate's agent tokens, so that neither kind passes as the other.
+pub const TYP_AGENT: &str = "toolgate-agent+jwt";
+
+/// What a header `typ` says a token is. Compared as RFC 7515 §4.1.9 says: case-insensitively,
+/// with `application/` implied when the value has no `/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// No `typ`.
+    Unspecified,
+    /// `JWT`: a JWT of no particular kind.
+    Jwt,
+    /// `at+jwt`: an OAuth 2.0 access token (RFC 9068).
+    AccessToken,
+    /// `toolgate-agent+jwt`: a toolgate agent token.
+    Agent,
+    /// Any other media type (`secevent+jwt`, `dpop+jwt`, `logout+jwt`, …): another kind of
+    /// token, never a subject or tool token.
+    Other,
+}
+
+impl TokenType {
+    /// Classify a `typ` value (`None` when the header has none).
+    pub fn of(typ: Option<&str>) -> TokenType {
+        let Some(typ) = typ else {
+            return TokenType::Unspecified;
+        };
+        let lower = typ.to_ascii_lowercase();
+        let name = lower.strip_prefix("application/").unwrap_or(&lower);
+        match name {
+            "jwt" => TokenType::Jwt,
+            "at+jwt" => TokenType::AccessToken,
+            "toolgate-agent+jwt" => TokenType::Agent,
+            _ => TokenType::Other,
+        }
+    }
+}
+
 /// A validated JOSE header.
 #[derive(Debug, Clone)]
 pub struct Header {
@@ -57,10 +98,18 @@ pub struct Header {
     pub alg: Algorithm,
     /// The key ID (RFC 7515 §4.1.4) that selects the verification key.
     pub kid: Option<String>,
-    /// The media type (RFC 7515 §4.1.9), `JWT` for toolgate's tokens; read but not enforced.
+    /// The media type (RFC 7515 §4.1.9): present, absent, or (not a string) a malformed header.
+    /// [`Header::token_type`] classifies it.
     pub typ: Option<String>,
     /// All header members, as parsed.
     pub raw: Map<String, Value>,
+}
+
+impl Header {
+    /// The kind of token the `typ` names.
+    pub fn token_type(&self) -> TokenType {
+        TokenType::of(self.typ.as_deref())
+    }
 }
 
 /// A decoded (not yet verified) compact JWS whose payload is a JSON object.
@@ -85,6 +134,62 @@ impl Compact<'_> {
         }
         key.verify(self.signing_input.as_bytes(), &self.signature)
     }
+
+    /// The signature in one form per token, to name it (never to judge it: a high-S signature
+    /// is valid, and other issuers make them). ECDSA signatures are malleable — `(r, s)` and
+    /// `(r, n - s)` verify alike — so for ES256 and ES384 an `s` above `n / 2` becomes `n - s`.
+    /// Only an `s` in `1..n` is mapped, onto another `s` in `1..n`, so a signature that does not
+    /// verify never takes the form of one that does. Other algorithms' signatures are unique
+    /// (Ed25519 and RSA verification refuse every other encoding) and kept as they are.
+    pub fn canonical_signature(&self) -> Vec<u8> {
+        let order: &[u8] = match self.header.alg {
+            Algorithm::ES256 => &P256_ORDER,
+            Algorithm::ES384 => &P384_ORDER,
+            Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256 => &[],
+        };
+        low_s(&self.signature, order).unwrap_or_else(|| self.signature.clone())
+    }
+}
+
+/// The order `n` of P-256's base point, big-endian (SEC 2 §2.4.2).
+const P256_ORDER: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// The order `n` of P-384's base point, big-endian (SEC 2 §2.5.1).
+const P384_ORDER: [u8; 48] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc7, 0x63, 0x4d, 0x81, 0xf4, 0x37, 0x2d, 0xdf,
+    0x58, 0x1a, 0x0d, 0xb2, 0x48, 0xb0, 0xa7, 0x7a, 0xec, 0xec, 0x19, 0x6a, 0xcc, 0xc5, 0x29, 0x73,
+];
+
+/// `r || (n - s)` when the fixed-size signature `r || s` has `n / 2 < s < n`; `None` when it is
+/// already low, out of range, or not `2 * len(n)` bytes.
+fn low_s(signature: &[u8], order: &[u8]) -> Option<Vec<u8>> {
+    if order.is_empty() || signature.len() != 2 * order.len() {
+        return None;
+    }
+    let (r, s) = signature.split_at(order.len());
+    // Equal-length big-endian byte strings compare as the numbers they are.
+    if s >= order {
+        return None;
+    }
+    let mut negated = vec![0u8; s.len()];
+    let mut borrow = 0u16;
+    for ((out, n), s) in negated.iter_mut().zip(order).zip(s).rev() {
+        let d = u16::from(*n)
+            .wrapping_sub(u16::from(*s))
+            .wrapping_sub(borrow);
+        *out = d.to_be_bytes()[1];
+        borrow = u16::from(d > 0xff);
+    }
+    if s <= negated.as_slice() {
+        return None;
+    }
+    let mut out = r.to_vec();
+    out.extend_from_slice(&negated);
+    Some(out)
 }
 
 /// Parse a compact JWS. Does NOT verify the signature.
@@ -143,13 +248,18 @@ fn optional_string(raw: &Map<String, Value>, name: &str) -> Result<Option<String
     }
 }
 
-/// Encode and sign: header `{"alg","typ":"JWT","kid"}` + claims -> compact string.
+/// Encode and sign: header `{"alg","typ","kid"}` + claims -> compact string. `typ` says what
+/// kind of token it is: [`TYP_ACCESS_TOKEN`], [`TYP_AGENT`], [`TYP_JWT`], ….
 ///
 /// Fails with `TooLarge` rather than mint a token that [`decode`] would refuse.
-pub fn encode_signed(key: &SigningKey, claims: &Map<String, Value>) -> Result<String, JoseError> {
+pub fn encode_signed(
+    key: &SigningKey,
+    typ: &str,
+    claims: &Map<String, Value>,
+) -> Result<String, JoseError> {
     let mut header = Map::new();
     header.insert("alg".into(), Value::from(key.algorithm().name()));
-    header.insert("typ".into(), Value::from("JWT"));
+    header.insert("typ".into(), Value::from(typ));
     header.insert("kid".into(), Value::from(key.kid()));
     let header_json = serde_json::to_vec(&header).map_err(|_| JoseError::Json)?;
     let claims_json = serde_json::to_vec(claims).map_err(|_| JoseError::Json)?;
@@ -497,11 +607,12 @@ mod tests {
         let jwk = key.public_jwk();
         let claims = json!({"iss":"toolgate","sub":"alice","aud":["a","b"],"exp":4102444800u64});
         let claims = claims.as_object().unwrap().clone();
-        let tok = encode_signed(&key, &claims).unwrap();
+        let tok = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
         let c = decode(&tok).unwrap();
         assert_eq!(c.header.alg, Algorithm::ES256);
         assert_eq!(c.header.kid.as_deref(), Some(key.kid()));
-        assert_eq!(c.header.typ.as_deref(), Some("JWT"));
+        assert_eq!(c.header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(c.header.token_type(), TokenType::AccessToken);
         assert_eq!(c.claims, claims);
         c.verify_with(&jwk).unwrap();
 
@@ -524,6 +635,103 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let mut claims = Map::new();
         claims.insert("f".into(), Value::from("x".repeat(MAX_TOKEN_BYTES)));
-        assert_eq!(encode_signed(&key, &claims), Err(JoseError::TooLarge));
+        assert_eq!(
+            encode_signed(&key, TYP_JWT, &claims),
+            Err(JoseError::TooLarge)
+        );
+    }
+
+    /// `n - s` for a big-endian `s` below `n`, for the tests.
+    fn negate(order: &[u8], s: &[u8]) -> Vec<u8> {
+        let (mut out, mut borrow) = (vec![0u8; s.len()], 0i16);
+        for i in (0..s.len()).rev() {
+            let d = i16::from(order[i]) - i16::from(s[i]) - borrow;
+            borrow = i16::from(d < 0);
+            out[i] = d.rem_euclid(256) as u8;
+        }
+        out
+    }
+
+    #[test]
+    fn high_s_verifies_and_has_the_low_s_form() {
+        let key = SigningKey::generate().unwrap();
+        let jwk = key.public_jwk();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let mut seen_high = false;
+        for _ in 0..16 {
+            let tok = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
+            let c = decode(&tok).unwrap();
+            let (r, s) = c.signature.split_at(32);
+            let flipped = [r, &negate(&P256_ORDER, s)].concat();
+            let (input, _) = tok.rsplit_once('.').unwrap();
+            let other = format!("{input}.{}", b64::encode(&flipped));
+            let o = decode(&other).unwrap();
+            // Both verify; both have one canonical form, the low one.
+            c.verify_with(&jwk).unwrap();
+            o.verify_with(&jwk).unwrap();
+            assert_eq!(c.canonical_signature(), o.canonical_signature());
+            let canonical = c.canonical_signature();
+            let low = canonical[32..].to_vec();
+            assert!(low <= negate(&P256_ORDER, &low));
+            seen_high |= c.signature != canonical;
+        }
+        // ring signs with either half; sixteen signatures all low is 2^-16.
+        assert!(seen_high);
+    }
+
+    #[test]
+    fn out_of_range_s_keeps_its_own_form() {
+        let r = [1u8; 32];
+        // s = n, s = n + 1 (0xff.. high bytes), s = 0, s = all ones: not mapped.
+        let mut n_plus_1 = P256_ORDER;
+        n_plus_1[31] += 1;
+        for s in [P256_ORDER, n_plus_1, [0u8; 32], [0xff; 32]] {
+            let sig = [r.as_slice(), &s].concat();
+            assert_eq!(low_s(&sig, &P256_ORDER), None);
+        }
+        // s = n - 1 is high: it becomes 1. s = 1 is low already.
+        let mut n_minus_1 = P256_ORDER;
+        n_minus_1[31] -= 1;
+        let mut one = [0u8; 32];
+        one[31] = 1;
+        let sig = [r.as_slice(), &n_minus_1].concat();
+        assert_eq!(
+            low_s(&sig, &P256_ORDER),
+            Some([r.as_slice(), &one].concat())
+        );
+        assert_eq!(low_s(&[r.as_slice(), &one].concat(), &P256_ORDER), None);
+        // Wrong length, and P-384's order at P-384's length.
+        assert_eq!(low_s(&[0u8; 63], &P256_ORDER), None);
+        let mut n384_minus_1 = P384_ORDER;
+        n384_minus_1[47] -= 1;
+        let sig = [[2u8; 48].as_slice(), &n384_minus_1].concat();
+        let mut one48 = [0u8; 48];
+        one48[47] = 1;
+        assert_eq!(
+            low_s(&sig, &P384_ORDER),
+            Some([[2u8; 48].as_slice(), &one48].concat())
+        );
+    }
+
+    #[test]
+    fn token_types_compare_as_media_types() {
+        for (typ, want) in [
+            (None, TokenType::Unspecified),
+            (Some("JWT"), TokenType::Jwt),
+            (Some("jwt"), TokenType::Jwt),
+            (Some("application/jwt"), TokenType::Jwt),
+            (Some("at+jwt"), TokenType::AccessToken),
+            (Some("Application/AT+JWT"), TokenType::AccessToken),
+            (Some("toolgate-agent+jwt"), TokenType::Agent),
+            (Some("secevent+jwt"), TokenType::Other),
+            (Some("dpop+jwt"), TokenType::Other),
+            (Some("logout+jwt"), TokenType::Other),
+            (Some("JWT; x=1"), TokenType::Other),
+            (Some("text/jwt"), TokenType::Other),
+            (Some(""), TokenType::Other),
+        ] {
+            assert_eq!(TokenType::of(typ), want, "{typ:?}");
+        }
     }
 }

@@ -7,7 +7,10 @@ pub mod jws;
 pub mod sign;
 
 pub use jwk::{Jwk, JwkSet};
-pub use jws::{decode, Algorithm, Compact, Header, MAX_TOKEN_BYTES};
+pub use jws::{
+    decode, Algorithm, Compact, Header, TokenType, MAX_TOKEN_BYTES, TYP_ACCESS_TOKEN, TYP_AGENT,
+    TYP_JWT,
+};
 pub use sign::SigningKey;
 
 /// Typed error; variants carry no attacker-controlled text.

@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(reloaded.kid(), key.kid());
         assert_eq!(reloaded.algorithm(), Algorithm::EdDSA);
         let claims = json!({"sub":"bob"}).as_object().unwrap().clone();
-        let token = encode_signed(&key, &claims).unwrap();
+        let token = encode_signed(&key, crate::jose::TYP_JWT, &claims).unwrap();
         let c = decode(&token).unwrap();
         assert_eq!(c.header.alg, Algorithm::EdDSA);
         c.verify_with(&reloaded.public_jwk()).unwrap();

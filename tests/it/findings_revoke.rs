@@ -515,6 +515,9 @@ async fn finding_2_a_version_5_database_upgrades() {
         .unwrap();
         conn.pragma_update(None, "user_version", 5).unwrap();
     }
+    // The daemon refuses a database others may read (finding 15).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let db = path.clone();
     let d = Daemon::with(move |c| {
         c.dev = true;

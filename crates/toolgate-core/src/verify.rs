@@ -543,7 +543,7 @@ impl Verifier {
     }
 
     /// Checks 1–5 for a token toolgate minted: shape, header, signature (remembered per token,
-    /// so a repeated token costs a decode and one hash), then its `typ` (`expected`), time and
+    /// so a repeated token costs its header and one hash), then its `typ` (`expected`), time and
     /// issuer on every call.
     fn check_own_token(
         &self,
@@ -551,19 +551,10 @@ impl Verifier {
         expected: TokenType,
         now: i64,
     ) -> Result<Arc<TokenClaims>, Denial> {
-        let compact = jose::decode(token)?;
         // Keyed by the signing input and the canonical signature: a high-S twin of a token is
-        // the same token (and verifies alike), not a second entry.
-        let mut hash = ring::digest::Context::new(&SHA256);
-        let input = compact.signing_input.as_bytes();
-        hash.update(&(input.len() as u64).to_be_bytes());
-        hash.update(input);
-        hash.update(&compact.canonical_signature());
-        let fingerprint: [u8; 32] = hash
-            .finish()
-            .as_ref()
-            .try_into()
-            .map_err(|_| deny(Check::Malformed, "token could not be hashed"))?;
+        // the same token (and verifies alike), not a second entry. A repeated token costs the
+        // header's decoding and one hash; its payload is read once, on the miss.
+        let fingerprint = jose::jws::fingerprint(token)?;
         let cached = match self.cache.read() {
             Ok(map) => map.get(&fingerprint).cloned(),
             Err(_) => None,
@@ -571,6 +562,7 @@ impl Verifier {
         let claims = match cached {
             Some(c) => c,
             None => {
+                let compact = jose::decode(token)?;
                 let key = compact
                     .header
                     .kid

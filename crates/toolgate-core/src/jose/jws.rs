@@ -142,13 +142,18 @@ impl Compact<'_> {
     /// verify never takes the form of one that does. Other algorithms' signatures are unique
     /// (Ed25519 and RSA verification refuse every other encoding) and kept as they are.
     pub fn canonical_signature(&self) -> Vec<u8> {
-        let order: &[u8] = match self.header.alg {
-            Algorithm::ES256 => &P256_ORDER,
-            Algorithm::ES384 => &P384_ORDER,
-            Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256 => &[],
-        };
-        low_s(&self.signature, order).unwrap_or_else(|| self.signature.clone())
+        canonical(self.header.alg, &self.signature)
     }
+}
+
+/// A signature of `alg` in its one form (see [`Compact::canonical_signature`]).
+fn canonical(alg: Algorithm, signature: &[u8]) -> Vec<u8> {
+    let order: &[u8] = match alg {
+        Algorithm::ES256 => &P256_ORDER,
+        Algorithm::ES384 => &P384_ORDER,
+        Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256 => &[],
+    };
+    low_s(signature, order).unwrap_or_else(|| signature.to_vec())
 }
 
 /// The order `n` of P-256's base point, big-endian (SEC 2 §2.4.2).
@@ -198,6 +203,47 @@ fn low_s(signature: &[u8], order: &[u8]) -> Option<Vec<u8>> {
 /// segments, the header (strict base64url, JSON, `alg`, forbidden parameters,
 /// `kid`/`typ` types), a non-empty signature, then the payload JSON object.
 pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
+    let s = segments(token)?;
+    let payload_bytes = b64::decode(s.payload_b64)?;
+    let signature = b64::decode(s.sig_b64)?;
+    let claims = json::parse_object(&payload_bytes)?;
+    Ok(Compact {
+        header: s.header,
+        claims,
+        signing_input: s.signing_input,
+        signature,
+    })
+}
+
+/// A name for a token that is the same for every form of its signature (see
+/// [`Compact::canonical_signature`]), read without decoding the payload: SHA-256 over the
+/// signing input's length, the signing input and the canonical signature. The shape and the
+/// header are judged as [`decode`] judges them. A name, never a verdict: the token it names
+/// is as unverified as before.
+pub fn fingerprint(token: &str) -> Result<[u8; 32], JoseError> {
+    let s = segments(token)?;
+    let signature = b64::decode(s.sig_b64)?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let input = s.signing_input.as_bytes();
+    hash.update(&(input.len() as u64).to_be_bytes());
+    hash.update(input);
+    hash.update(&canonical(s.header.alg, &signature));
+    hash.finish()
+        .as_ref()
+        .try_into()
+        .map_err(|_| JoseError::Shape)
+}
+
+/// A compact JWS split in three, its header judged; the payload and signature still encoded.
+struct Segments<'a> {
+    header: Header,
+    signing_input: &'a str,
+    payload_b64: &'a str,
+    sig_b64: &'a str,
+}
+
+/// The first stage of [`decode`]: length, characters, three segments, the header.
+fn segments(token: &str) -> Result<Segments<'_>, JoseError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JoseError::TooLarge);
     }
@@ -215,14 +261,11 @@ pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
     if sig_b64.is_empty() {
         return Err(JoseError::Shape);
     }
-    let payload_bytes = b64::decode(payload_b64)?;
-    let signature = b64::decode(sig_b64)?;
-    let claims = json::parse_object(&payload_bytes)?;
-    Ok(Compact {
+    Ok(Segments {
         header,
-        claims,
         signing_input,
-        signature,
+        payload_b64,
+        sig_b64,
     })
 }
 
@@ -650,6 +693,47 @@ mod tests {
             out[i] = d.rem_euclid(256) as u8;
         }
         out
+    }
+
+    /// The cache's name for a token: one per token whatever its ECDSA `s`, computed without
+    /// the payload; an Ed25519 signature is never bent into another (it has one valid form).
+    #[test]
+    fn fingerprint_is_one_per_token() {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let key = SigningKey::generate().unwrap();
+        let tok = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
+        let (input, sig) = tok.rsplit_once('.').unwrap();
+        let sig = b64::decode(sig).unwrap();
+        let (r, s) = sig.split_at(32);
+        let twin = format!(
+            "{input}.{}",
+            b64::encode(&[r, &negate(&P256_ORDER, s)].concat())
+        );
+        assert_eq!(fingerprint(&tok).unwrap(), fingerprint(&twin).unwrap());
+        let other = encode_signed(&key, TYP_ACCESS_TOKEN, &claims).unwrap();
+        assert_ne!(fingerprint(&tok).unwrap(), fingerprint(&other).unwrap());
+        // A payload that is not even JSON is read later, on a miss; the header is judged here.
+        assert!(fingerprint(&format!(
+            "{}.bm90IGpzb24.AAAA",
+            input.split('.').next().unwrap()
+        ))
+        .is_ok());
+        assert_eq!(
+            fingerprint("eyJhbGciOiJub25lIn0.e30."),
+            Err(JoseError::UnsupportedAlgorithm)
+        );
+
+        let ed = SigningKey::generate_ed25519().unwrap();
+        let tok = encode_signed(&ed, TYP_ACCESS_TOKEN, &claims).unwrap();
+        let (input, sig) = tok.rsplit_once('.').unwrap();
+        let sig = b64::decode(sig).unwrap();
+        let (r, s) = sig.split_at(32);
+        let bent = format!(
+            "{input}.{}",
+            b64::encode(&[r, &negate(&P256_ORDER, s)].concat())
+        );
+        assert_ne!(fingerprint(&tok).unwrap(), fingerprint(&bent).unwrap());
     }
 
     #[test]

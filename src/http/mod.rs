@@ -5,6 +5,7 @@ pub mod body;
 mod discovery;
 pub mod error;
 mod observe;
+pub mod openapi;
 mod signals;
 pub(crate) mod tokens;
 mod tools;
@@ -175,6 +176,7 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             get_only(&method).map(|()| discovery::metadata(app))
         }
         ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
+        ["openapi.json"] => get_only(&method).map(|()| openapi::document(app)),
         ["v1", "exchange", "token"] => match method {
             Method::POST => tokens::exchange(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),

@@ -13,6 +13,7 @@ mod gateway;
 mod interop;
 mod layout;
 mod observe;
+mod openapi;
 mod pipeline;
 mod production;
 mod robustness;

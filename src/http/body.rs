@@ -159,9 +159,20 @@ pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
             ),
             None => (pair, &[][..]),
         };
-        out.push((percent_decode(k)?, percent_decode(v)?));
+        let bad = || ApiError::invalid_request("form encoding is malformed");
+        out.push((
+            percent_decode(k, true).ok_or_else(bad)?,
+            percent_decode(v, true).ok_or_else(bad)?,
+        ));
     }
     Ok(out)
+}
+
+/// A path segment with its percent-escapes decoded (`+` is itself in a path): `a%3Ab` is the
+/// tool `a:b`. A malformed escape or bytes that are not UTF-8 are a 400.
+pub fn path_segment(segment: &str) -> Result<String, ApiError> {
+    percent_decode(segment.as_bytes(), false)
+        .ok_or_else(|| ApiError::invalid_request("the path has a malformed percent-escape"))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -173,22 +184,22 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn percent_decode(input: &[u8]) -> Result<String, ApiError> {
-    let bad = || ApiError::invalid_request("form encoding is malformed");
+/// Decode percent-escapes (and `+` as a space in a form); `None` if malformed or not UTF-8.
+fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<String> {
     let mut out = Vec::with_capacity(input.len());
     let mut it = input.iter();
     while let Some(&b) = it.next() {
         match b {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
-                let hi = it.next().copied().and_then(hex).ok_or_else(bad)?;
-                let lo = it.next().copied().and_then(hex).ok_or_else(bad)?;
+                let hi = it.next().copied().and_then(hex)?;
+                let lo = it.next().copied().and_then(hex)?;
                 out.push(hi << 4 | lo);
             }
             _ => out.push(b),
         }
     }
-    String::from_utf8(out).map_err(|_| bad())
+    String::from_utf8(out).ok()
 }
 
 /// The value of `name` in `pairs`: `Ok(None)` if absent, an error if repeated.
@@ -227,5 +238,15 @@ mod tests {
         assert_eq!(single(&p, "zz"), Ok(None));
         let dup = form_pairs(b"a=1&a=2").unwrap();
         assert_eq!(single(&dup, "a"), Err(2));
+    }
+
+    #[test]
+    fn decodes_path_segments() {
+        assert_eq!(path_segment("a%3Ab").unwrap(), "a:b");
+        assert_eq!(path_segment("a+b").unwrap(), "a+b");
+        assert_eq!(path_segment("plain").unwrap(), "plain");
+        assert!(path_segment("a%3").is_err());
+        assert!(path_segment("a%zz").is_err());
+        assert!(path_segment("%FF").is_err());
     }
 }

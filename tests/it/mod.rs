@@ -8,6 +8,7 @@ mod exchange;
 mod findings_conn;
 mod findings_edge;
 mod findings_gateway;
+mod findings_openapi;
 mod findings_tools;
 mod gateway;
 mod interop;

@@ -1,0 +1,46 @@
+//! Issue 12 finding 19: what Schemathesis found when it drove the daemon from the OpenAPI
+//! document (scripts/schemathesis.sh), each pinned here.
+
+use super::harness::*;
+use http::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_path_parameters_are_percent_decoded() {
+    let d = Daemon::dev().await;
+    d.register("a:b", "https://mcp.example.com/tools/a-b").await;
+    // A client that escapes the `:` of a tool_id reaches the same tool.
+    let (status, tool) = d.call(Method::GET, "/v1/tools/a%3Ab", None).await;
+    assert_eq!(status, 200, "{tool}");
+    assert_eq!(tool["tool_id"], "a:b");
+    let (status, rows) = d.call(Method::GET, "/v1/tools/a%3Ab/audit", None).await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows["tool_id"], "a:b");
+    let (status, body) = d
+        .call(
+            Method::PUT,
+            "/v1/tools/a%3ab",
+            Some(json!({"resource_uri": "https://mcp.example.com/tools/a-b", "name": "A"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tool_id"], "a:b");
+    // `+` is itself in a path, not a space.
+    let (status, body) = d.call(Method::GET, "/v1/tools/a+b", None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("tool_not_found")));
+    // A malformed escape is a 400 that changes nothing.
+    for path in ["/v1/tools/a%3", "/v1/tools/a%zz", "/v1/tools/%FF"] {
+        let (status, body) = d.call(Method::DELETE, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+    }
+    let (status, body) = d.call(Method::DELETE, "/v1/tools/a%3Ab", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tool_id"], "a:b");
+    let (status, body) = d
+        .call(Method::DELETE, "/v1/signals/revocations/%31", None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "revocation_not_found");
+    d.stop().await;
+}

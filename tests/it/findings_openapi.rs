@@ -44,3 +44,19 @@ async fn finding_19_path_parameters_are_percent_decoded() {
     assert_eq!(body["error"], "revocation_not_found");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_a_tool_audit_with_a_malformed_tool_id_is_refused() {
+    let d = Daemon::dev().await;
+    // It answered 200 with no rows, as if the tool existed and had none.
+    for path in ["/v1/tools/null%2Cnull/audit", "/v1/tools/a%20b/audit"] {
+        let (status, body) = d.call(Method::GET, path, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+    }
+    // A well-formed tool_id is answered, registered or not (a deregistered tool's rows stay).
+    let (status, body) = d.call(Method::GET, "/v1/tools/gone/audit", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 0);
+    d.stop().await;
+}

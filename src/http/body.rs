@@ -148,6 +148,19 @@ pub fn opt_string(
     }
 }
 
+/// A JSON number that is a whole number within `i64`: `3600`, and also `3600.0` (JSON has one
+/// number type; some encoders write every number with a fraction). `None` for anything else.
+pub fn whole_number(value: &Value) -> Option<i64> {
+    // 2^63 as f64: the first whole number past i64::MAX.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f))
+            .map(|f| f as i64)
+    })
+}
+
 /// Decode `application/x-www-form-urlencoded` (also query strings) into ordered pairs.
 pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
@@ -238,6 +251,20 @@ mod tests {
         assert_eq!(single(&p, "zz"), Ok(None));
         let dup = form_pairs(b"a=1&a=2").unwrap();
         assert_eq!(single(&dup, "a"), Err(2));
+    }
+
+    #[test]
+    fn whole_numbers() {
+        use serde_json::json;
+        assert_eq!(whole_number(&json!(3600)), Some(3600));
+        assert_eq!(whole_number(&json!(3600.0)), Some(3600));
+        assert_eq!(whole_number(&json!(-2.0)), Some(-2));
+        assert_eq!(whole_number(&json!(i64::MAX)), Some(i64::MAX));
+        assert_eq!(whole_number(&json!(u64::MAX)), None);
+        assert_eq!(whole_number(&json!(1e19)), None);
+        assert_eq!(whole_number(&json!(1.5)), None);
+        assert_eq!(whole_number(&json!("1")), None);
+        assert_eq!(whole_number(&json!(null)), None);
     }
 
     #[test]

@@ -60,3 +60,29 @@ async fn finding_19_a_tool_audit_with_a_malformed_tool_id_is_refused() {
     assert_eq!(body["count"], 0);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_a_reported_decision_with_a_mistyped_micros_is_refused() {
+    let d = Daemon::dev().await;
+    let report = |micros: serde_json::Value| {
+        json!({"source": "gw", "decisions": [{"tool_id": "t", "subject": "s", "jti": "j",
+               "decision": "allow", "check": "", "reason": "", "micros": micros}]})
+    };
+    // It was taken (as 0) whatever micros was.
+    for bad in [json!({}), json!("12"), json!(-1), json!(1.5), json!([1])] {
+        let (status, body) = d
+            .call(Method::POST, "/v1/mcp/decisions", Some(report(bad.clone())))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_request");
+    }
+    let (_, stats) = d.call(Method::GET, "/v1/stats", None).await;
+    assert_eq!(stats["verifications"]["total"], 0, "a refused report counted");
+    for good in [json!(12), json!(12.0), json!(null)] {
+        let (status, body) = d
+            .call(Method::POST, "/v1/mcp/decisions", Some(report(good.clone())))
+            .await;
+        assert_eq!(status, 202, "{good}: {body}");
+    }
+    d.stop().await;
+}

@@ -56,6 +56,12 @@ pub struct Policy<'a> {
     pub default_ttl: Option<i64>,
 }
 
+/// When a revocation made at `now` for `seconds` lapses: at the latest 9999-12-31T23:59:59Z
+/// (the last time RFC 3339 can write; the revocation holds until then), never past it.
+pub fn expiry(now: i64, seconds: i64) -> i64 {
+    now.saturating_add(seconds).min(claims::MAX_NUMERIC_DATE)
+}
+
 /// A compact-JWS SET from a configured transmitter: signature, `typ`, `iss`, `aud`, `iat`
 /// and `jti` are all checked before any event is read.
 pub fn verify_signed(token: &str, policy: &Policy<'_>) -> Result<Signal, SignalError> {
@@ -157,7 +163,7 @@ fn read_claims(
             .ok_or(bad("each event must be a JSON object"))?;
         let expires_at = match claims::numeric_date(payload, "expires_at") {
             Ok(Some(t)) => Some(t),
-            Ok(None) => policy.default_ttl.map(|ttl| policy.now.saturating_add(ttl)),
+            Ok(None) => policy.default_ttl.map(|ttl| expiry(policy.now, ttl)),
             Err(_) => return Err(bad("event expires_at is malformed")),
         };
         let reason = match payload

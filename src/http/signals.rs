@@ -282,9 +282,9 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         ));
     }
     let expires_at = match obj.get("expires_in") {
-        None | Some(Value::Null) => app.revocation_ttl.map(|t| app.now().saturating_add(t)),
-        Some(v) => match v.as_i64().filter(|n| *n > 0) {
-            Some(n) => Some(app.now().saturating_add(n)),
+        None | Some(Value::Null) => app.revocation_ttl.map(|t| signals::expiry(app.now(), t)),
+        Some(v) => match body::whole_number(v).filter(|n| *n > 0) {
+            Some(n) => Some(signals::expiry(app.now(), n)),
             None => {
                 return Err(ApiError::invalid_request(
                     "expires_in must be a positive integer",

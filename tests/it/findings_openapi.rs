@@ -86,3 +86,54 @@ async fn finding_19_a_reported_decision_with_a_mistyped_micros_is_refused() {
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_a_revocation_takes_a_whole_expires_in_and_lapses_by_the_year_9999() {
+    let d = Daemon::dev().await;
+    // 3600.0 is the number 3600: it was refused as not an integer.
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/v1/signals/revocations",
+            Some(json!({"kind": "token", "value": "jti-1", "expires_in": 3600.0})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The longest expiry was written as the year 292277026596, which is no RFC 3339 time: it
+    // lapses at the last second RFC 3339 can write instead.
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/v1/signals/revocations",
+            Some(json!({"kind": "token", "value": "jti-2", "expires_in": i64::MAX})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    for bad in [json!(1.5), json!(0), json!(-3600), json!("3600"), json!(1e300)] {
+        let (status, body) = d
+            .call(
+                Method::POST,
+                "/v1/signals/revocations",
+                Some(json!({"kind": "token", "value": "jti-3", "expires_in": bad})),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (_, list) = d.call(Method::GET, "/v1/signals/revocations", None).await;
+    let expiry = |jti: &str| {
+        list["revocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["value"] == jti)
+            .map(|r| (r["expires_at"].clone(), r["expires_at_unix"].clone()))
+            .unwrap()
+    };
+    assert_eq!(expiry("jti-1").1, json!(d.clock_now() + 3600));
+    assert_eq!(
+        expiry("jti-2"),
+        (json!("9999-12-31T23:59:59Z"), json!(253_402_300_799_i64))
+    );
+    assert_eq!(list["count"], 2);
+    d.stop().await;
+}

@@ -205,7 +205,8 @@ pub(super) async fn audit<B>(
     let query = Query {
         decision: match decision.as_str() {
             "allow" | "deny" | "issued" | "denied" | "" => decision,
-            other if other.len() <= 64 => other.to_string(),
+            // Characters, as the document's maxLength counts them.
+            other if other.chars().count() <= 64 => other.to_string(),
             _ => return Err(ApiError::invalid_request("decision is too long")),
         },
         target: tool_id.map(str::to_string).unwrap_or(get("tool_id")?),

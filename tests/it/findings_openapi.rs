@@ -137,3 +137,21 @@ async fn finding_19_a_revocation_takes_a_whole_expires_in_and_lapses_by_the_year
     assert_eq!(list["count"], 2);
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_the_audit_decision_filter_is_at_most_64_characters_not_bytes() {
+    let d = Daemon::dev().await;
+    // 64 characters of two bytes each were refused as too long.
+    let wide = "é".repeat(64);
+    let encoded: String = wide.bytes().map(|b| format!("%{b:02X}")).collect();
+    let (status, body) = d
+        .call(Method::GET, &format!("/v1/audit?decision={encoded}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = d
+        .call(Method::GET, &format!("/v1/audit?decision={encoded}%C3%A9"), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error_description"], "decision is too long");
+    d.stop().await;
+}

@@ -15,7 +15,8 @@ const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 pub const TOOL_COMPROMISED: &str = "https://starfly.dev/secevent/event-type/mcp-tool-compromised";
 pub const TOKEN_REVOKED: &str = "https://starfly.dev/secevent/event-type/token-revoked";
-/// Longest identifier accepted in a subject identifier member.
+/// Longest identifier accepted in a subject identifier member (and a SET's `jti`), in
+/// characters.
 const MAX_ID_LEN: usize = 1024;
 /// Most events one SET may carry.
 const MAX_EVENTS: usize = 32;
@@ -140,7 +141,7 @@ fn read_claims(
     policy: &Policy<'_>,
 ) -> Result<Signal, SignalError> {
     let jti = match claims.get("jti") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => s.clone(),
         _ => return Err(bad("SET needs a jti string")),
     };
     let events = match claims.get("events") {
@@ -200,7 +201,7 @@ fn read_claims(
             t if is_subject_revocation(t) || t == TOKEN_REVOKED => {
                 let target = match (t, payload.get("jti"), subject) {
                     (TOKEN_REVOKED, Some(Value::String(j)), _)
-                        if !j.is_empty() && j.len() <= MAX_ID_LEN =>
+                        if !j.is_empty() && j.chars().count() <= MAX_ID_LEN =>
                     {
                         Target::new(Format::Jti, "", j)
                     }
@@ -259,7 +260,7 @@ fn short_type(t: &str) -> &str {
 fn member<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, SignalError> {
     match obj.get(name) {
         Some(Value::String(s))
-            if !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+            if !s.is_empty() && s.chars().count() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
         {
             Ok(s)
         }

@@ -155,3 +155,48 @@ async fn finding_19_the_audit_decision_filter_is_at_most_64_characters_not_bytes
     assert_eq!(body["error_description"], "decision is too long");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_19_text_limits_count_characters_as_the_document_does() {
+    let d = Daemon::dev().await;
+    // The document's maxLength counts characters; the daemon counted bytes, so text of two-byte
+    // characters was refused at half the documented length.
+    let entry = |name: usize, description: usize| {
+        json!({"tool_id": "t", "name": "é".repeat(name), "description": "é".repeat(description)})
+    };
+    let (status, body) = d
+        .call(Method::POST, "/v1/tools", Some(entry(257, 0)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d
+        .call(Method::POST, "/v1/tools", Some(entry(0, 4097)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d
+        .call(Method::POST, "/v1/tools", Some(entry(256, 4096)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let revoke = |n: usize| json!({"kind": "subject", "format": "opaque", "value": "é".repeat(n)});
+    let (status, body) = d
+        .call(Method::POST, "/v1/signals/revocations", Some(revoke(1025)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d
+        .call(Method::POST, "/v1/signals/revocations", Some(revoke(1024)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let set = |n: usize| {
+        json!({"iss": "https://siem.example.com", "jti": "é".repeat(n), "iat": d.clock_now(),
+               "sub_id": {"format": "opaque", "id": "ü".repeat(n)},
+               "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}}})
+    };
+    let (status, body) = d
+        .call(Method::POST, "/v1/signals/events", Some(set(1025)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d
+        .call(Method::POST, "/v1/signals/events", Some(set(1024)))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    d.stop().await;
+}

@@ -260,7 +260,9 @@ fn short_type(t: &str) -> &str {
 fn member<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, SignalError> {
     match obj.get(name) {
         Some(Value::String(s))
-            if !s.is_empty() && s.chars().count() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+            if !s.is_empty()
+                && s.chars().count() <= MAX_ID_LEN
+                && !s.chars().any(char::is_control) =>
         {
             Ok(s)
         }

@@ -71,7 +71,10 @@ mod tests {
         let open: Value = serde_json::from_str(&served(false, true)).unwrap();
         let dev: Value = serde_json::from_str(&served(true, true)).unwrap();
         let security = |doc: &Value, path: &str, method: &str| {
-            doc["paths"][path][method]["security"].as_array().unwrap().clone()
+            doc["paths"][path][method]["security"]
+                .as_array()
+                .unwrap()
+                .clone()
         };
         let optional = Value::Object(Default::default());
         assert!(!security(&strict, "/v1/tools", "get").contains(&optional));

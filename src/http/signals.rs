@@ -256,8 +256,7 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let kind = opt_string(&obj, "kind")?.unwrap_or_default();
-    let value =
-        opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.chars().count() <= 1024);
+    let value = opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.chars().count() <= 1024);
     let value = value
         .ok_or_else(|| ApiError::invalid_request("value is required (at most 1024 characters)"))?;
     let format = match (kind.as_str(), opt_string(&obj, "format")?.as_deref()) {

@@ -27,7 +27,10 @@ async fn finding_19_path_parameters_are_percent_decoded() {
     assert_eq!(body["tool_id"], "a:b");
     // `+` is itself in a path, not a space.
     let (status, body) = d.call(Method::GET, "/v1/tools/a+b", None).await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("tool_not_found")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("tool_not_found"))
+    );
     // A malformed escape is a 400 that changes nothing.
     for path in ["/v1/tools/a%3", "/v1/tools/a%zz", "/v1/tools/%FF"] {
         let (status, body) = d.call(Method::DELETE, path, None).await;
@@ -77,10 +80,17 @@ async fn finding_19_a_reported_decision_with_a_mistyped_micros_is_refused() {
         assert_eq!(body["error"], "invalid_request");
     }
     let (_, stats) = d.call(Method::GET, "/v1/stats", None).await;
-    assert_eq!(stats["verifications"]["total"], 0, "a refused report counted");
+    assert_eq!(
+        stats["verifications"]["total"], 0,
+        "a refused report counted"
+    );
     for good in [json!(12), json!(12.0), json!(null)] {
         let (status, body) = d
-            .call(Method::POST, "/v1/mcp/decisions", Some(report(good.clone())))
+            .call(
+                Method::POST,
+                "/v1/mcp/decisions",
+                Some(report(good.clone())),
+            )
             .await;
         assert_eq!(status, 202, "{good}: {body}");
     }
@@ -109,7 +119,13 @@ async fn finding_19_a_revocation_takes_a_whole_expires_in_and_lapses_by_the_year
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    for bad in [json!(1.5), json!(0), json!(-3600), json!("3600"), json!(1e300)] {
+    for bad in [
+        json!(1.5),
+        json!(0),
+        json!(-3600),
+        json!("3600"),
+        json!(1e300),
+    ] {
         let (status, body) = d
             .call(
                 Method::POST,
@@ -149,7 +165,11 @@ async fn finding_19_the_audit_decision_filter_is_at_most_64_characters_not_bytes
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = d
-        .call(Method::GET, &format!("/v1/audit?decision={encoded}%C3%A9"), None)
+        .call(
+            Method::GET,
+            &format!("/v1/audit?decision={encoded}%C3%A9"),
+            None,
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error_description"], "decision is too long");
@@ -161,12 +181,8 @@ async fn finding_19_text_limits_count_characters_as_the_document_does() {
     let d = Daemon::dev().await;
     // The document's maxLength counts characters; the daemon counted bytes, so text of two-byte
     // characters was refused at half the documented length.
-    let entry = |name: usize, description: usize| {
-        json!({"tool_id": "t", "name": "é".repeat(name), "description": "é".repeat(description)})
-    };
-    let (status, body) = d
-        .call(Method::POST, "/v1/tools", Some(entry(257, 0)))
-        .await;
+    let entry = |name: usize, description: usize| json!({"tool_id": "t", "name": "é".repeat(name), "description": "é".repeat(description)});
+    let (status, body) = d.call(Method::POST, "/v1/tools", Some(entry(257, 0))).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = d
         .call(Method::POST, "/v1/tools", Some(entry(0, 4097)))

@@ -21,7 +21,9 @@ fn document() -> Value {
 /// `(path template, METHOD)` for every arm of `route()`: `["v1", "tools", tool_id]` is
 /// `/v1/tools/{tool_id}`; `get_only` serves GET and HEAD, otherwise the arm's `Method::X`s.
 fn routed() -> BTreeSet<(String, String)> {
-    let start = ROUTER.find("async fn route(").expect("route() in src/http/mod.rs");
+    let start = ROUTER
+        .find("async fn route(")
+        .expect("route() in src/http/mod.rs");
     let body = &ROUTER[start..];
     let end = body.find("\n}\n").expect("the end of route()");
     let body = &body[..end];
@@ -34,10 +36,12 @@ fn routed() -> BTreeSet<(String, String)> {
             let segments: Vec<String> = pattern
                 .split(',')
                 .map(str::trim)
-                .map(|s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                    Some(literal) => literal.to_string(),
-                    None => format!("{{{s}}}"),
-                })
+                .map(
+                    |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                        Some(literal) => literal.to_string(),
+                        None => format!("{{{s}}}"),
+                    },
+                )
                 .collect();
             arms.push((format!("/{}", segments.join("/")), String::new()));
         }
@@ -53,7 +57,9 @@ fn routed() -> BTreeSet<(String, String)> {
         if code.contains("get_only(") {
             methods.extend(["GET", "HEAD"]);
         }
-        for m in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+        ] {
             if code.contains(&format!("Method::{m} ")) || code.contains(&format!("Method::{m}=")) {
                 methods.insert(m);
             }
@@ -109,7 +115,9 @@ fn finding_19_the_readme_api_table_names_every_documented_operation() {
         let named = format!("`{method} {path}");
         let ends = |rest: &str| rest.starts_with(['`', '[', '?']);
         assert!(
-            table.match_indices(&named).any(|(i, _)| ends(&table[i + named.len()..])),
+            table
+                .match_indices(&named)
+                .any(|(i, _)| ends(&table[i + named.len()..])),
             "README's API table does not name {method} {path}"
         );
     }

@@ -52,10 +52,11 @@ curl -sf "http://127.0.0.1:$port/v1/sys/health" >/dev/null || { cat "$tmp/daemon
 seed=${SEED:-$(python3 -c 'import random; print(random.randrange(2**32))')}
 echo "== schemathesis run (seed $seed, at most $MAX_EXAMPLES examples per operation, $MAX_TIME s)"
 status=0
+# One worker: with two, Hypothesis' source lookups race (an internal KeyError, reported as an error).
 (cd "$tmp" && "$venv/bin/st" --config-file "$root/scripts/schemathesis.toml" \
   run "http://127.0.0.1:$port/openapi.json" --phases examples,coverage,fuzzing \
   --max-examples "$MAX_EXAMPLES" --max-time "$MAX_TIME" --seed "$seed" \
-  --workers 2 --request-timeout 10 --generation-database none --no-color) || status=$?
+  --workers 1 --request-timeout 10 --generation-database none --no-color) || status=$?
 
 if grep -q "panicked" "$tmp/daemon.log"; then
   echo "FAIL: the daemon panicked:" >&2

@@ -14,7 +14,8 @@ const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const RISC: &str = "https://schemas.openid.net/secevent/risc/event-type/";
 pub const TOOL_COMPROMISED: &str = "https://starfly.dev/secevent/event-type/mcp-tool-compromised";
 pub const TOKEN_REVOKED: &str = "https://starfly.dev/secevent/event-type/token-revoked";
-/// Longest identifier accepted in a subject identifier member.
+/// Longest identifier accepted in a subject identifier member (and a SET's `jti`), in
+/// characters.
 const MAX_ID_LEN: usize = 1024;
 /// Most events one SET may carry.
 const MAX_EVENTS: usize = 32;
@@ -53,6 +54,12 @@ pub struct Policy<'a> {
     pub max_age: i64,
     /// Expiry given to revocations whose event names none (`None`: until lifted).
     pub default_ttl: Option<i64>,
+}
+
+/// When a revocation made at `now` for `seconds` lapses: at the latest 9999-12-31T23:59:59Z
+/// (the last time RFC 3339 can write; the revocation holds until then), never past it.
+pub fn expiry(now: i64, seconds: i64) -> i64 {
+    now.saturating_add(seconds).min(claims::MAX_NUMERIC_DATE)
 }
 
 /// A compact-JWS SET from a configured transmitter: signature, `typ`, `iss`, `aud`, `iat`
@@ -146,7 +153,7 @@ fn read_claims(
         });
     }
     let jti = match claims.get("jti") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_ID_LEN => s.clone(),
         _ => return Err(bad("SET needs a jti string")),
     };
     let events = match claims.get("events") {
@@ -171,7 +178,7 @@ fn read_claims(
             // A revocation that ends before it is applied would only cancel another.
             Ok(Some(t)) if t <= policy.now => return Err(bad("event expires_at is in the past")),
             Ok(Some(t)) => Some(t),
-            Ok(None) => policy.default_ttl.map(|ttl| policy.now.saturating_add(ttl)),
+            Ok(None) => policy.default_ttl.map(|ttl| expiry(policy.now, ttl)),
             Err(_) => return Err(bad("event expires_at is malformed")),
         };
         let reason = match payload
@@ -208,7 +215,7 @@ fn read_claims(
             t if is_subject_revocation(t) || t == TOKEN_REVOKED => {
                 let target = match (t, payload.get("jti"), subject) {
                     (TOKEN_REVOKED, Some(Value::String(j)), _)
-                        if !j.is_empty() && j.len() <= MAX_ID_LEN =>
+                        if !j.is_empty() && j.chars().count() <= MAX_ID_LEN =>
                     {
                         Target::new(Format::Jti, "", j)
                     }
@@ -271,7 +278,9 @@ fn short_type(t: &str) -> &str {
 fn member<'a>(obj: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, SignalError> {
     match obj.get(name) {
         Some(Value::String(s))
-            if !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+            if !s.is_empty()
+                && s.chars().count() <= MAX_ID_LEN
+                && !s.chars().any(char::is_control) =>
         {
             Ok(s)
         }

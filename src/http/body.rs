@@ -148,6 +148,19 @@ pub fn opt_string(
     }
 }
 
+/// A JSON number that is a whole number within `i64`: `3600`, and also `3600.0` (JSON has one
+/// number type; some encoders write every number with a fraction). `None` for anything else.
+pub fn whole_number(value: &Value) -> Option<i64> {
+    // 2^63 as f64: the first whole number past i64::MAX.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    value.as_i64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f))
+            .map(|f| f as i64)
+    })
+}
+
 /// Decode `application/x-www-form-urlencoded` (also query strings) into ordered pairs.
 pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let mut out = Vec::new();
@@ -159,9 +172,20 @@ pub fn form_pairs(input: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
             ),
             None => (pair, &[][..]),
         };
-        out.push((percent_decode(k)?, percent_decode(v)?));
+        let bad = || ApiError::invalid_request("form encoding is malformed");
+        out.push((
+            percent_decode(k, true).ok_or_else(bad)?,
+            percent_decode(v, true).ok_or_else(bad)?,
+        ));
     }
     Ok(out)
+}
+
+/// A path segment with its percent-escapes decoded (`+` is itself in a path): `a%3Ab` is the
+/// tool `a:b`. A malformed escape or bytes that are not UTF-8 are a 400.
+pub fn path_segment(segment: &str) -> Result<String, ApiError> {
+    percent_decode(segment.as_bytes(), false)
+        .ok_or_else(|| ApiError::invalid_request("the path has a malformed percent-escape"))
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -173,22 +197,22 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn percent_decode(input: &[u8]) -> Result<String, ApiError> {
-    let bad = || ApiError::invalid_request("form encoding is malformed");
+/// Decode percent-escapes (and `+` as a space in a form); `None` if malformed or not UTF-8.
+fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<String> {
     let mut out = Vec::with_capacity(input.len());
     let mut it = input.iter();
     while let Some(&b) = it.next() {
         match b {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
-                let hi = it.next().copied().and_then(hex).ok_or_else(bad)?;
-                let lo = it.next().copied().and_then(hex).ok_or_else(bad)?;
+                let hi = it.next().copied().and_then(hex)?;
+                let lo = it.next().copied().and_then(hex)?;
                 out.push(hi << 4 | lo);
             }
             _ => out.push(b),
         }
     }
-    String::from_utf8(out).map_err(|_| bad())
+    String::from_utf8(out).ok()
 }
 
 /// The value of `name` in `pairs`: `Ok(None)` if absent, an error if repeated.
@@ -227,5 +251,29 @@ mod tests {
         assert_eq!(single(&p, "zz"), Ok(None));
         let dup = form_pairs(b"a=1&a=2").unwrap();
         assert_eq!(single(&dup, "a"), Err(2));
+    }
+
+    #[test]
+    fn whole_numbers() {
+        use serde_json::json;
+        assert_eq!(whole_number(&json!(3600)), Some(3600));
+        assert_eq!(whole_number(&json!(3600.0)), Some(3600));
+        assert_eq!(whole_number(&json!(-2.0)), Some(-2));
+        assert_eq!(whole_number(&json!(i64::MAX)), Some(i64::MAX));
+        assert_eq!(whole_number(&json!(u64::MAX)), None);
+        assert_eq!(whole_number(&json!(1e19)), None);
+        assert_eq!(whole_number(&json!(1.5)), None);
+        assert_eq!(whole_number(&json!("1")), None);
+        assert_eq!(whole_number(&json!(null)), None);
+    }
+
+    #[test]
+    fn decodes_path_segments() {
+        assert_eq!(path_segment("a%3Ab").unwrap(), "a:b");
+        assert_eq!(path_segment("a+b").unwrap(), "a+b");
+        assert_eq!(path_segment("plain").unwrap(), "plain");
+        assert!(path_segment("a%3").is_err());
+        assert!(path_segment("a%zz").is_err());
+        assert!(path_segment("%FF").is_err());
     }
 }

@@ -5,6 +5,7 @@ pub mod body;
 mod discovery;
 pub mod error;
 mod observe;
+pub mod openapi;
 mod signals;
 pub(crate) mod tokens;
 mod tools;
@@ -168,13 +169,15 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
         }
         ["v1", "tools", tool_id, "audit"] => {
             get_only(&method)?;
-            observe::audit(app, &req, Some(tool_id)).await
+            let tool_id = body::path_segment(tool_id)?;
+            observe::audit(app, &req, Some(&tool_id)).await
         }
         ["v1", "sys", "health"] => get_only(&method).map(|()| discovery::health(app)),
         [".well-known", "oauth-authorization-server"] => {
             get_only(&method).map(|()| discovery::metadata(app))
         }
         ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
+        ["openapi.json"] => get_only(&method).map(|()| openapi::document(app)),
         ["v1", "exchange", "token"] => match method {
             Method::POST => tokens::exchange(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
@@ -198,12 +201,15 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             Method::POST => tools::register(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
-        ["v1", "tools", tool_id] => match method {
-            Method::GET | Method::HEAD => tools::get(app, &req, tool_id),
-            Method::PUT => tools::update(app, req, tool_id, rid).await,
-            Method::DELETE => tools::deregister(app, &req, tool_id, rid).await,
-            _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
-        },
+        ["v1", "tools", tool_id] => {
+            let tool_id = &body::path_segment(tool_id)?;
+            match method {
+                Method::GET | Method::HEAD => tools::get(app, &req, tool_id),
+                Method::PUT => tools::update(app, req, tool_id, rid).await,
+                Method::DELETE => tools::deregister(app, &req, tool_id, rid).await,
+                _ => Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
+            }
+        }
         ["v1", "signals", "events"] => match method {
             Method::POST => signals::receive(app, req, rid).await,
             _ => Err(ApiError::method_not_allowed("POST")),
@@ -214,7 +220,7 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             _ => Err(ApiError::method_not_allowed("GET, HEAD, POST")),
         },
         ["v1", "signals", "revocations", id] => match method {
-            Method::DELETE => signals::lift(app, &req, id, rid).await,
+            Method::DELETE => signals::lift(app, &req, &body::path_segment(id)?, rid).await,
             _ => Err(ApiError::method_not_allowed("DELETE")),
         },
         ["v1", "federation", "revocation-hash"] => {

@@ -171,6 +171,11 @@ pub(super) async fn audit<B>(
     tool_id: Option<&str>,
 ) -> Result<Response> {
     require_observer(app, req.headers())?;
+    if tool_id.is_some_and(|id| !crate::registry::valid_id(id)) {
+        return Err(ApiError::invalid_request(
+            "tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
     let get = |name: &str| -> Result<String> {
         body::single(&pairs, name)
@@ -200,7 +205,8 @@ pub(super) async fn audit<B>(
     let query = Query {
         decision: match decision.as_str() {
             "allow" | "deny" | "issued" | "denied" | "" => decision,
-            other if other.len() <= 64 => other.to_string(),
+            // Characters, as the document's maxLength counts them.
+            other if other.chars().count() <= 64 => other.to_string(),
             _ => return Err(ApiError::invalid_request("decision is too long")),
         },
         target: tool_id.map(str::to_string).unwrap_or(get("tool_id")?),

@@ -271,7 +271,7 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let kind = opt_string(&obj, "kind")?.unwrap_or_default();
-    let value = opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.len() <= 1024);
+    let value = opt_string(&obj, "value")?.filter(|v| !v.is_empty() && v.chars().count() <= 1024);
     let value = value
         .ok_or_else(|| ApiError::invalid_request("value is required (at most 1024 characters)"))?;
     let format = match (kind.as_str(), opt_string(&obj, "format")?.as_deref()) {
@@ -297,9 +297,9 @@ pub(super) async fn create(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         ));
     }
     let expires_at = match obj.get("expires_in") {
-        None | Some(Value::Null) => app.revocation_ttl.map(|t| app.now().saturating_add(t)),
-        Some(v) => match v.as_i64().filter(|n| *n > 0) {
-            Some(n) => Some(app.now().saturating_add(n)),
+        None | Some(Value::Null) => app.revocation_ttl.map(|t| signals::expiry(app.now(), t)),
+        Some(v) => match body::whole_number(v).filter(|n| *n > 0) {
+            Some(n) => Some(signals::expiry(app.now(), n)),
             None => {
                 return Err(ApiError::invalid_request(
                     "expires_in must be a positive integer",

@@ -313,7 +313,14 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
             ),
             _ => return Err(ApiError::invalid_request("decision must be allow or deny")),
         };
-        let micros = d.get("micros").and_then(Value::as_u64).unwrap_or(0);
+        let micros = match d.get("micros") {
+            None | Some(Value::Null) => 0,
+            Some(v) => body::whole_number(v)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_request("micros must be a non-negative integer")
+                })?,
+        };
         rows.push((
             field("tool_id")?,
             field("subject")?,

@@ -138,7 +138,10 @@ impl ToolInput {
         if !self.server_id.is_empty() && !valid_id(&self.server_id) {
             return Err("server_id must be 1-128 characters of A-Z a-z 0-9 . _ : -".into());
         }
-        if self.name.len() > MAX_ITEM_LEN || self.description.len() > MAX_TEXT_LEN {
+        // Characters, not bytes: the limits a client reads in the API's document.
+        if self.name.chars().count() > MAX_ITEM_LEN
+            || self.description.chars().count() > MAX_TEXT_LEN
+        {
             return Err("name or description is too long".into());
         }
         if !valid_list(&self.required_capabilities) {

@@ -193,6 +193,14 @@ impl App {
     /// Append an audit row and publish the live event. `Err` means the row could not be
     /// queued: the caller refuses the request (shed load, never drop the record).
     pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
+        // The audit filters accept only this vocabulary: a row outside it could not be found.
+        debug_assert!(
+            store::audit::in_vocabulary(&record),
+            "audit row outside the vocabulary: {} {} {}",
+            record.kind,
+            record.decision,
+            record.check
+        );
         // Nobody watching the stream: no copies to make.
         let live = (self.events.clients() > 0).then(|| LiveEvent::of(event, &record));
         self.audit
@@ -211,6 +219,13 @@ impl App {
         event: &'static str,
         record: Record,
     ) -> Result<(), AuditError> {
+        debug_assert!(
+            store::audit::in_vocabulary(&record),
+            "audit row outside the vocabulary: {} {} {}",
+            record.kind,
+            record.decision,
+            record.check
+        );
         let live = LiveEvent::of(event, &record);
         self.audit
             .record_durable(record)

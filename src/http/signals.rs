@@ -214,6 +214,10 @@ fn query_i64(req: &Request<Incoming>, name: &str, default: i64) -> Result<i64> {
 
 /// One page of unexpired revocations, `?after=<id>&limit=<n>`.
 async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<i64>)> {
+    body::known_parameters(
+        &form_pairs(req.uri().query().unwrap_or("").as_bytes())?,
+        &["after", "limit"],
+    )?;
     let after = query_i64(req, "after", 0)?;
     let limit = query_i64(req, "limit", DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
     let now = app.now();

@@ -343,6 +343,17 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
         } else {
             "verify.allow"
         };
+        // The row names a check toolgate knows (what the audit filter accepts); a name the
+        // reporter made up stays in the reason.
+        let (check, reason) = match check_kind {
+            None => (String::new(), reason),
+            Some(c) if c.name() == check => (check, reason),
+            Some(c) if check.is_empty() => (c.name().to_string(), reason),
+            Some(c) => (
+                c.name().to_string(),
+                clip(&format!("reported check {check:?}; {reason}")),
+            ),
+        };
         let row = Record {
             ts_ms: now_ms,
             kind: "gateway".into(),

@@ -32,6 +32,85 @@ pub struct Record {
     pub jti: String,
 }
 
+/// Every `kind` a row is written with: the entry point that wrote it.
+pub const KINDS: &[&str] = &[
+    "verify",
+    "exchange",
+    "gateway",
+    "signal",
+    "revocation",
+    "registration",
+    "admin",
+];
+
+/// Every `decision` a row is written with.
+pub const DECISIONS: &[&str] = &[
+    // verify and gateway
+    "allow",
+    "deny",
+    // exchange
+    "issued",
+    "denied",
+    // admin calls
+    "ok",
+    "unauthorized",
+    "refused",
+    // registration
+    "registered",
+    "updated",
+    "deregistered",
+    // signal
+    "applied",
+    "replay",
+    "unstored",
+    // revocation: the action and its outcome
+    "revoke:applied",
+    "revoke:replay",
+    "revoke:unstored",
+    "lift:applied",
+    "lift:replay",
+    "lift:unstored",
+];
+
+/// The `check` of a refused exchange or signal (its error code), besides the verify checks.
+const REFUSAL_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_target",
+    "unsupported_grant_type",
+    "invalid_client",
+    "access_denied",
+    "unavailable",
+    "error",
+    "invalid_issuer",
+    "invalid_key",
+    "invalid_audience",
+    "temporarily_unavailable",
+];
+
+/// Whether rows can carry `check`: a verify check name, a refusal code, or (admin calls) an
+/// HTTP status.
+pub fn known_check(check: &str) -> bool {
+    crate::verify::Check::ALL.iter().any(|c| c.name() == check)
+        || REFUSAL_CODES.contains(&check)
+        || (check.len() == 3
+            && check.bytes().all(|b| b.is_ascii_digit())
+            && check.parse::<u16>().is_ok_and(|s| (100..600).contains(&s)))
+}
+
+/// The `check` values, for an error message naming them.
+pub fn check_names() -> String {
+    let mut names: Vec<&str> = crate::verify::Check::ALL.iter().map(|c| c.name()).collect();
+    names.extend(REFUSAL_CODES);
+    format!("{}, or an HTTP status (admin calls)", names.join(", "))
+}
+
+/// Whether a record uses only the vocabulary above (what the filters accept).
+pub fn in_vocabulary(r: &Record) -> bool {
+    KINDS.contains(&&*r.kind)
+        && DECISIONS.contains(&&*r.decision)
+        && (r.check.is_empty() || known_check(&r.check))
+}
+
 /// A stored row: the record, its place in the chain and its hash (lowercase hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {

@@ -589,8 +589,9 @@ async fn run(command: Command) -> ExitCode {
                             let f = |k: &str| {
                                 e.get(k).and_then(Value::as_str).unwrap_or("").to_string()
                             };
+                            let count = e.get("count").and_then(Value::as_i64).unwrap_or(1);
                             lines.push(format!(
-                                "{} #{} {:<12} {:<14} {:<10} {} {} {}",
+                                "{} #{} {:<12} {:<14} {:<10} {} {} {}{}",
                                 f("time"),
                                 e.get("seq").and_then(Value::as_i64).unwrap_or(0),
                                 f("kind"),
@@ -598,7 +599,12 @@ async fn run(command: Command) -> ExitCode {
                                 f("check"),
                                 f("target"),
                                 f("subject"),
-                                f("reason")
+                                f("reason"),
+                                if count == 1 {
+                                    String::new()
+                                } else {
+                                    format!(" (x{count})")
+                                }
                             ));
                         }
                         say(&lines.join("\n"));

@@ -167,6 +167,7 @@ fn row_json(r: &Stored) -> Value {
         "reason": rec.reason,
         "request_id": rec.request_id,
         "jti": rec.jti,
+        "count": rec.count,
         "hash": r.hash,
     })
 }

@@ -44,6 +44,7 @@ impl From<SignalError> for ApiError {
 /// `POST /v1/signals/events`: a SET pushed per RFC 8935. 202 once applied durably (or
 /// recognised as a replay); nothing is applied when any part is refused.
 pub(super) async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    let peer = super::peer_of(&req);
     let outcome = receive_inner(app, req, rid).await;
     if let Err(e) = &outcome {
         app.metrics.signal_rejected();
@@ -56,7 +57,8 @@ pub(super) async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Res
             request_id: rid.into(),
             ..Default::default()
         };
-        let _ = app.record("signal", row);
+        // Refused SETs need no credential to send: counted per peer.
+        let _ = app.record_refusal("signal", row, peer, true);
     }
     outcome
 }

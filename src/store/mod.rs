@@ -18,8 +18,8 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
-/// place of its two indexes.
-pub const SCHEMA_VERSION: i64 = 5;
+/// place of its two indexes. 6: audit_log.count.
+pub const SCHEMA_VERSION: i64 = 6;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -198,11 +198,24 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if audit_v4 {
             tx.execute_batch(AUDIT_V4_MOVE)?;
         }
+        // Version 6: an audit log created before it has no count column (every row was one
+        // event, which the column's default says).
+        let has_count: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'count'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_count {
+            tx.execute_batch(AUDIT_V6_COUNT)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
     Ok(())
 }
+
+/// Version 6: the count of events an audit row stands for.
+const AUDIT_V6_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...
 const AUDIT_V4_ASIDE: &str = "ALTER TABLE audit_log RENAME TO audit_log_v4;";

@@ -99,8 +99,12 @@ CREATE TABLE IF NOT EXISTS audit_runs (
     PRIMARY KEY (field, value, first_seq)
 ) STRICT, WITHOUT ROWID;
 
+-- The last row's (seq, hash), and its tag: HMAC-SHA256 under the audit key, which is kept in
+-- a file outside this database, so that a writer of the database alone cannot rewrite the log
+-- and give it a head that verifies.
 CREATE TABLE IF NOT EXISTS audit_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     seq  INTEGER NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    tag  TEXT NOT NULL DEFAULT ''
 ) STRICT;

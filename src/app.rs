@@ -111,7 +111,14 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<(App, Threads), StoreError> {
         let (store, db_thread) = Store::open(&config.db_path)?;
-        let (audit, audit_thread) = Audit::start(
+        let key_path = config.audit_key_path();
+        let (key, key_created) = if config.audit {
+            let (key, created) = crate::audit::load_or_create_key(&key_path)?;
+            (Some(key), created)
+        } else {
+            (None, false)
+        };
+        let started = Audit::start(
             &config.db_path,
             crate::audit::Options {
                 enabled: config.audit,
@@ -119,8 +126,15 @@ impl App {
                     .audit_retention_days
                     .map(|d| i64::from(d).saturating_mul(86_400_000)),
                 page_limit: config.audit_page_limit.clone(),
+                key,
+                key_created,
             },
-        )?;
+        );
+        if started.is_err() && key_created {
+            // A key made for a log it does not fit would stand in the way of the right one.
+            let _ = std::fs::remove_file(&key_path);
+        }
+        let (audit, audit_thread) = started?;
         let now = clock.now();
         let issuer = config
             .issuer

@@ -5,7 +5,7 @@
 //! a write succeeds. Shutdown drains the queue. Repeats of one refusal are counted into one row
 //! (`Refusals`).
 
-use crate::store::audit::{self as log, Name, Record};
+use crate::store::audit::{self as log, HeadAuth, HeadKey, Name, Record};
 use crate::store::{open_connection, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -72,6 +72,58 @@ pub struct Options {
     /// Tests only: the page limit (`PRAGMA max_page_count`) of the writer's connection, read
     /// before every write; 0 is SQLite's own. A low one is a full disk.
     pub page_limit: Option<Arc<AtomicU64>>,
+    /// The key that tags the chain head (required when enabled), and whether its file was
+    /// made at this start (then a head written before heads were tagged is tagged now).
+    pub key: Option<HeadKey>,
+    pub key_created: bool,
+}
+
+/// Read the audit key file at `path`: `Ok(None)` if there is none. Its content is 64
+/// lowercase hex digits (32 bytes), and a newline at most.
+pub fn read_key_file(path: &Path) -> Result<Option<HeadKey>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the audit key {}: {e}", path.display())),
+    };
+    let bytes = log::unhex32(text.strip_suffix('\n').unwrap_or(&text)).ok_or_else(|| {
+        format!(
+            "the audit key {} is not 64 lowercase hex digits",
+            path.display()
+        )
+    })?;
+    Ok(Some(HeadKey::new(&bytes)))
+}
+
+/// The audit key at `path`, made (32 random bytes, owner-only) if there is none; and whether it
+/// was made now.
+pub fn load_or_create_key(path: &Path) -> Result<(HeadKey, bool), StoreError> {
+    if let Some(key) = read_key_file(path).map_err(StoreError::Database)? {
+        return Ok((key, false));
+    }
+    let mut secret = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| StoreError::Database("cannot generate the audit key".into()))?;
+    let text = format!("{}\n", log::hex(&secret));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let written = opts.open(path).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    written.map_err(|e| {
+        StoreError::Database(format!(
+            "cannot create the audit key {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok((HeadKey::new(&secret), true))
 }
 
 /// The request side of the audit log.
@@ -106,12 +158,33 @@ impl Audit {
             };
             return Ok((audit, None));
         }
+        let key = options
+            .key
+            .ok_or(StoreError::Database("the audit log needs its key".into()))?;
         let conn = open_connection(path)?;
         let head = log::head(&conn)?;
+        match log::head_auth(&conn, &key)? {
+            HeadAuth::Empty | HeadAuth::Valid => {}
+            HeadAuth::Untagged if options.key_created => {
+                log::tag_head(&conn, &key)?;
+                crate::log_warn!(
+                    "audit log: its head (row {}) is now tagged with the new audit key; from here on a writer of the database alone cannot rewrite the rows up to it undetected",
+                    head.0
+                );
+            }
+            HeadAuth::Untagged | HeadAuth::Forged => {
+                crate::log_error!(
+                    "audit log: its head (row {}) is not tagged with the audit key: the log was rewritten by someone without the key, or the key file is not this database's; run `toolgate audit verify`",
+                    head.0
+                );
+                return Err(StoreError::Corrupt("audit head tag"));
+            }
+        }
         let default_pages: u64 = conn.query_row("PRAGMA max_page_count", [], |r| r.get(0))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let mut writer = Writer {
             conn,
+            key,
             head,
             shared: shared.clone(),
             retention_ms: options.retention_ms,
@@ -351,6 +424,7 @@ fn network_of(peer: IpAddr) -> IpAddr {
 /// The writer thread's state.
 struct Writer {
     conn: rusqlite::Connection,
+    key: HeadKey,
     head: (i64, String),
     shared: Arc<Shared>,
     retention_ms: Option<i64>,
@@ -461,7 +535,7 @@ impl Writer {
         loop {
             self.apply_page_limit();
             let written = set_synchronous(&self.conn, &mut self.full, durable)
-                .and_then(|()| log::append(&mut self.conn, &self.head, batch));
+                .and_then(|()| log::append(&mut self.conn, &self.key, &self.head, batch));
             match written {
                 Ok(head) => {
                     self.head = head;
@@ -523,7 +597,14 @@ impl Writer {
         }
         self.next_prune_ms = now_ms.saturating_add(PRUNE_EVERY_MS);
         let cutoff = now_ms.saturating_sub(retention);
-        match log::prune(&mut self.conn, &self.head, cutoff, now_ms, PRUNE_CHUNK) {
+        match log::prune(
+            &mut self.conn,
+            &self.key,
+            &self.head,
+            cutoff,
+            now_ms,
+            PRUNE_CHUNK,
+        ) {
             Ok(Some(pruned)) => {
                 self.head = pruned.head;
                 self.prune_more = pruned.more;
@@ -592,10 +673,100 @@ mod tests {
         }
     }
 
+    fn key() -> HeadKey {
+        HeadKey::new(b"unit-test-audit-key")
+    }
+
     fn enabled() -> Options {
         Options {
             enabled: true,
+            key: Some(key()),
             ..Default::default()
+        }
+    }
+
+    /// The head is tagged with the key outside the database: a log rewritten consistently by
+    /// a writer of the database alone (every hash recomputed, the head too) still walks, but
+    /// neither the writer nor the chain check with the key accepts it. A head never tagged is
+    /// tagged only when its key is new (an upgrade), never when a key was already there.
+    #[test]
+    fn a_head_rewritten_without_the_key_is_refused() {
+        let (_dir, path, a, thread) = started();
+        for i in 0..10 {
+            a.record(rec(i)).unwrap();
+        }
+        a.close();
+        thread.unwrap().join().unwrap();
+        let conn = open_connection(&path).unwrap();
+        assert_eq!(audit::verify_chain(&conn, Some(&key())).unwrap(), Ok(10));
+        // Rewrite row 4 and everything after it, as the writer would, head included.
+        let rows = audit::query(
+            &conn,
+            &audit::Query {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut prev = rows.iter().find(|r| r.seq == 3).unwrap().hash.clone();
+        for seq in 4..=10 {
+            let mut r = rows.iter().find(|r| r.seq == seq).unwrap().record.clone();
+            if seq == 4 {
+                r.decision = "deny".into();
+            }
+            let hash = audit::chain_hash(&prev, seq, &r);
+            conn.execute(
+                "UPDATE audit_log SET decision = ?1, hash = ?2 WHERE seq = ?3",
+                rusqlite::params![&*r.decision, &hash[..], seq],
+            )
+            .unwrap();
+            prev = audit::hex(&hash);
+        }
+        conn.execute("UPDATE audit_head SET hash = ?1", [&prev])
+            .unwrap();
+        assert_eq!(audit::verify_chain(&conn, None).unwrap(), Ok(10));
+        assert_eq!(
+            audit::verify_chain(&conn, Some(&key())).unwrap(),
+            Err(audit::ChainBreak::HeadTag { head: 10 })
+        );
+        let refused = Audit::start(&path, enabled()).map(|_| ()).unwrap_err();
+        assert_eq!(refused, StoreError::Corrupt("audit head tag"));
+        // A tag removed is no better than a wrong one, unless the key is new (an upgrade).
+        conn.execute("UPDATE audit_head SET tag = ''", []).unwrap();
+        let refused = Audit::start(&path, enabled()).map(|_| ()).unwrap_err();
+        assert_eq!(refused, StoreError::Corrupt("audit head tag"));
+        let upgrade = Options {
+            key_created: true,
+            ..enabled()
+        };
+        let (a, thread) = Audit::start(&path, upgrade).unwrap();
+        a.close();
+        thread.unwrap().join().unwrap();
+        assert_eq!(audit::verify_chain(&conn, Some(&key())).unwrap(), Ok(10));
+    }
+
+    /// The key file: made once, owner-only, read back; anything but 64 lowercase hex digits
+    /// is refused.
+    #[test]
+    fn the_audit_key_file_is_made_once_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        assert!(read_key_file(&path).unwrap().is_none());
+        let (made, created) = load_or_create_key(&path).unwrap();
+        assert!(created);
+        let (again, created) = load_or_create_key(&path).unwrap();
+        assert!(!created);
+        assert_eq!(made.tag(1, "ab"), again.tag(1, "ab"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        for bad in ["", "00", &"A".repeat(64), &"0".repeat(65), &"g".repeat(64)] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(read_key_file(&path).is_err(), "{bad:?}");
+            assert!(load_or_create_key(&path).is_err(), "{bad:?}");
         }
     }
 
@@ -725,11 +896,11 @@ mod tests {
         assert_eq!(a.written(), 5000);
         assert_eq!(a.depth(), 0);
         let conn = open_connection(&path).unwrap();
-        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(5000));
+        assert_eq!(audit::verify_chain(&conn, Some(&key())).unwrap(), Ok(5000));
         conn.execute("UPDATE audit_log SET reason = 'x' WHERE seq = 42", [])
             .unwrap();
         assert_eq!(
-            audit::verify_chain(&conn).unwrap(),
+            audit::verify_chain(&conn, Some(&key())).unwrap(),
             Err(audit::ChainBreak::Edited(42))
         );
     }

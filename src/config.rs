@@ -26,6 +26,13 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// which is the default).
 pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
 
+/// The audit key's default place: `<db>.audit-key`, beside the database.
+pub fn default_audit_key_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".audit-key");
+    PathBuf::from(name)
+}
+
 /// A configuration problem, reported at start-up in one sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -92,6 +99,9 @@ pub struct Config {
     /// Audit rows older than this many days are removed behind a checkpoint row
     /// (`audit_retention_days`; `None`, the default, keeps everything).
     pub audit_retention_days: Option<u32>,
+    /// The file holding the key that tags the audit chain's head (`audit_key_file`; default
+    /// `<db>.audit-key`, made at first start). Kept outside the database on purpose.
+    pub audit_key_file: Option<PathBuf>,
     /// Tests only: the audit writer's database page limit, changeable while running (a low
     /// one is a full disk); see `audit::Options::page_limit`.
     #[doc(hidden)]
@@ -133,6 +143,7 @@ struct FileConfig {
     leeway_seconds: Option<i64>,
     audit: Option<bool>,
     audit_retention_days: Option<u32>,
+    audit_key_file: Option<PathBuf>,
     open_reads: Option<bool>,
     max_connections_per_peer: Option<usize>,
     write_timeout_seconds: Option<u64>,
@@ -184,6 +195,7 @@ impl Config {
             revocation_ttl: None,
             audit: true,
             audit_retention_days: None,
+            audit_key_file: None,
             audit_page_limit: None,
             max_connections: 1024,
             max_connections_per_peer: DEFAULT_MAX_PER_PEER,
@@ -191,6 +203,13 @@ impl Config {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+
+    /// Where the audit key is: `audit_key_file`, or beside the database.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key_file
+            .clone()
+            .unwrap_or_else(|| default_audit_key_path(&self.db_path))
     }
 
     /// Validate flags and the optional config file into a `Config`. Flags win over the file.
@@ -297,6 +316,9 @@ impl Config {
                 )));
             }
             self.audit_retention_days = Some(days);
+        }
+        if let Some(key) = file.audit_key_file {
+            self.audit_key_file = Some(base.join(key));
         }
         if let Some(open) = file.open_reads {
             self.open_reads = open;

@@ -7,8 +7,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
 
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
-const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
-     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash, tag) VALUES (1, ?1, ?2, ?3) \
+     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, tag = excluded.tag";
 const COLUMNS: &str =
     "seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id, jti, hash, count";
 
@@ -240,6 +240,112 @@ fn hex_array(hex: &str) -> Option<HexHash> {
     hex.as_bytes().try_into().ok()
 }
 
+/// The secret that tags the chain head, kept outside the database (the audit key file): the
+/// head names the last row and its hash, which covers every row before it, so a writer of the
+/// database alone can neither rewrite, append nor truncate the log and produce a head that
+/// verifies. (The token-signing key would not do: it is stored in the database itself.)
+#[derive(Clone)]
+pub struct HeadKey(ring::hmac::Key);
+
+impl std::fmt::Debug for HeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeadKey")
+    }
+}
+
+impl HeadKey {
+    /// The bytes of a secret are the HMAC-SHA256 key.
+    pub fn new(secret: &[u8]) -> Self {
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
+    /// The tag of head `(seq, hash)`: lowercase hex of HMAC-SHA256 over
+    /// `toolgate-audit-head-v1:<seq>:<hash>`.
+    pub fn tag(&self, seq: i64, hash: &str) -> String {
+        hex(ring::hmac::sign(&self.0, &head_message(seq, hash)).as_ref())
+    }
+
+    /// Whether `tag` is the tag of `(seq, hash)` (`hmac::verify` compares in constant time).
+    pub fn verifies(&self, seq: i64, hash: &str, tag: &str) -> bool {
+        unhex32(tag)
+            .is_some_and(|b| ring::hmac::verify(&self.0, &head_message(seq, hash), &b).is_ok())
+    }
+}
+
+/// 32 bytes from exactly 64 lowercase hex digits.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        let (hi, lo) = match pair {
+            [hi, lo] => (nibble(*hi)?, nibble(*lo)?),
+            _ => return None,
+        };
+        *byte = (hi << 4) | lo;
+    }
+    Some(out)
+}
+
+/// What a head's tag covers.
+fn head_message(seq: i64, hash: &str) -> Vec<u8> {
+    let mut buf = [0u8; 20];
+    let mut msg = Vec::with_capacity(100);
+    msg.extend_from_slice(b"toolgate-audit-head-v1:");
+    msg.extend_from_slice(decimal(seq, &mut buf));
+    msg.push(b':');
+    msg.extend_from_slice(hash.as_bytes());
+    msg
+}
+
+/// What the stored head says about itself under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadAuth {
+    /// No head yet (a new log).
+    Empty,
+    /// A head written before heads were tagged.
+    Untagged,
+    /// The tag is the key's.
+    Valid,
+    /// The tag is not the key's: the head was rewritten without the key, or the key is not the
+    /// one the log was written with.
+    Forged,
+}
+
+/// Check the stored head's tag against `key`.
+pub fn head_auth(conn: &Connection, key: &HeadKey) -> Result<HeadAuth, StoreError> {
+    let stored: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT seq, hash, tag FROM audit_head WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match stored {
+        None => HeadAuth::Empty,
+        Some((_, _, tag)) if tag.is_empty() => HeadAuth::Untagged,
+        Some((seq, hash, tag)) if key.verifies(seq, &hash, &tag) => HeadAuth::Valid,
+        Some(_) => HeadAuth::Forged,
+    })
+}
+
+/// Tag the stored head as it is (a log written before heads were tagged, on the first start
+/// with a key).
+pub fn tag_head(conn: &Connection, key: &HeadKey) -> Result<(), StoreError> {
+    let (seq, hash) = stored_head(conn)?;
+    conn.execute(
+        "UPDATE audit_head SET tag = ?1 WHERE id = 1",
+        params![key.tag(seq, &hash)],
+    )?;
+    Ok(())
+}
+
 /// The chain head to extend: the last appended (seq, hash), or (0, GENESIS). A head whose
 /// hash is not 64 lowercase hex digits (as the writer records it) is corrupt: the writer
 /// cannot extend it.
@@ -392,18 +498,21 @@ fn seqs(first: i64, n: usize) -> impl ExactSizeIterator<Item = i64> {
 /// Append a batch in one transaction, extending the chain from `head`; the new head.
 pub fn append(
     conn: &mut Connection,
+    key: &HeadKey,
     head: &(i64, String),
     batch: &[Record],
 ) -> Result<(i64, String), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let new_head = append_rows(&tx, head, batch)?;
+    let new_head = append_rows(&tx, key, head, batch)?;
     tx.commit()?;
     Ok(new_head)
 }
 
-/// Insert a batch's rows, their runs and the new head inside the caller's transaction.
+/// Insert a batch's rows, their runs and the new (tagged) head inside the caller's
+/// transaction.
 fn append_rows(
     tx: &Connection,
+    key: &HeadKey,
     head: &(i64, String),
     batch: &[Record],
 ) -> Result<(i64, String), StoreError> {
@@ -441,7 +550,8 @@ fn append_rows(
         Some(last) => (seq, hex(last)),
         None => head.clone(),
     };
-    tx.execute(SET_HEAD, params![new_head.0, new_head.1])?;
+    let tag = key.tag(new_head.0, &new_head.1);
+    tx.execute(SET_HEAD, params![new_head.0, new_head.1, tag])?;
     Ok(new_head)
 }
 
@@ -467,6 +577,7 @@ const CHECKPOINT_PREFIX: &str = "checkpoint ";
 /// the remaining chain verifies from there. One transaction; `None` if nothing was old enough.
 pub fn prune(
     conn: &mut Connection,
+    key: &HeadKey,
     head: &(i64, String),
     cutoff_ms: i64,
     now_ms: i64,
@@ -524,7 +635,7 @@ pub fn prune(
         ),
         ..Default::default()
     };
-    let head = append_rows(&tx, head, std::slice::from_ref(&checkpoint))?;
+    let head = append_rows(&tx, key, head, std::slice::from_ref(&checkpoint))?;
     tx.commit()?;
     Ok(Some(Pruned {
         first,
@@ -672,6 +783,9 @@ pub enum ChainBreak {
     Unfindable { seq: i64, field: &'static str },
     /// Row `seq` is a pruning checkpoint that names no earlier row as where the chain starts.
     Checkpoint(i64),
+    /// The chain and its head agree, but the head's tag is not the audit key's: the log was
+    /// rewritten by someone without the key (or the key is not this log's).
+    HeadTag { head: i64 },
 }
 
 impl std::fmt::Display for ChainBreak {
@@ -699,6 +813,11 @@ impl std::fmt::Display for ChainBreak {
                  (lookup rows were deleted or modified)",
                 if *field == "target" { "tool" } else { field }
             ),
+            Self::HeadTag { head } => write!(
+                f,
+                "the chain head (row {head}) is not tagged with the audit key: the log was rewritten \
+                 by someone without the key, or the key file is not this database's"
+            ),
             Self::Checkpoint(seq) => write!(
                 f,
                 "row {seq} is a pruning checkpoint but does not name the last pruned row and its hash"
@@ -713,7 +832,13 @@ impl std::fmt::Display for ChainBreak {
 
 /// Walk the whole chain (from its checkpoint, if rows were pruned); `Ok(rows checked)` or the
 /// first break.
-pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreError> {
+///
+/// With `key`, the head's tag must be the key's too: without it, a writer of the database
+/// alone can rewrite the log and every hash after the change, and it still verifies.
+pub fn verify_chain(
+    conn: &Connection,
+    key: Option<&HeadKey>,
+) -> Result<Result<i64, ChainBreak>, StoreError> {
     let (head_seq, head_hash) = stored_head(conn)?;
     // A log not migrated yet (`audit verify` opens it read-only) has no counts: all were 1.
     let has_count: bool = conn.query_row(
@@ -773,6 +898,26 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
             head: head_seq,
         }));
     }
+    if let Some(key) = key {
+        // A log never tagged (no column: not migrated) has no tag to match either.
+        let has_tag: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
+            [],
+            |r| r.get(0),
+        )?;
+        let tag: String = if has_tag {
+            conn.query_row("SELECT tag FROM audit_head WHERE id = 1", [], |r| r.get(0))
+                .optional()?
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // An empty log with no head at all is a new one: nothing to tag yet.
+        let new_log = head_seq == 0 && last == 0 && tag.is_empty();
+        if !new_log && !key.verifies(head_seq, &head_hash, &tag) {
+            return Ok(Err(ChainBreak::HeadTag { head: head_seq }));
+        }
+    }
     if let Some(broken) = unfindable(conn)? {
         return Ok(Err(broken));
     }
@@ -825,6 +970,10 @@ fn unfindable(conn: &Connection) -> Result<Option<ChainBreak>, StoreError> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    fn key() -> HeadKey {
+        HeadKey::new(b"unit-test-audit-key")
+    }
 
     #[test]
     fn decimal_matches_to_string() {
@@ -883,20 +1032,24 @@ mod tests {
             .chain([rec(1000, "new")])
             .chain((52..=60).map(|t| rec(t, "late")))
             .collect();
-        head = append(&mut conn, &head, &batch).unwrap();
-        assert_eq!(prune(&mut conn, &head, 1, 2000, 100).unwrap(), None);
+        head = append(&mut conn, &key(), &head, &batch).unwrap();
+        assert_eq!(prune(&mut conn, &key(), &head, 1, 2000, 100).unwrap(), None);
         // At most 20 rows a pass: more remain.
-        let first = prune(&mut conn, &head, 500, 2000, 20).unwrap().unwrap();
+        let first = prune(&mut conn, &key(), &head, 500, 2000, 20)
+            .unwrap()
+            .unwrap();
         assert_eq!((first.first, first.last, first.more), (1, 20, true));
         assert_eq!(first.head.0, 61);
         head = first.head;
-        let second = prune(&mut conn, &head, 500, 2000, 100).unwrap().unwrap();
+        let second = prune(&mut conn, &key(), &head, 500, 2000, 100)
+            .unwrap()
+            .unwrap();
         // Stops at the first row not older than the cutoff (51), even with older ones after.
         assert_eq!((second.first, second.last, second.more), (21, 50, false));
         head = second.head;
         assert_eq!(head.0, 62);
         // 51..=62 remain: 10 rows, 2 checkpoint rows.
-        assert_eq!(verify_chain(&conn).unwrap(), Ok(12));
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(12));
         let runs: i64 = conn
             .query_row(
                 "SELECT count(*) FROM audit_runs WHERE value = 'old'",
@@ -935,7 +1088,7 @@ mod tests {
             c.execute("VACUUM INTO ?1", [to.to_str().unwrap()]).unwrap();
             let c = Connection::open(&to).unwrap();
             c.execute_batch(tamper).unwrap();
-            assert!(verify_chain(&c).unwrap().is_err(), "{tamper}");
+            assert!(verify_chain(&c, Some(&key())).unwrap().is_err(), "{tamper}");
         }
     }
 
@@ -980,10 +1133,10 @@ mod tests {
                 })
                 .collect();
             all.extend((head.0 + 1..).zip(batch.iter().cloned()));
-            head = append(&mut conn, &head, &batch).unwrap();
+            head = append(&mut conn, &key(), &head, &batch).unwrap();
         }
         // Every row lies in a run of its subject and of its tool.
-        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(n));
         let keys = [
             "rare", "agent-0", "agent-2", "nobody", "solo-260", "solo-289",
         ];
@@ -1083,10 +1236,10 @@ mod tests {
                 expected.0 += 1;
                 expected.1 = hex(&chain_hash(&expected.1, expected.0, r));
             }
-            head = append(&mut conn, &head, &batch).unwrap();
+            head = append(&mut conn, &key(), &head, &batch).unwrap();
             assert_eq!(head, expected, "after a batch of {size}");
         }
-        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(n));
         let rows = query(
             &conn,
             &Query {

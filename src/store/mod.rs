@@ -18,8 +18,8 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA` is applied; bump with every migration step.
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
-/// place of its two indexes. 6: audit_log.count.
-pub const SCHEMA_VERSION: i64 = 6;
+/// place of its two indexes. 6: audit_log.count. 7: audit_head.tag.
+pub const SCHEMA_VERSION: i64 = 7;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -181,7 +181,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if audit_v4 {
             // The move drops prev_hash; say now if the old chain was already broken.
-            match audit::verify_chain(&tx) {
+            match audit::verify_chain(&tx, None) {
                 Ok(Ok(_)) => {}
                 Ok(Err(broken)) => {
                     crate::log_warn!("the audit chain was broken before migrating it: {broken}")
@@ -208,6 +208,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if !has_count {
             tx.execute_batch(AUDIT_V6_COUNT)?;
         }
+        // Version 7: a head written before it has no tag; the audit writer tags it at start
+        // (the first start with an audit key).
+        let has_tag: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_tag {
+            tx.execute_batch(AUDIT_V7_TAG)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -216,6 +226,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Version 6: the count of events an audit row stands for.
 const AUDIT_V6_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
+
+/// Version 7: the audit head's tag under the audit key.
+const AUDIT_V7_TAG: &str = "ALTER TABLE audit_head ADD COLUMN tag TEXT NOT NULL DEFAULT '';";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...
 const AUDIT_V4_ASIDE: &str = "ALTER TABLE audit_log RENAME TO audit_log_v4;";
@@ -289,7 +302,7 @@ mod tests {
             prev = hash;
         }
         // `audit verify` reads a log not migrated yet (it opens the database read-only).
-        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(3));
+        assert_eq!(audit::verify_chain(&conn, None).unwrap(), Ok(3));
         drop(conn);
 
         let (store, thread) = Store::open(&path).unwrap();
@@ -300,7 +313,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(3));
+        assert_eq!(audit::verify_chain(&conn, None).unwrap(), Ok(3));
         assert_eq!(audit::head(&conn).unwrap(), (3, prev.clone()));
         let by_subject = audit::query(
             &conn,

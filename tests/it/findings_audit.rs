@@ -484,3 +484,168 @@ async fn finding_9_a_full_disk_answers_503_and_recovers() {
     let (ok, said) = audit_verify(&db);
     assert!(ok, "{said}");
 }
+
+/// `toolgate audit verify --db PATH --key-file KEY`: exit code and output.
+fn audit_verify_with(db: &std::path::Path, key: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["audit", "verify", "--db"])
+        .arg(db)
+        .arg("--key-file")
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Rewrite the log from row `from` on as its writer would (each row's hash over the one before,
+/// the head to the last), changing row `from`'s decision: everything a writer of the database
+/// alone can do.
+fn rewrite_history(db: &std::path::Path, from: i64) {
+    use toolgate::store::audit::{chain_hash, hex};
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut prev: String = conn
+        .query_row(
+            "SELECT hash FROM audit_log WHERE seq = ?1",
+            [from - 1],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .map(|h| hex(&h))
+        .unwrap();
+    let rows: Vec<(i64, toolgate::store::audit::Record)> = conn
+        .prepare(
+            "SELECT seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id, \
+             jti, count FROM audit_log WHERE seq >= ?1 ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([from], |r| {
+            Ok((
+                r.get(0)?,
+                toolgate::store::audit::Record {
+                    ts_ms: r.get(1)?,
+                    kind: r.get::<_, String>(2)?.into(),
+                    subject: r.get(3)?,
+                    target: r.get(4)?,
+                    decision: r.get::<_, String>(5)?.into(),
+                    check: r.get::<_, String>(6)?.into(),
+                    reason: r.get(7)?,
+                    request_id: r.get(8)?,
+                    jti: r.get(9)?,
+                    count: r.get(10)?,
+                },
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (seq, mut record) in rows {
+        if seq == from {
+            record.decision = if record.decision == "deny" {
+                "allow"
+            } else {
+                "deny"
+            }
+            .into();
+        }
+        let hash = chain_hash(&prev, seq, &record);
+        conn.execute(
+            "UPDATE audit_log SET decision = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![&*record.decision, &hash[..], seq],
+        )
+        .unwrap();
+        prev = hex(&hash);
+    }
+    conn.execute("UPDATE audit_head SET hash = ?1", [&prev])
+        .unwrap();
+}
+
+/// Copy a stopped daemon's database to `name` beside it (no WAL is left after a clean stop).
+fn copy_of(db: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let to = db.with_file_name(name);
+    std::fs::copy(db, &to).unwrap();
+    to
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_16_a_writer_of_the_database_alone_cannot_rewrite_the_log() {
+    let d = Daemon::dev().await;
+    d.register("search", RESOURCE).await;
+    let token = d.token_for("alice", RESOURCE).await;
+    for _ in 0..3 {
+        assert_eq!(d.verify(&token, "search").await.0, 200);
+    }
+    rows_when(&d, "kind=verify", 3).await;
+    let (db, dir, config) = (d.db_path(), d.dir.clone(), d.config.clone());
+    d.stop().await;
+
+    // The key lives beside the database, not in it, readable by its owner only.
+    let key = toolgate::config::default_audit_key_path(&db);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (ok, said) = audit_verify(&db);
+    assert!(ok, "{said}");
+    assert!(said.contains("tagged with the audit key"), "{said}");
+
+    // Row 2 rewritten with every hash after it and the head: the chain walks, but the head's
+    // tag is not the key's.
+    let rewritten = copy_of(&db, "rewritten.db");
+    rewrite_history(&rewritten, 2);
+    let (code, said) = audit_verify_with(&rewritten, &key);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("is not tagged with the audit key"), "{said}");
+    // Without the key nothing is called intact.
+    let (code, said) = audit_verify_with(&rewritten, &dir.path().join("no-such-key"));
+    assert_eq!(code, 2, "{said}");
+    assert!(!said.contains("intact"), "{said}");
+    // A tag removed is no better.
+    let untagged = copy_of(&db, "untagged.db");
+    rusqlite::Connection::open(&untagged)
+        .unwrap()
+        .execute("UPDATE audit_head SET tag = ''", [])
+        .unwrap();
+    let (code, said) = audit_verify_with(&untagged, &key);
+    assert_eq!(code, 1, "{said}");
+    // The untouched copy verifies with the key given explicitly.
+    let (code, said) = audit_verify_with(&copy_of(&db, "copy.db"), &key);
+    assert_eq!(code, 0, "{said}");
+
+    // The daemon refuses to extend a rewritten log, or to start on a tagged log without its
+    // key (and leaves no new key behind).
+    let clock = {
+        use toolgate::clock::Clock;
+        std::sync::Arc::new(toolgate::clock::ManualClock::new(
+            toolgate::clock::SystemClock.now(),
+        ))
+    };
+    rewrite_history(&db, 2);
+    let refused =
+        toolgate::server::start(config.clone(), clock.clone(), std::future::pending()).await;
+    assert!(refused.is_err(), "a rewritten log was accepted");
+    let moved = dir.path().join("key-elsewhere");
+    std::fs::rename(&key, &moved).unwrap();
+    let mut clean = config.clone();
+    clean.db_path = dir.path().join("copy.db");
+    let refused =
+        toolgate::server::start(clean.clone(), clock.clone(), std::future::pending()).await;
+    assert!(
+        refused.is_err(),
+        "a tagged log was accepted without its key"
+    );
+    assert!(!toolgate::config::default_audit_key_path(&clean.db_path).exists());
+    // With its key, the copy starts and goes on being tagged.
+    clean.audit_key_file = Some(moved.clone());
+    let running = toolgate::server::start(clean.clone(), clock, std::future::pending())
+        .await
+        .unwrap();
+    running.stop().await.unwrap();
+    let (code, said) = audit_verify_with(&clean.db_path, &moved);
+    assert_eq!(code, 0, "{said}");
+}

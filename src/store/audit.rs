@@ -839,6 +839,13 @@ pub fn verify_chain(
     conn: &Connection,
     key: Option<&HeadKey>,
 ) -> Result<Result<i64, ChainBreak>, StoreError> {
+    // One snapshot for every read below (the daemon may be writing): outside a transaction,
+    // each statement would see the log as of its own start.
+    let _snapshot = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
     let (head_seq, head_hash) = stored_head(conn)?;
     // A log not migrated yet (`audit verify` opens it read-only) has no counts: all were 1.
     let has_count: bool = conn.query_row(

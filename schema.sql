@@ -71,7 +71,9 @@ CREATE TABLE IF NOT EXISTS signal_events (
 -- The audit log: every decision and every change, hash-chained. Each row's hash (SHA-256,
 -- 32 bytes) covers the previous row's hash and all of its own fields; audit_head records the
 -- last (seq, hash) so that deleting rows from the tail shows. Tokens are never stored: only
--- their jti.
+-- their jti. count: the events a row stands for (repeats of one refusal aggregated; 1
+-- otherwise). Rows older than audit_retention_days are removed from the start, behind a
+-- checkpoint row (kind 'audit', decision 'pruned') naming the last removed row's seq and hash.
 CREATE TABLE IF NOT EXISTS audit_log (
     seq        INTEGER PRIMARY KEY,
     ts_ms      INTEGER NOT NULL,
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     reason     TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT '',
     jti        TEXT NOT NULL DEFAULT '',
-    hash       BLOB NOT NULL
+    hash       BLOB NOT NULL,
+    count      INTEGER NOT NULL DEFAULT 1
 ) STRICT;
 
 -- Where each subject's and each tool's audit rows are: spans of seq holding its rows (at most
@@ -98,8 +101,12 @@ CREATE TABLE IF NOT EXISTS audit_runs (
     PRIMARY KEY (field, value, first_seq)
 ) STRICT, WITHOUT ROWID;
 
+-- The last row's (seq, hash), and its tag: HMAC-SHA256 under the audit key, which is kept in
+-- a file outside this database, so that a writer of the database alone cannot rewrite the log
+-- and give it a head that verifies.
 CREATE TABLE IF NOT EXISTS audit_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     seq  INTEGER NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    tag  TEXT NOT NULL DEFAULT ''
 ) STRICT;

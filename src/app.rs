@@ -1,7 +1,7 @@
 //! The daemon's shared state: configuration resolved against the bound address, the store,
 //! the key ring, the registry index and the verifier — built once, shared by every request.
 
-use crate::audit::{Audit, AuditError};
+use crate::audit::{Audit, AuditError, Refusals};
 use crate::clock::Clock;
 use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
@@ -43,6 +43,8 @@ pub struct App {
     pub revocations: Arc<Revocations>,
     pub verifier: Verifier,
     pub audit: Arc<Audit>,
+    /// Repeated refusals being counted into one row each.
+    pub refusals: Refusals,
     pub events: Arc<Hub>,
     pub metrics: Metrics,
 }
@@ -167,7 +169,32 @@ impl App {
             })?,
             None => KeyRing::load_or_create(&store, now)?,
         });
-        let (audit, audit_thread) = Audit::start(&config.db_path, config.audit)?;
+        let key_path = config.audit_key_path();
+        crate::secret_file::ensure_private(&key_path, "audit key file")
+            .map_err(OpenError::Refused)?;
+        let (key, key_created) = if config.audit {
+            let (key, created) = crate::audit::load_or_create_key(&key_path)?;
+            (Some(key), created)
+        } else {
+            (None, false)
+        };
+        let started = Audit::start(
+            &config.db_path,
+            crate::audit::Options {
+                enabled: config.audit,
+                retention_ms: config
+                    .audit_retention_days
+                    .map(|d| i64::from(d).saturating_mul(86_400_000)),
+                page_limit: config.audit_page_limit.clone(),
+                key,
+                key_created,
+            },
+        );
+        if started.is_err() && key_created {
+            // A key made for a log it does not fit would stand in the way of the right one.
+            let _ = std::fs::remove_file(&key_path);
+        }
+        let (audit, audit_thread) = started?;
         let trust_domain = match (&config.trust_domain, config.dev) {
             (Some(td), _) => td.clone(),
             (None, true) => DEV_TRUST_DOMAIN.to_string(),
@@ -220,6 +247,7 @@ impl App {
             revocations,
             verifier,
             audit: Arc::new(audit),
+            refusals: Refusals::default(),
             events: Arc::new(Hub::new()),
             metrics: Metrics::default(),
         };
@@ -244,6 +272,14 @@ impl App {
     /// Append an audit row and publish the live event. `Err` means the row could not be
     /// queued: the caller refuses the request (shed load, never drop the record).
     pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
+        // The audit filters accept only this vocabulary: a row outside it could not be found.
+        debug_assert!(
+            store::audit::in_vocabulary(&record),
+            "audit row outside the vocabulary: {} {} {}",
+            record.kind,
+            record.decision,
+            record.check
+        );
         // Nobody watching the stream: no copies to make.
         let live = (self.events.clients() > 0).then(|| LiveEvent::of(event, &record));
         self.audit
@@ -255,6 +291,55 @@ impl App {
         Ok(())
     }
 
+    /// Audit a refusal: like `record`, but repeats of it (same kind, check and target) from
+    /// `peer` within a second are counted into one row (see `audit::Refusals`). `vouched`:
+    /// whether its target names something toolgate knows (otherwise it is not part of what
+    /// makes refusals the same). `Err`: the log cannot take it; refuse the request (503).
+    pub fn record_refusal(
+        &self,
+        event: &'static str,
+        record: Record,
+        peer: Option<std::net::IpAddr>,
+        vouched: bool,
+    ) -> Result<(), AuditError> {
+        let Some(peer) = peer else {
+            return self.record(event, record);
+        };
+        debug_assert!(
+            store::audit::in_vocabulary(&record),
+            "audit row outside the vocabulary: {} {} {}",
+            record.kind,
+            record.decision,
+            record.check
+        );
+        // A counted repeat writes nothing now, but is refused like any audited request when
+        // the log cannot be written.
+        if self.audit.failed() {
+            self.audit_refused(&AuditError::Unavailable);
+            return Err(AuditError::Unavailable);
+        }
+        let live = (self.events.clients() > 0).then(|| LiveEvent::of(event, &record));
+        for row in self.refusals.admit(record, peer, vouched) {
+            self.audit
+                .record(row)
+                .inspect_err(|e| self.audit_refused(e))?;
+        }
+        if let Some(live) = live {
+            live.publish(&self.events);
+        }
+        Ok(())
+    }
+
+    /// Write the rows of refusal windows closed by now (every window at shutdown: `all`).
+    pub fn flush_refusals(&self, all: bool) {
+        let now = (!all).then(|| self.now_ms());
+        for row in self.refusals.closed(now) {
+            if let Err(e) = self.audit.record(row) {
+                self.audit_refused(&e);
+            }
+        }
+    }
+
     /// Like `record`, but waits until the row is committed: for state changes, so that their
     /// acknowledgement implies their audit row survives a crash.
     pub async fn record_durable(
@@ -262,6 +347,13 @@ impl App {
         event: &'static str,
         record: Record,
     ) -> Result<(), AuditError> {
+        debug_assert!(
+            store::audit::in_vocabulary(&record),
+            "audit row outside the vocabulary: {} {} {}",
+            record.kind,
+            record.decision,
+            record.check
+        );
         let live = LiveEvent::of(event, &record);
         self.audit
             .record_durable(record)

@@ -120,13 +120,17 @@ struct AuditTail {
     admin_token_file: Option<PathBuf>,
 }
 
-/// Check the audit log's hash chain in a database file; exit 1 at the first broken row.
+/// Check the audit log's hash chain in a database file and its head's tag under the audit key;
+/// exit 1 at the first broken row or a head the key did not tag, 2 if the key is missing.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
 struct AuditVerify {
     /// the database file (default ./toolgate.db)
     #[argh(option, default = "PathBuf::from(toolgate::config::DEFAULT_DB)")]
     db: PathBuf,
+    /// the audit key file (default: the database's path + .audit-key)
+    #[argh(option)]
+    key_file: Option<PathBuf>,
 }
 
 /// Revoke a subject, one token or a tool at once (the operator's signal).
@@ -565,7 +569,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Revoke(r) => revoke(r.what).await,
         Command::Gateway(g) => gateway(g).await,
         Command::Audit(a) => match a.action {
-            AuditAction::Verify(v) => audit_verify(&v.db),
+            AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
                 let mut path = format!("/v1/audit?limit={}", t.limit.clamp(1, 1000));
                 for (k, v) in [("decision", &t.decision), ("tool_id", &t.tool_id)] {
@@ -594,8 +598,9 @@ async fn run(command: Command) -> ExitCode {
                                 let v = e.get(k).and_then(Value::as_str).unwrap_or("");
                                 toolgate::log::escape_controls(v).into_owned()
                             };
+                            let count = e.get("count").and_then(Value::as_i64).unwrap_or(1);
                             lines.push(format!(
-                                "{} #{} {:<12} {:<14} {:<10} {} {} {}",
+                                "{} #{} {:<12} {:<14} {:<10} {} {} {}{}",
                                 f("time"),
                                 e.get("seq").and_then(Value::as_i64).unwrap_or(0),
                                 f("kind"),
@@ -603,7 +608,12 @@ async fn run(command: Command) -> ExitCode {
                                 f("check"),
                                 f("target"),
                                 f("subject"),
-                                f("reason")
+                                f("reason"),
+                                if count == 1 {
+                                    String::new()
+                                } else {
+                                    format!(" (x{count})")
+                                }
                             ));
                         }
                         say(&lines.join("\n"));
@@ -774,21 +784,37 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     }
 }
 
-/// Walk the chain offline (the daemon may be running: WAL readers see a consistent snapshot).
-fn audit_verify(db: &std::path::Path) -> ExitCode {
+/// Walk the chain offline (the daemon may be running: WAL readers see a consistent snapshot),
+/// and check its head's tag with the audit key: without the key, a writer of the database
+/// alone could have rewritten the whole log consistently, so "intact" is not said.
+fn audit_verify(db: &std::path::Path, key_file: Option<PathBuf>) -> ExitCode {
     if !db.exists() {
         return usage(&format!("no database at {}", db.display()));
     }
+    let key_path = key_file.unwrap_or_else(|| toolgate::config::default_audit_key_path(db));
+    let key = match toolgate::audit::read_key_file(&key_path) {
+        Ok(key) => key,
+        Err(e) => return usage(&e),
+    };
     let conn =
         match rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         {
             Ok(c) => c,
             Err(e) => return usage(&format!("cannot open {}: {e}", db.display())),
         };
-    match toolgate::store::audit::verify_chain(&conn) {
-        Ok(Ok(rows)) => {
-            say(&format!("audit chain intact: {rows} rows"));
+    match toolgate::store::audit::verify_chain(&conn, key.as_ref()) {
+        Ok(Ok(rows)) if key.is_some() => {
+            say(&format!(
+                "audit chain intact: {rows} rows; its head is tagged with the audit key"
+            ));
             ExitCode::SUCCESS
+        }
+        Ok(Ok(rows)) => {
+            say(&format!(
+                "audit chain consistent: {rows} rows, but its head was not checked: no audit key at {} (give --key-file); a writer of the database alone could have rewritten it",
+                key_path.display()
+            ));
+            ExitCode::from(2)
         }
         Ok(Err(broken)) => {
             say(&format!("audit chain BROKEN: {broken}"));

@@ -22,6 +22,17 @@ pub const DEFAULT_MAX_PER_PEER: usize = 256;
 /// connection is dropped.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest audit retention that can be configured (about a century; more is "keep everything",
+/// which is the default).
+pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
+
+/// The audit key's default place: `<db>.audit-key`, beside the database.
+pub fn default_audit_key_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".audit-key");
+    PathBuf::from(name)
+}
+
 /// A configuration problem, reported at start-up in one sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -88,6 +99,16 @@ pub struct Config {
     pub revocation_ttl: Option<i64>,
     /// Write the audit log (off only for benchmarks measuring its cost).
     pub audit: bool,
+    /// Audit rows older than this many days are removed behind a checkpoint row
+    /// (`audit_retention_days`; `None`, the default, keeps everything).
+    pub audit_retention_days: Option<u32>,
+    /// The file holding the key that tags the audit chain's head (`audit_key_file`; default
+    /// `<db>.audit-key`, made at first start). Kept outside the database on purpose.
+    pub audit_key_file: Option<PathBuf>,
+    /// Tests only: the audit writer's database page limit, changeable while running (a low
+    /// one is a full disk); see `audit::Options::page_limit`.
+    #[doc(hidden)]
+    pub audit_page_limit: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     pub max_connections: usize,
     /// Connections one peer address may hold at once (`max_connections_per_peer`).
     pub max_connections_per_peer: usize,
@@ -126,6 +147,8 @@ struct FileConfig {
     revocation_ttl_seconds: Option<i64>,
     leeway_seconds: Option<i64>,
     audit: Option<bool>,
+    audit_retention_days: Option<u32>,
+    audit_key_file: Option<PathBuf>,
     open_reads: Option<bool>,
     max_connections_per_peer: Option<usize>,
     write_timeout_seconds: Option<u64>,
@@ -177,12 +200,22 @@ impl Config {
             transmitters: Vec::new(),
             revocation_ttl: None,
             audit: true,
+            audit_retention_days: None,
+            audit_key_file: None,
+            audit_page_limit: None,
             max_connections: 1024,
             max_connections_per_peer: DEFAULT_MAX_PER_PEER,
             header_read_timeout: Duration::from_secs(10),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+
+    /// Where the audit key is: `audit_key_file`, or beside the database.
+    pub fn audit_key_path(&self) -> PathBuf {
+        self.audit_key_file
+            .clone()
+            .unwrap_or_else(|| default_audit_key_path(&self.db_path))
     }
 
     /// Validate flags and the optional config file into a `Config`. Flags win over the file.
@@ -285,6 +318,17 @@ impl Config {
         }
         if let Some(audit) = file.audit {
             self.audit = audit;
+        }
+        if let Some(days) = file.audit_retention_days {
+            if !(1..=MAX_AUDIT_RETENTION_DAYS).contains(&days) {
+                return Err(err(format!(
+                    "audit_retention_days must be between 1 and {MAX_AUDIT_RETENTION_DAYS}"
+                )));
+            }
+            self.audit_retention_days = Some(days);
+        }
+        if let Some(key) = file.audit_key_file {
+            self.audit_key_file = Some(base.join(key));
         }
         if let Some(open) = file.open_reads {
             self.open_reads = open;

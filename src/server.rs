@@ -84,6 +84,9 @@ pub async fn start(
         })?;
     let app = Arc::new(app);
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
+    let counter = tokio::spawn(flush_refusals(Arc::downgrade(&app)));
+    // Held until the last counted refusals are written at shutdown.
+    let last_flush = app.clone();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let signal = async move {
@@ -96,6 +99,11 @@ pub async fn start(
         let finished = serve(listener, app, &config, signal, &events).await;
         pruner.abort();
         let _ = pruner.await;
+        counter.abort();
+        let _ = counter.await;
+        // Counted refusals not written yet are written before the writer drains.
+        last_flush.flush_refusals(true);
+        drop(last_flush);
         // No new records: the audit writer drains its queue and ends, even if a straggling
         // connection still holds the app.
         audit.close();
@@ -344,7 +352,12 @@ where
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(WriteWatchdog::new(stream, limits.write_timeout));
-        let conn = graceful.watch(http.serve_connection(io, service_fn(handler.clone())));
+        let handler = handler.clone();
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(crate::http::Peer(peer.ip()));
+            handler(req)
+        });
+        let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             let _ = conn.await;
             drop(peer_slot);
@@ -360,6 +373,18 @@ where
             crate::log_warn!("shutdown: some connections did not finish in time");
             false
         }
+    }
+}
+
+/// Write the rows of closed refusal windows (see `audit::Refusals`) a few times a second, for
+/// as long as the app lives.
+async fn flush_refusals(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.flush_refusals(false);
     }
 }
 

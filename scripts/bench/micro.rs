@@ -230,6 +230,8 @@ fn audit_connection(path: &Path) -> rusqlite::Connection {
 fn audit_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut group = c.benchmark_group("audit");
+    // Each append tags the new head, as the daemon's writer does.
+    let key = audit::HeadKey::new(b"bench-audit-key");
     for size in [1usize, 16, 64, 256] {
         // Each size on a new database, so that none pays for the log the others wrote.
         let mut conn = audit_connection(&dir.path().join(format!("audit-{size}.db")));
@@ -250,7 +252,7 @@ fn audit_append(c: &mut Criterion) {
         group.throughput(Throughput::Elements(size as u64));
         group.bench_function(format!("append_batch_{size}"), |b| {
             b.iter(|| {
-                head = audit::append(&mut conn, &head, black_box(&batch)).expect("append");
+                head = audit::append(&mut conn, &key, &head, black_box(&batch)).expect("append");
             })
         });
     }

@@ -227,6 +227,22 @@ pub fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'
     }
 }
 
+/// Refuse a query that names a parameter the endpoint does not take: a misspelt filter would
+/// otherwise filter nothing and answer as if it had.
+pub fn known_parameters(pairs: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
+    if pairs.iter().all(|(k, _)| allowed.contains(&k.as_str())) {
+        return Ok(());
+    }
+    Err(ApiError::invalid_request(if allowed.is_empty() {
+        "this endpoint takes no query parameters".to_string()
+    } else {
+        format!(
+            "unknown query parameter; this endpoint takes {}",
+            allowed.join(", ")
+        )
+    }))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

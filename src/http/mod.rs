@@ -22,6 +22,16 @@ use hyper::body::{Bytes, Incoming};
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// The address a request came from, put in its extensions by the accept loop: refusals are
+/// counted per peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// The peer of a request, if the accept loop recorded one.
+pub(crate) fn peer_of<B>(req: &Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions().get::<Peer>().map(|p| p.0)
+}
+
 pub type Body = BoxBody<Bytes, Infallible>;
 pub type Response = http::Response<Body>;
 type Result<T> = std::result::Result<T, ApiError>;
@@ -44,6 +54,7 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
 /// Serve one request: route, run, and add the headers every response carries.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
     let rid = request_id();
+    let peer = peer_of(&req);
     let admin = admin_route(req.method(), req.uri().path());
     let who = admin.map(|_| caller(&app, req.headers()));
     let outcome = match at_the_door(&app, &req) {
@@ -74,7 +85,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
             request_id: rid.clone(),
             ..Default::default()
         };
-        if app.record("admin", row).is_err() && status.is_success() {
+        // Refused calls repeat cheaply: counted per peer (the target is a route name).
+        let audited = if status.is_success() {
+            app.record("admin", row)
+        } else {
+            app.record_refusal("admin", row, peer, true)
+        };
+        if audited.is_err() && status.is_success() {
             resp = ApiError::unavailable("the audit log is unavailable; the call was refused")
                 .into_response();
         }

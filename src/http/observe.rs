@@ -14,6 +14,13 @@ use std::sync::OnceLock;
 const DASHBOARD: &str = include_str!("../dashboard.html");
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
+/// The audit read's query parameters (the per-tool read takes all but the first).
+const AUDIT_PARAMETERS: [&str; 8] = [
+    "tool_id", "decision", "subject", "check", "kind", "since", "before", "limit",
+];
+/// Longest subject or tool a filter names: no row holds a longer one (they are clipped to
+/// 256 characters, 4 bytes each at most).
+const MAX_FILTER_LEN: usize = 1024;
 
 pub(super) fn redirect_to_dashboard() -> Response {
     let mut resp = http::Response::new(full(""));
@@ -114,6 +121,7 @@ pub(super) fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
 pub(super) fn events<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_observer(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    body::known_parameters(&pairs, &["types"])?;
     let types: Vec<String> = match body::single(&pairs, "types") {
         Ok(Some(t)) => t
             .split(',')
@@ -159,6 +167,7 @@ fn row_json(r: &Stored) -> Value {
         "reason": rec.reason,
         "request_id": rec.request_id,
         "jti": rec.jti,
+        "count": rec.count,
         "hash": r.hash,
     })
 }
@@ -177,6 +186,12 @@ pub(super) async fn audit<B>(
         ));
     }
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    let allowed: &[&str] = if tool_id.is_some() {
+        &AUDIT_PARAMETERS[1..]
+    } else {
+        &AUDIT_PARAMETERS
+    };
+    body::known_parameters(&pairs, allowed)?;
     let get = |name: &str| -> Result<String> {
         body::single(&pairs, name)
             .map(|v| v.unwrap_or("").to_string())
@@ -191,6 +206,26 @@ pub(super) async fn audit<B>(
             ApiError::invalid_request(format!("{name} must be a non-negative integer"))
         })
     };
+    // A value no row can carry would answer an empty page as if nothing had happened.
+    let one_of = |name: &str, values: &[&str]| -> Result<String> {
+        let v = get(name)?;
+        if v.is_empty() || values.contains(&v.as_str()) {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid_request(format!(
+                "{name} must be one of {}",
+                values.join(", ")
+            )))
+        }
+    };
+    let bounded = |name: &str| -> Result<String> {
+        let v = get(name)?;
+        if v.chars().count() <= MAX_FILTER_LEN {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid_request(format!("{name} is too long")))
+        }
+    };
     let since = get("since")?;
     let since_ms = if since.is_empty() {
         0
@@ -201,18 +236,22 @@ pub(super) async fn audit<B>(
             "since must be a Unix time in seconds",
         ));
     };
-    let decision = get("decision")?;
+    let check = get("check")?;
+    if !check.is_empty() && !log::known_check(&check) {
+        return Err(ApiError::invalid_request(format!(
+            "check must be one of {}",
+            log::check_names()
+        )));
+    }
     let query = Query {
-        decision: match decision.as_str() {
-            "allow" | "deny" | "issued" | "denied" | "" => decision,
-            // Characters, as the document's maxLength counts them.
-            other if other.chars().count() <= 64 => other.to_string(),
-            _ => return Err(ApiError::invalid_request("decision is too long")),
+        decision: one_of("decision", log::DECISIONS)?,
+        target: match tool_id {
+            Some(id) => id.to_string(),
+            None => bounded("tool_id")?,
         },
-        target: tool_id.map(str::to_string).unwrap_or(get("tool_id")?),
-        subject: get("subject")?,
-        check: get("check")?,
-        kind: get("kind")?,
+        subject: bounded("subject")?,
+        check,
+        kind: one_of("kind", log::KINDS)?,
         since_ms,
         before: number("before", 0)?,
         limit: number("limit", DEFAULT_LIMIT)?.clamp(1, MAX_LIMIT),

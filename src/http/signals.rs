@@ -44,6 +44,7 @@ impl From<SignalError> for ApiError {
 /// `POST /v1/signals/events`: a SET pushed per RFC 8935. 202 once applied durably (or
 /// recognised as a replay); nothing is applied when any part is refused.
 pub(super) async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
+    let peer = super::peer_of(&req);
     let outcome = receive_inner(app, req, rid).await;
     if let Err(e) = &outcome {
         app.metrics.signal_rejected();
@@ -56,7 +57,8 @@ pub(super) async fn receive(app: &App, req: Request<Incoming>, rid: &str) -> Res
             request_id: rid.into(),
             ..Default::default()
         };
-        let _ = app.record("signal", row);
+        // Refused SETs need no credential to send: counted per peer.
+        let _ = app.record_refusal("signal", row, peer, true);
     }
     outcome
 }
@@ -229,6 +231,10 @@ fn query_i64(req: &Request<Incoming>, name: &str, default: i64) -> Result<i64> {
 
 /// One page of unexpired revocations, `?after=<id>&limit=<n>`.
 async fn page(app: &App, req: &Request<Incoming>) -> Result<(Vec<Value>, Option<i64>)> {
+    body::known_parameters(
+        &form_pairs(req.uri().query().unwrap_or("").as_bytes())?,
+        &["after", "limit"],
+    )?;
     let after = query_i64(req, "after", 0)?;
     let limit = query_i64(req, "limit", DEFAULT_PAGE)?.clamp(1, MAX_PAGE);
     let now = app.now();

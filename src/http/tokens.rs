@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::{json_response, Response, Result};
 use crate::app::App;
 use crate::exchange::{self, ExchangeRequest, Exchanger, ExecutionScope};
+use crate::registry::valid_id;
 use crate::store::audit::Record;
 use crate::verify::{DecisionRequest, Target};
 use http::{header, HeaderValue, Request, StatusCode};
@@ -15,6 +16,7 @@ use std::time::Instant;
 
 pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
+    let peer = super::peer_of(&req);
     let (parts, incoming) = req.into_parts();
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
@@ -25,19 +27,13 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
             "Content-Type must be application/json or application/x-www-form-urlencoded",
         )),
     };
-    // Every exchange, even one refused while parsing, is counted and audited.
-    let target = parsed
-        .as_ref()
-        .ok()
-        .map(|r| {
-            clip(
-                r.audience
-                    .as_deref()
-                    .or(r.resource.as_deref())
-                    .unwrap_or(""),
-            )
-        })
-        .unwrap_or_default();
+    // Every exchange, even one refused while parsing, is counted and audited, except one
+    // naming a target that is no audience at all: that is a 400 and no row.
+    let (target, vouched) = match &parsed {
+        Ok(r) => audit_target(app, r.audience.as_deref().or(r.resource.as_deref()))
+            .inspect_err(|_| app.metrics.exchange("invalid_target", 0))?,
+        Err(_) => (String::new(), true),
+    };
     let exchanger = Exchanger {
         issuer: &app.issuer,
         dev: app.dev,
@@ -87,7 +83,12 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         request_id: rid.into(),
         ..row
     };
-    app.record("exchange", row).map_err(|_| {
+    let audited = if outcome.is_ok() {
+        app.record("exchange", row)
+    } else {
+        app.record_refusal("exchange", row, peer, vouched)
+    };
+    audited.map_err(|_| {
         ApiError::unavailable("the audit log is unavailable; the exchange was refused")
     })?;
     app.metrics.exchange(result, micros);
@@ -105,6 +106,33 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     Ok(resp)
+}
+
+/// The target an exchange's audit row names, and whether toolgate vouches for it (toolgate
+/// itself or a registered resource; any audience in dev mode). An audience that could never be
+/// one (not an absolute URI, nor a tool's own id) is refused here, before anything is audited.
+fn audit_target(app: &App, raw: Option<&str>) -> Result<(String, bool)> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok((String::new(), true));
+    };
+    let registered = |r: &str| {
+        app.registry
+            .read()
+            .map(|reg| reg.has_resource(r))
+            .unwrap_or(false)
+    };
+    if registered(raw) {
+        return Ok((clip(raw), true));
+    }
+    let canonical = crate::resource::canonicalize(raw).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "audience must be an absolute URI",
+        )
+    })?;
+    let vouched = app.dev || canonical == app.issuer || registered(&canonical);
+    Ok((clip(&canonical), vouched))
 }
 
 fn one_target() -> ApiError {
@@ -190,11 +218,18 @@ fn required(obj: &Map<String, Value>, name: &'static str) -> Result<String> {
 
 pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response> {
     let started = Instant::now();
+    let peer = super::peer_of(&req);
     let (parts, incoming) = req.into_parts();
     let bytes = body::read_json(&parts.headers, incoming).await?;
     let obj = body::json_object(&bytes)?;
     let token = required(&obj, "token")?;
     let tool_id = opt_string(&obj, "tool_id")?.filter(|s| !s.is_empty());
+    // No tool can have an invalid id: refused before it reaches the audit log.
+    if tool_id.as_deref().is_some_and(|id| !valid_id(id)) {
+        return Err(ApiError::invalid_request(
+            "tool_id must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
     let resource = match opt_string(&obj, "resource")?.filter(|s| !s.is_empty()) {
         Some(r) => Some(
             crate::resource::canonicalize(&r)
@@ -238,6 +273,12 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
             .map(|r| r.get(id).is_some())
             .unwrap_or(false)
     });
+    let known_resource = resource.as_ref().is_some_and(|r| {
+        app.registry
+            .read()
+            .map(|reg| reg.has_resource(r))
+            .unwrap_or(false)
+    });
     let denial = verdict.result.as_ref().err().copied();
     let claims = verdict.claims.as_deref();
     let row = Record {
@@ -250,14 +291,15 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         reason: denial.map(|d| d.reason.to_string()).unwrap_or_default(),
         request_id: rid.into(),
         jti: claims.map(|c| clip(&c.jti)).unwrap_or_default(),
-    };
-    let event = if denial.is_some() {
-        "verify.deny"
-    } else {
-        "verify.allow"
+        count: 1,
     };
     // An allow that cannot be audited is not an allow.
-    app.record(event, row)
+    let audited = if denial.is_some() {
+        app.record_refusal("verify.deny", row, peer, registered || known_resource)
+    } else {
+        app.record("verify.allow", row)
+    };
+    audited
         .map_err(|_| ApiError::unavailable("the audit log is unavailable; the call is refused"))?;
     app.metrics.verify(
         label,
@@ -296,11 +338,19 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
         }
     };
     let mut rows = Vec::with_capacity(list.len());
+    // A decision naming no possible target is skipped, not the whole report: one bad entry
+    // must not cost a gateway every other decision in its batch.
+    let mut skipped = 0usize;
     for d in list {
         let d = d
             .as_object()
             .ok_or_else(|| ApiError::invalid_request("each decision must be an object"))?;
         let field = |k: &'static str| opt_string(d, k).map(|v| clip(&v.unwrap_or_default()));
+        let tool_id = field("tool_id")?;
+        if !reportable_target(&tool_id) {
+            skipped += 1;
+            continue;
+        }
         let decision = field("decision")?;
         let check = field("check")?;
         let denial = match decision.as_str() {
@@ -322,7 +372,7 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
                 })?,
         };
         rows.push((
-            field("tool_id")?,
+            tool_id,
             field("subject")?,
             field("jti")?,
             decision,
@@ -335,6 +385,7 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
     app.audit_ready()
         .map_err(|_| ApiError::unavailable("the audit log is unavailable; report again"))?;
     let now_ms = app.now_ms();
+    let recorded = rows.len();
     for (tool_id, subject, jti, decision, check, reason, denial, micros) in rows {
         let registered = app
             .registry
@@ -350,6 +401,17 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
         } else {
             "verify.allow"
         };
+        // The row names a check toolgate knows (what the audit filter accepts); a name the
+        // reporter made up stays in the reason.
+        let (check, reason) = match check_kind {
+            None => (String::new(), reason),
+            Some(c) if c.name() == check => (check, reason),
+            Some(c) if check.is_empty() => (c.name().to_string(), reason),
+            Some(c) => (
+                c.name().to_string(),
+                clip(&format!("reported check {check:?}; {reason}")),
+            ),
+        };
         let row = Record {
             ts_ms: now_ms,
             kind: "gateway".into(),
@@ -364,12 +426,21 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
             },
             request_id: rid.into(),
             jti,
+            count: 1,
         };
         app.record(event, row)
             .map_err(|_| ApiError::unavailable("the audit log is unavailable; report again"))?;
     }
+    if skipped > 0 {
+        crate::log_warn!("decision report {rid}: {skipped} decisions name no valid tool_id or resource and were skipped");
+    }
     Ok(json_response(
         StatusCode::ACCEPTED,
-        &json!({"status": "recorded"}),
+        &json!({"status": "recorded", "recorded": recorded, "skipped": skipped}),
     ))
+}
+
+/// A reported decision's target: a tool id, or (a server-level decision) a canonical resource.
+fn reportable_target(target: &str) -> bool {
+    valid_id(target) || crate::resource::canonicalize(target).is_ok_and(|c| c == target)
 }

@@ -24,6 +24,7 @@ fn query_value<B>(req: &Request<B>, name: &str) -> Result<Option<String>> {
 
 pub(super) fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_reader(app, req.headers())?;
+    body::known_parameters(&query_pairs(req)?, &["protocol"])?;
     let protocol = query_value(req, "protocol")?;
     if let Some(p) = &protocol {
         if !PROTOCOLS.contains(&p.as_str()) {
@@ -45,6 +46,7 @@ pub(super) fn list<B>(app: &App, req: &Request<B>) -> Result<Response> {
 
 pub(super) fn get<B>(app: &App, req: &Request<B>, tool_id: &str) -> Result<Response> {
     require_reader(app, req.headers())?;
+    body::known_parameters(&query_pairs(req)?, &[])?;
     let tool = app
         .registry
         .read()

@@ -1,5 +1,5 @@
 //! The `audit_log`, `audit_runs` and `audit_head` tables: appends that extend the hash chain,
-//! queries, and the chain check.
+//! pruning behind a checkpoint row, queries, and the chain check.
 
 use super::StoreError;
 use ring::digest::{digest, SHA256};
@@ -7,10 +7,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row as SqlRow};
 
 const HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
-const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2) \
-     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash, tag) VALUES (1, ?1, ?2, ?3) \
+     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, tag = excluded.tag";
 const COLUMNS: &str =
-    "seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id, jti, hash";
+    "seq, ts_ms, kind, subject, target, decision, check_name, reason, request_id, jti, hash, count";
 
 /// The hash of the empty chain: what the first row's hash covers as its predecessor's.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -19,7 +19,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub type Name = std::borrow::Cow<'static, str>;
 
 /// One audit row.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub ts_ms: i64,
     pub kind: Name,
@@ -30,6 +30,110 @@ pub struct Record {
     pub reason: String,
     pub request_id: String,
     pub jti: String,
+    /// How many events the row stands for: 1, or the repeats of one refusal aggregated into
+    /// it. Hashed (when not 1) like every other field.
+    pub count: i64,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            ts_ms: 0,
+            kind: Name::Borrowed(""),
+            subject: String::new(),
+            target: String::new(),
+            decision: Name::Borrowed(""),
+            check: Name::Borrowed(""),
+            reason: String::new(),
+            request_id: String::new(),
+            jti: String::new(),
+            count: 1,
+        }
+    }
+}
+
+/// Every `kind` a row is written with: the entry point that wrote it.
+pub const KINDS: &[&str] = &[
+    "verify",
+    "exchange",
+    "gateway",
+    "signal",
+    "revocation",
+    "registration",
+    "admin",
+    // the log's own upkeep: a pruning checkpoint
+    "audit",
+];
+
+/// Every `decision` a row is written with.
+pub const DECISIONS: &[&str] = &[
+    // verify and gateway
+    "allow",
+    "deny",
+    // exchange
+    "issued",
+    "denied",
+    // admin calls
+    "ok",
+    "unauthorized",
+    "refused",
+    // registration
+    "registered",
+    "updated",
+    "deregistered",
+    // signal
+    "applied",
+    "replay",
+    "unstored",
+    // revocation: the action and its outcome
+    "revoke:applied",
+    "revoke:replay",
+    "revoke:unstored",
+    "lift:applied",
+    "lift:replay",
+    "lift:unstored",
+    "lift:not_found",
+    // audit: rows older than the retention removed
+    "pruned",
+];
+
+/// The `check` of a refused exchange or signal (its error code), besides the verify checks.
+pub const REFUSAL_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_target",
+    "unsupported_grant_type",
+    "invalid_client",
+    "access_denied",
+    "unavailable",
+    "error",
+    "invalid_issuer",
+    "invalid_key",
+    "invalid_audience",
+    "temporarily_unavailable",
+];
+
+/// Whether rows can carry `check`: a verify check name, a refusal code, or (admin calls) an
+/// HTTP status.
+pub fn known_check(check: &str) -> bool {
+    crate::verify::Check::ALL.iter().any(|c| c.name() == check)
+        || REFUSAL_CODES.contains(&check)
+        || (check.len() == 3
+            && check.bytes().all(|b| b.is_ascii_digit())
+            && check.parse::<u16>().is_ok_and(|s| (100..600).contains(&s)))
+}
+
+/// The `check` values, for an error message naming them.
+pub fn check_names() -> String {
+    let mut names: Vec<&str> = crate::verify::Check::ALL.iter().map(|c| c.name()).collect();
+    names.extend(REFUSAL_CODES);
+    format!("{}, or an HTTP status (admin calls)", names.join(", "))
+}
+
+/// Whether a record uses only the vocabulary above (what the filters accept).
+pub fn in_vocabulary(r: &Record) -> bool {
+    KINDS.contains(&&*r.kind)
+        && DECISIONS.contains(&&*r.decision)
+        && (r.check.is_empty() || known_check(&r.check))
 }
 
 /// A stored row: the record, its place in the chain and its hash (lowercase hex).
@@ -45,7 +149,8 @@ pub type Hash = [u8; 32];
 
 /// SHA-256 over the previous hash (lowercase hex) and every field, each length-prefixed so
 /// that no two rows serialise alike: `len ":" bytes` for prev, seq, ts_ms (decimal) and the
-/// text fields in column order.
+/// text fields in column order, then `count` (decimal) unless it is 1 — so rows written before
+/// counts existed keep their hashes (the length prefixes keep the two framings apart).
 pub fn chain_hash(prev: &str, seq: i64, r: &Record) -> Hash {
     chain_hash_with(&mut Vec::new(), prev.as_bytes(), seq, r)
 }
@@ -55,9 +160,10 @@ pub fn chain_hash(prev: &str, seq: i64, r: &Record) -> Hash {
 /// than the hash itself.
 fn chain_hash_with(buf: &mut Vec<u8>, prev: &[u8], seq: i64, r: &Record) -> Hash {
     buf.clear();
-    let (mut seq_buf, mut ts_buf) = ([0u8; 20], [0u8; 20]);
+    let (mut seq_buf, mut ts_buf, mut count_buf) = ([0u8; 20], [0u8; 20], [0u8; 20]);
     let seq = decimal(seq, &mut seq_buf);
     let ts = decimal(r.ts_ms, &mut ts_buf);
+    let count = (r.count != 1).then(|| decimal(r.count, &mut count_buf));
     for field in [
         prev,
         seq,
@@ -70,7 +176,10 @@ fn chain_hash_with(buf: &mut Vec<u8>, prev: &[u8], seq: i64, r: &Record) -> Hash
         r.reason.as_bytes(),
         r.request_id.as_bytes(),
         r.jti.as_bytes(),
-    ] {
+    ]
+    .into_iter()
+    .chain(count)
+    {
         let mut len_buf = [0u8; 20];
         buf.extend_from_slice(decimal(field.len() as i64, &mut len_buf));
         buf.push(b':');
@@ -132,6 +241,112 @@ fn hex_array(hex: &str) -> Option<HexHash> {
     hex.as_bytes().try_into().ok()
 }
 
+/// The secret that tags the chain head, kept outside the database (the audit key file): the
+/// head names the last row and its hash, which covers every row before it, so a writer of the
+/// database alone can neither rewrite, append nor truncate the log and produce a head that
+/// verifies. (The token-signing key would not do: it is stored in the database itself.)
+#[derive(Clone)]
+pub struct HeadKey(ring::hmac::Key);
+
+impl std::fmt::Debug for HeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeadKey")
+    }
+}
+
+impl HeadKey {
+    /// The bytes of a secret are the HMAC-SHA256 key.
+    pub fn new(secret: &[u8]) -> Self {
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
+    /// The tag of head `(seq, hash)`: lowercase hex of HMAC-SHA256 over
+    /// `toolgate-audit-head-v1:<seq>:<hash>`.
+    pub fn tag(&self, seq: i64, hash: &str) -> String {
+        hex(ring::hmac::sign(&self.0, &head_message(seq, hash)).as_ref())
+    }
+
+    /// Whether `tag` is the tag of `(seq, hash)` (`hmac::verify` compares in constant time).
+    pub fn verifies(&self, seq: i64, hash: &str, tag: &str) -> bool {
+        unhex32(tag)
+            .is_some_and(|b| ring::hmac::verify(&self.0, &head_message(seq, hash), &b).is_ok())
+    }
+}
+
+/// 32 bytes from exactly 64 lowercase hex digits.
+pub fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        let (hi, lo) = match pair {
+            [hi, lo] => (nibble(*hi)?, nibble(*lo)?),
+            _ => return None,
+        };
+        *byte = (hi << 4) | lo;
+    }
+    Some(out)
+}
+
+/// What a head's tag covers.
+fn head_message(seq: i64, hash: &str) -> Vec<u8> {
+    let mut buf = [0u8; 20];
+    let mut msg = Vec::with_capacity(100);
+    msg.extend_from_slice(b"toolgate-audit-head-v1:");
+    msg.extend_from_slice(decimal(seq, &mut buf));
+    msg.push(b':');
+    msg.extend_from_slice(hash.as_bytes());
+    msg
+}
+
+/// What the stored head says about itself under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadAuth {
+    /// No head yet (a new log).
+    Empty,
+    /// A head written before heads were tagged.
+    Untagged,
+    /// The tag is the key's.
+    Valid,
+    /// The tag is not the key's: the head was rewritten without the key, or the key is not the
+    /// one the log was written with.
+    Forged,
+}
+
+/// Check the stored head's tag against `key`.
+pub fn head_auth(conn: &Connection, key: &HeadKey) -> Result<HeadAuth, StoreError> {
+    let stored: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT seq, hash, tag FROM audit_head WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match stored {
+        None => HeadAuth::Empty,
+        Some((_, _, tag)) if tag.is_empty() => HeadAuth::Untagged,
+        Some((seq, hash, tag)) if key.verifies(seq, &hash, &tag) => HeadAuth::Valid,
+        Some(_) => HeadAuth::Forged,
+    })
+}
+
+/// Tag the stored head as it is (a log written before heads were tagged, on the first start
+/// with a key).
+pub fn tag_head(conn: &Connection, key: &HeadKey) -> Result<(), StoreError> {
+    let (seq, hash) = stored_head(conn)?;
+    conn.execute(
+        "UPDATE audit_head SET tag = ?1 WHERE id = 1",
+        params![key.tag(seq, &hash)],
+    )?;
+    Ok(())
+}
+
 /// The chain head to extend: the last appended (seq, hash), or (0, GENESIS). A head whose
 /// hash is not 64 lowercase hex digits (as the writer records it) is corrupt: the writer
 /// cannot extend it.
@@ -172,7 +387,7 @@ pub fn sync(conn: &Connection) -> Result<(), StoreError> {
 /// Rows per multi-row INSERT: one statement step per group of rows, not per row.
 const GROUP: usize = 16;
 /// Bound parameters per row of `audit_log`.
-const COLUMN_COUNT: usize = 11;
+const COLUMN_COUNT: usize = 12;
 const RUN_COLUMNS: &str = "field, value, first_seq, last_seq";
 
 /// `INSERT` of `rows` rows of `columns` (`count` of them) into `table`.
@@ -236,7 +451,8 @@ fn bind_row(
     {
         stmt.raw_bind_parameter(at + 2 + i, text)?;
     }
-    stmt.raw_bind_parameter(at + 10, &hash[..])
+    stmt.raw_bind_parameter(at + 10, &hash[..])?;
+    stmt.raw_bind_parameter(at + 11, r.count)
 }
 
 /// Rows of one subject (or tool) at most this far apart share one run; a query scans at
@@ -283,6 +499,21 @@ fn seqs(first: i64, n: usize) -> impl ExactSizeIterator<Item = i64> {
 /// Append a batch in one transaction, extending the chain from `head`; the new head.
 pub fn append(
     conn: &mut Connection,
+    key: &HeadKey,
+    head: &(i64, String),
+    batch: &[Record],
+) -> Result<(i64, String), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let new_head = append_rows(&tx, key, head, batch)?;
+    tx.commit()?;
+    Ok(new_head)
+}
+
+/// Insert a batch's rows, their runs and the new (tagged) head inside the caller's
+/// transaction.
+fn append_rows(
+    tx: &Connection,
+    key: &HeadKey,
     head: &(i64, String),
     batch: &[Record],
 ) -> Result<(i64, String), StoreError> {
@@ -299,15 +530,14 @@ pub fn append(
         prev = hex_into(&hash);
         hashes.push(hash);
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     insert_grouped(
-        &tx,
+        tx,
         ("audit_log", COLUMNS, COLUMN_COUNT),
         batch.iter().zip(&hashes).zip(seqs(first_seq, batch.len())),
         |stmt, at, ((r, hash), seq)| bind_row(stmt, at, seq, r, hash),
     )?;
     insert_grouped(
-        &tx,
+        tx,
         ("audit_runs", RUN_COLUMNS, 4),
         runs(first_seq, batch),
         |stmt, at, (field, value, first, last)| {
@@ -321,9 +551,129 @@ pub fn append(
         Some(last) => (seq, hex(last)),
         None => head.clone(),
     };
-    tx.execute(SET_HEAD, params![new_head.0, new_head.1])?;
-    tx.commit()?;
+    let tag = key.tag(new_head.0, &new_head.1);
+    tx.execute(SET_HEAD, params![new_head.0, new_head.1, tag])?;
     Ok(new_head)
+}
+
+/// What a pruning pass removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// The first and last `seq` removed.
+    pub first: i64,
+    pub last: i64,
+    /// The chain head after the checkpoint row.
+    pub head: (i64, String),
+    /// Whether older rows remain for another pass.
+    pub more: bool,
+}
+
+/// The checkpoint row's reason: where the remaining chain starts, which `audit verify` reads
+/// back. The row is hashed like any other, so the checkpoint is part of the chain it anchors.
+const CHECKPOINT_PREFIX: &str = "checkpoint ";
+
+/// Remove the oldest rows written before `cutoff_ms` (at most `max_rows`, and only a prefix of
+/// the chain, so that what remains is one unbroken chain) with their runs, and append a
+/// checkpoint row (kind `audit`, decision `pruned`) naming the last removed row's seq and hash:
+/// the remaining chain verifies from there. One transaction; `None` if nothing was old enough.
+pub fn prune(
+    conn: &mut Connection,
+    key: &HeadKey,
+    head: &(i64, String),
+    cutoff_ms: i64,
+    now_ms: i64,
+    max_rows: i64,
+) -> Result<Option<Pruned>, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // The prefix older than the cutoff, read in seq order and no further than `max_rows` (no
+    // index on time is needed: the walk stops at the first newer row).
+    let (mut first, mut last): (Option<i64>, Option<(i64, Hash)>) = (None, None);
+    let mut stopped = false;
+    {
+        let mut stmt =
+            tx.prepare_cached("SELECT seq, ts_ms, hash FROM audit_log ORDER BY seq LIMIT ?1")?;
+        let mut rows = stmt.query([max_rows.saturating_add(1)])?;
+        let mut seen = 0i64;
+        while let Some(r) = rows.next()? {
+            let (seq, ts): (i64, i64) = (r.get(0)?, r.get(1)?);
+            if ts >= cutoff_ms || seen == max_rows {
+                stopped = ts >= cutoff_ms;
+                break;
+            }
+            let hash: Hash = r
+                .get_ref(2)?
+                .as_blob()
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or(StoreError::Corrupt("audit row hash"))?;
+            first.get_or_insert(seq);
+            last = Some((seq, hash));
+            seen += 1;
+        }
+    }
+    let (Some(first), Some((last_seq, last_hash))) = (first, last) else {
+        return Ok(None);
+    };
+    let more = !stopped && {
+        let next: Option<i64> = tx
+            .query_row(
+                "SELECT ts_ms FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [last_seq],
+                |r| r.get(0),
+            )
+            .optional()?;
+        next.is_some_and(|ts| ts < cutoff_ms)
+    };
+    tx.execute("DELETE FROM audit_log WHERE seq <= ?1", [last_seq])?;
+    tx.execute("DELETE FROM audit_runs WHERE last_seq <= ?1", [last_seq])?;
+    let checkpoint = Record {
+        ts_ms: now_ms,
+        kind: "audit".into(),
+        decision: "pruned".into(),
+        reason: format!(
+            "{CHECKPOINT_PREFIX}{last_seq} {}: rows {first}..={last_seq} were older than the retention",
+            hex(&last_hash)
+        ),
+        ..Default::default()
+    };
+    let head = append_rows(&tx, key, head, std::slice::from_ref(&checkpoint))?;
+    tx.commit()?;
+    Ok(Some(Pruned {
+        first,
+        last: last_seq,
+        head,
+        more,
+    }))
+}
+
+/// Where the stored chain starts: `(seq, hash)` of the last row removed, as the newest
+/// checkpoint row states it, or `(0, GENESIS)`. `Err(seq)` names a checkpoint row that does not
+/// state one.
+fn chain_start(conn: &Connection) -> Result<Result<(i64, HexHash), i64>, StoreError> {
+    let newest: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, reason FROM audit_log WHERE kind = 'audit' AND decision = 'pruned' \
+             ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((row, reason)) = newest else {
+        // GENESIS: 64 zeros.
+        return Ok(Ok((0, [b'0'; 64])));
+    };
+    let stated = reason
+        .strip_prefix(CHECKPOINT_PREFIX)
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(seq, rest)| {
+            let seq: i64 = seq.parse().ok()?;
+            let hash = rest.get(..64)?;
+            let lower_hex = hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            (seq > 0 && seq < row && lower_hex)
+                .then(|| hex_array(hash).map(|h| (seq, h)))
+                .flatten()
+        });
+    Ok(stated.ok_or(row))
 }
 
 /// The record of a row selected as `COLUMNS`.
@@ -338,6 +688,7 @@ fn record(r: &SqlRow<'_>) -> rusqlite::Result<Record> {
         reason: r.get(7)?,
         request_id: r.get(8)?,
         jti: r.get(9)?,
+        count: r.get(11)?,
     })
 }
 
@@ -431,6 +782,11 @@ pub enum ChainBreak {
     /// The chain is intact but row `seq` lies in no run of its subject or tool (`field`):
     /// queries by that field would not show it (runs were deleted or edited).
     Unfindable { seq: i64, field: &'static str },
+    /// Row `seq` is a pruning checkpoint that names no earlier row as where the chain starts.
+    Checkpoint(i64),
+    /// The chain and its head agree, but the head's tag is not the audit key's: the log was
+    /// rewritten by someone without the key (or the key is not this log's).
+    HeadTag { head: i64 },
 }
 
 impl std::fmt::Display for ChainBreak {
@@ -458,6 +814,15 @@ impl std::fmt::Display for ChainBreak {
                  (lookup rows were deleted or modified)",
                 if *field == "target" { "tool" } else { field }
             ),
+            Self::HeadTag { head } => write!(
+                f,
+                "the chain head (row {head}) is not tagged with the audit key: the log was rewritten \
+                 by someone without the key, or the key file is not this database's"
+            ),
+            Self::Checkpoint(seq) => write!(
+                f,
+                "row {seq} is a pruning checkpoint but does not name the last pruned row and its hash"
+            ),
             Self::HeadMismatch { last, head } => write!(
                 f,
                 "row {last} does not match the chain head (which records row {head}): the row or the head was modified"
@@ -466,13 +831,43 @@ impl std::fmt::Display for ChainBreak {
     }
 }
 
-/// Walk the whole chain; `Ok(rows checked)` or the first break.
-pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreError> {
+/// Walk the whole chain (from its checkpoint, if rows were pruned); `Ok(rows checked)` or the
+/// first break.
+///
+/// With `key`, the head's tag must be the key's too: without it, a writer of the database
+/// alone can rewrite the log and every hash after the change, and it still verifies.
+pub fn verify_chain(
+    conn: &Connection,
+    key: Option<&HeadKey>,
+) -> Result<Result<i64, ChainBreak>, StoreError> {
+    // One snapshot for every read below (the daemon may be writing): outside a transaction,
+    // each statement would see the log as of its own start.
+    let _snapshot = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction()?)
+    } else {
+        None
+    };
     let (head_seq, head_hash) = stored_head(conn)?;
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq"))?;
+    // A log not migrated yet (`audit verify` opens it read-only) has no counts: all were 1.
+    let has_count: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'count'",
+        [],
+        |r| r.get(0),
+    )?;
+    let columns = if has_count {
+        COLUMNS.to_string()
+    } else {
+        COLUMNS.replace(", count", ", 1")
+    };
+    // Rows older than the retention are gone; the newest checkpoint row says where the rest
+    // starts.
+    let (start, start_hash) = match chain_start(conn)? {
+        Ok(start) => start,
+        Err(row) => return Ok(Err(ChainBreak::Checkpoint(row))),
+    };
+    let mut stmt = conn.prepare(&format!("SELECT {columns} FROM audit_log ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
-    let genesis = hex_array(GENESIS).ok_or(StoreError::Corrupt("audit genesis"))?;
-    let (mut expected, mut prev) = (1i64, genesis);
+    let (mut expected, mut prev) = (start + 1, start_hash);
     let mut framed = Vec::with_capacity(512);
     while let Some(r) = rows.next()? {
         let (seq, record) = (r.get(0)?, record(r)?);
@@ -498,6 +893,7 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
         expected += 1;
     }
     let last = expected - 1;
+    let checked = last - start;
     if last < head_seq {
         return Ok(Err(ChainBreak::Truncated {
             last,
@@ -510,10 +906,30 @@ pub fn verify_chain(conn: &Connection) -> Result<Result<i64, ChainBreak>, StoreE
             head: head_seq,
         }));
     }
+    if let Some(key) = key {
+        // A log never tagged (no column: not migrated) has no tag to match either.
+        let has_tag: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
+            [],
+            |r| r.get(0),
+        )?;
+        let tag: String = if has_tag {
+            conn.query_row("SELECT tag FROM audit_head WHERE id = 1", [], |r| r.get(0))
+                .optional()?
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // An empty log with no head at all is a new one: nothing to tag yet.
+        let new_log = head_seq == 0 && last == 0 && tag.is_empty();
+        if !new_log && !key.verifies(head_seq, &head_hash, &tag) {
+            return Ok(Err(ChainBreak::HeadTag { head: head_seq }));
+        }
+    }
     if let Some(broken) = unfindable(conn)? {
         return Ok(Err(broken));
     }
-    Ok(Ok(last))
+    Ok(Ok(checked))
 }
 
 /// The first row that the runs of its subject or tool do not cover: for each row, the run of
@@ -559,9 +975,13 @@ fn unfindable(conn: &Connection) -> Result<Option<ChainBreak>, StoreError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    fn key() -> HeadKey {
+        HeadKey::new(b"unit-test-audit-key")
+    }
 
     #[test]
     fn decimal_matches_to_string() {
@@ -585,11 +1005,99 @@ mod tests {
             reason: "aud is sql".into(),
             request_id: "req-1".into(),
             jti: "jti-1".into(),
+            count: 1,
         };
         assert_eq!(
             hex(&chain_hash(GENESIS, 7, &r)),
             "d60407fbae8ea11b75512c34d88a97da0ec3f85a8ae9038a53f9da293365bc40"
         );
+        // A count other than 1 is one more framed field (same independent computation).
+        let counted = Record { count: 42, ..r };
+        assert_eq!(
+            hex(&chain_hash(GENESIS, 7, &counted)),
+            "4623ffe59fb004518d885d4370e4e434b102df04152e693058b28dec68177b43"
+        );
+    }
+
+    /// Pruning removes the oldest rows (a prefix, however the later rows' times go) and their
+    /// runs behind a checkpoint row; the rest verifies from the checkpoint, which is itself in
+    /// the chain: editing it or deleting it shows.
+    #[test]
+    fn pruning_keeps_the_rest_of_the_chain_verifiable() {
+        let (_dir, mut conn) = fresh();
+        let mut head = head(&conn).unwrap();
+        let rec = |ts_ms: i64, target: &str| Record {
+            ts_ms,
+            kind: "verify".into(),
+            decision: "allow".into(),
+            target: target.into(),
+            count: if ts_ms % 7 == 0 { 3 } else { 1 },
+            ..Default::default()
+        };
+        // Rows 1..=50 at t = 1..=50, row 51 newer, then rows older again.
+        let batch: Vec<Record> = (1..=50)
+            .map(|t| rec(t, "old"))
+            .chain([rec(1000, "new")])
+            .chain((52..=60).map(|t| rec(t, "late")))
+            .collect();
+        head = append(&mut conn, &key(), &head, &batch).unwrap();
+        assert_eq!(prune(&mut conn, &key(), &head, 1, 2000, 100).unwrap(), None);
+        // At most 20 rows a pass: more remain.
+        let first = prune(&mut conn, &key(), &head, 500, 2000, 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.first, first.last, first.more), (1, 20, true));
+        assert_eq!(first.head.0, 61);
+        head = first.head;
+        let second = prune(&mut conn, &key(), &head, 500, 2000, 100)
+            .unwrap()
+            .unwrap();
+        // Stops at the first row not older than the cutoff (51), even with older ones after.
+        assert_eq!((second.first, second.last, second.more), (21, 50, false));
+        head = second.head;
+        assert_eq!(head.0, 62);
+        // 51..=62 remain: 10 rows, 2 checkpoint rows.
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(12));
+        let runs: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM audit_runs WHERE value = 'old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(runs, 0);
+        let rows = query(
+            &conn,
+            &Query {
+                kind: "audit".into(),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows[0].record.reason.starts_with("checkpoint 50 "),
+            "{rows:?}"
+        );
+
+        // An edited checkpoint (another start) or a deleted one shows.
+        let path = conn.path().unwrap().to_string();
+        drop(conn);
+        for tamper in [
+            "UPDATE audit_log SET reason = replace(reason, 'checkpoint 50 ', 'checkpoint 49 ') WHERE seq = 62",
+            "UPDATE audit_log SET reason = 'checkpoint' WHERE seq = 62",
+            "DELETE FROM audit_log WHERE seq = 62",
+            "DELETE FROM audit_log WHERE seq IN (61, 62)",
+        ] {
+            let copy = tempfile::tempdir().unwrap();
+            let to = copy.path().join("t.db");
+            let c = Connection::open(&path).unwrap();
+            c.execute("VACUUM INTO ?1", [to.to_str().unwrap()]).unwrap();
+            let c = Connection::open(&to).unwrap();
+            c.execute_batch(tamper).unwrap();
+            assert!(verify_chain(&c, Some(&key())).unwrap().is_err(), "{tamper}");
+        }
     }
 
     /// A connection to a new database with the schema (the directory lives as long as the
@@ -633,10 +1141,10 @@ mod tests {
                 })
                 .collect();
             all.extend((head.0 + 1..).zip(batch.iter().cloned()));
-            head = append(&mut conn, &head, &batch).unwrap();
+            head = append(&mut conn, &key(), &head, &batch).unwrap();
         }
         // Every row lies in a run of its subject and of its tool.
-        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(n));
         let keys = [
             "rare", "agent-0", "agent-2", "nobody", "solo-260", "solo-289",
         ];
@@ -736,10 +1244,10 @@ mod tests {
                 expected.0 += 1;
                 expected.1 = hex(&chain_hash(&expected.1, expected.0, r));
             }
-            head = append(&mut conn, &head, &batch).unwrap();
+            head = append(&mut conn, &key(), &head, &batch).unwrap();
             assert_eq!(head, expected, "after a batch of {size}");
         }
-        assert_eq!(verify_chain(&conn).unwrap(), Ok(n));
+        assert_eq!(verify_chain(&conn, Some(&key())).unwrap(), Ok(n));
         let rows = query(
             &conn,
             &Query {

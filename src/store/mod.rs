@@ -19,7 +19,8 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
 /// place of its two indexes. 6: revocations unique per (format, issuer, value, source).
-pub const SCHEMA_VERSION: i64 = 6;
+/// 7: audit_log.count. 8: audit_head.tag.
+pub const SCHEMA_VERSION: i64 = 8;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -188,7 +189,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             )? > 0;
         if audit_v4 {
             // The move drops prev_hash; say now if the old chain was already broken.
-            match audit::verify_chain(&tx) {
+            match audit::verify_chain(&tx, None) {
                 Ok(Ok(_)) => {}
                 Ok(Err(broken)) => {
                     crate::log_warn!("the audit chain was broken before migrating it: {broken}")
@@ -211,11 +212,37 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if revocations_v5 {
             tx.execute_batch(REVOCATIONS_V5_MOVE)?;
         }
+        // Version 7: an audit log created before it has no count column (every row was one
+        // event, which the column's default says).
+        let has_count: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'count'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_count {
+            tx.execute_batch(AUDIT_V7_COUNT)?;
+        }
+        // Version 8: a head written before it has no tag; the audit writer tags it at start
+        // (the first start with an audit key).
+        let has_tag: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_tag {
+            tx.execute_batch(AUDIT_V8_TAG)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
     Ok(())
 }
+
+/// Version 6: the count of events an audit row stands for.
+const AUDIT_V7_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
+
+/// Version 7: the audit head's tag under the audit key.
+const AUDIT_V8_TAG: &str = "ALTER TABLE audit_head ADD COLUMN tag TEXT NOT NULL DEFAULT '';";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...
 const AUDIT_V4_ASIDE: &str = "ALTER TABLE audit_log RENAME TO audit_log_v4;";
@@ -305,7 +332,7 @@ mod tests {
             prev = hash;
         }
         // `audit verify` reads a log not migrated yet (it opens the database read-only).
-        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(3));
+        assert_eq!(audit::verify_chain(&conn, None).unwrap(), Ok(3));
         drop(conn);
 
         let (store, thread) = Store::open(&path).unwrap();
@@ -316,7 +343,7 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        assert_eq!(audit::verify_chain(&conn).unwrap(), Ok(3));
+        assert_eq!(audit::verify_chain(&conn, None).unwrap(), Ok(3));
         assert_eq!(audit::head(&conn).unwrap(), (3, prev.clone()));
         let by_subject = audit::query(
             &conn,

@@ -155,24 +155,25 @@ async fn finding_19_a_revocation_takes_a_whole_expires_in_and_lapses_by_the_year
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finding_19_the_audit_decision_filter_is_at_most_64_characters_not_bytes() {
+async fn finding_19_audit_text_filters_count_characters_not_bytes() {
     let d = Daemon::dev().await;
-    // 64 characters of two bytes each were refused as too long.
-    let wide = "é".repeat(64);
+    // 1024 characters of two bytes each were refused as too long (the document's maxLength
+    // counts characters). The decision filter is a closed list now (finding 18).
+    let wide = "é".repeat(1024);
     let encoded: String = wide.bytes().map(|b| format!("%{b:02X}")).collect();
     let (status, body) = d
-        .call(Method::GET, &format!("/v1/audit?decision={encoded}"), None)
+        .call(Method::GET, &format!("/v1/audit?subject={encoded}"), None)
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = d
         .call(
             Method::GET,
-            &format!("/v1/audit?decision={encoded}%C3%A9"),
+            &format!("/v1/audit?subject={encoded}%C3%A9"),
             None,
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error_description"], "decision is too long");
+    assert_eq!(body["error_description"], "subject is too long");
     d.stop().await;
 }
 

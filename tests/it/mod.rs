@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod discovery;
 mod exchange;
+mod findings_audit;
 mod findings_conn;
 mod findings_edge;
 mod findings_gateway;

@@ -124,6 +124,34 @@ fn finding_19_the_readme_api_table_names_every_documented_operation() {
 }
 
 /// Every `$ref` names something in this document.
+/// The `enum` of a component schema, as strings.
+fn enum_of(doc: &Value, schema: &str) -> Vec<String> {
+    let node = &doc["components"]["schemas"][schema];
+    let list = node.get("enum").or_else(|| node["anyOf"][0].get("enum"));
+    list.and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{schema} has no enum"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The audit filters' closed lists (finding 18) are the daemon's own: a value the document
+/// offers is one the daemon takes, and the other way round.
+#[test]
+fn finding_19_the_audit_vocabulary_is_the_daemons() {
+    use toolgate::store::audit::{DECISIONS, KINDS, REFUSAL_CODES};
+    let doc = document();
+    let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(enum_of(&doc, "AuditKind"), strings(KINDS));
+    assert_eq!(enum_of(&doc, "AuditDecision"), strings(DECISIONS));
+    let mut checks: Vec<String> = toolgate::verify::Check::ALL
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    checks.extend(strings(REFUSAL_CODES));
+    assert_eq!(enum_of(&doc, "AuditCheck"), checks);
+}
+
 fn refs_resolve(doc: &Value, node: &Value, at: &str) {
     match node {
         Value::Object(map) => {

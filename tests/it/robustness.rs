@@ -947,7 +947,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
-    let rows = match toolgate::store::audit::verify_chain(&conn).unwrap() {
+    let key = toolgate::audit::read_key_file(&toolgate::config::default_audit_key_path(&db))
+        .unwrap()
+        .expect("the audit key beside the database");
+    let rows = match toolgate::store::audit::verify_chain(&conn, Some(&key)).unwrap() {
         Ok(n) => n,
         Err(brk) => panic!("the audit chain is broken after SIGKILLs: {brk}"),
     };

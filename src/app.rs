@@ -188,6 +188,7 @@ impl App {
                 page_limit: config.audit_page_limit.clone(),
                 key,
                 key_created,
+                sync_every: None,
             },
         );
         if started.is_err() && key_created {

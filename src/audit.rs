@@ -76,6 +76,9 @@ pub struct Options {
     /// made at this start (then a head written before heads were tagged is tagged now).
     pub key: Option<HeadKey>,
     pub key_created: bool,
+    /// How old the last fsync may be before a batch nobody waits for is fsynced anyway
+    /// (`None`: 100 ms). Tests set it long, to see the idle sync whatever the machine's load.
+    pub sync_every: Option<Duration>,
 }
 
 /// Read the audit key file at `path`: `Ok(None)` if there is none. Its content is 64
@@ -183,6 +186,7 @@ impl Audit {
             default_pages,
             applied_pages: default_pages,
             full: true,
+            sync_every: options.sync_every.unwrap_or(SYNC_EVERY),
         };
         let thread = std::thread::Builder::new()
             .name("toolgate-audit".into())
@@ -426,6 +430,8 @@ struct Writer {
     applied_pages: u64,
     /// Whether the connection is at `synchronous = FULL`.
     full: bool,
+    /// See [`Options::sync_every`].
+    sync_every: Duration,
 }
 
 impl Writer {
@@ -483,7 +489,7 @@ impl Writer {
                     break;
                 }
             }
-            let durable = !waiters.is_empty() || synced_at.elapsed() >= SYNC_EVERY;
+            let durable = !waiters.is_empty() || synced_at.elapsed() >= self.sync_every;
             let committed = self.commit(&batch, durable, &mut waiters);
             if committed {
                 unsynced = !durable;
@@ -828,11 +834,17 @@ mod tests {
     /// that really writes (and so fsyncs under FULL); and again at shutdown.
     #[test]
     fn unsynced_batches_get_a_real_sync_when_idle() {
-        let (_dir, path, a, thread) = started();
-        // Batches 20 ms apart: after the first (fsynced), the next ones within 100 ms are not.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(Store::open(&path).unwrap());
+        // No batch is old enough to be fsynced for its age: each commits without one.
+        let options = Options {
+            sync_every: Some(Duration::from_secs(3600)),
+            ..enabled()
+        };
+        let (a, thread) = Audit::start(&path, options).unwrap();
         for i in 0..10 {
             a.record(rec(i)).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
         }
         // Wait for the idle sync itself; the bound only matters if it never comes.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -132,7 +132,8 @@ fn admin_route(method: &Method, path: &str) -> Option<&'static str> {
     );
     let p = path.trim_end_matches('/');
     if p == "/v1/mcp/tools" || p == "/v1/tools" || p.starts_with("/v1/tools/") {
-        if p.ends_with("/audit") {
+        // `/v1/tools/{tool_id}/audit` by its segments: a tool named `audit` is a tool.
+        if p.split('/').count() == 5 && p.ends_with("/audit") {
             return Some("GET /v1/tools/{tool_id}/audit");
         }
         return write.then_some("write /v1/tools");

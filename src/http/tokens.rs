@@ -347,10 +347,6 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
             .ok_or_else(|| ApiError::invalid_request("each decision must be an object"))?;
         let field = |k: &'static str| opt_string(d, k).map(|v| clip(&v.unwrap_or_default()));
         let tool_id = field("tool_id")?;
-        if !reportable_target(&tool_id) {
-            skipped += 1;
-            continue;
-        }
         let decision = field("decision")?;
         let check = field("check")?;
         let denial = match decision.as_str() {
@@ -371,15 +367,15 @@ pub(crate) async fn decisions(app: &App, req: Request<Incoming>, rid: &str) -> R
                     ApiError::invalid_request("micros must be a non-negative integer")
                 })?,
         };
+        let (subject, jti, reason) = (field("subject")?, field("jti")?, field("reason")?);
+        // What the gateway itself says is judged above (a malformed report is refused whole);
+        // the tool name came from its client, and is skipped alone.
+        if !reportable_target(&tool_id) {
+            skipped += 1;
+            continue;
+        }
         rows.push((
-            tool_id,
-            field("subject")?,
-            field("jti")?,
-            decision,
-            check,
-            field("reason")?,
-            denial,
-            micros,
+            tool_id, subject, jti, decision, check, reason, denial, micros,
         ));
     }
     app.audit_ready()

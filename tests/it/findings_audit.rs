@@ -649,3 +649,21 @@ async fn finding_16_a_writer_of_the_database_alone_cannot_rewrite_the_log() {
     let (code, said) = audit_verify_with(&clean.db_path, &moved);
     assert_eq!(code, 0, "{said}");
 }
+
+/// Review follow-up: the audit log names an admin call by its route's segments, so that a
+/// change to a tool named `audit` is not recorded as a read of some tool's audit rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_9_a_tool_named_audit_is_audited_as_a_tool() {
+    let d = Daemon::dev().await;
+    d.register("audit", RESOURCE).await;
+    let (s, body) = d.call(Method::DELETE, "/v1/tools/audit", None).await;
+    assert_eq!(s, 200, "{body}");
+    let rows = rows_when(&d, "kind=admin&limit=1000", 1).await;
+    let targets: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    assert!(targets.contains(&"write /v1/tools"), "{targets:?}");
+    assert!(
+        !targets.contains(&"GET /v1/tools/{tool_id}/audit"),
+        "{targets:?}"
+    );
+    d.stop().await;
+}

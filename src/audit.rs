@@ -72,8 +72,10 @@ pub struct Options {
     /// Tests only: the page limit (`PRAGMA max_page_count`) of the writer's connection, read
     /// before every write; 0 is SQLite's own. A low one is a full disk.
     pub page_limit: Option<Arc<AtomicU64>>,
-    /// The key that tags the chain head (required when enabled), and whether its file was
-    /// made at this start (then a head written before heads were tagged is tagged now).
+    /// The key that tags the chain head (required when enabled), and whether its file (or
+    /// the database) was made at this start: then an empty log gets its tagged genesis head,
+    /// and a head written before heads were tagged is tagged now. Otherwise a log without a
+    /// head has been emptied, and is refused.
     pub key: Option<HeadKey>,
     pub key_created: bool,
     /// How old the last fsync may be before a batch nobody waits for is fsynced anyway
@@ -156,7 +158,14 @@ impl Audit {
         let conn = open_connection(path)?;
         let head = log::head(&conn)?;
         match log::head_auth(&conn, &key)? {
-            HeadAuth::Empty | HeadAuth::Valid => {}
+            HeadAuth::Valid => {}
+            HeadAuth::Empty if options.key_created => log::tag_genesis(&conn, &key)?,
+            HeadAuth::Empty => {
+                crate::log_error!(
+                    "audit log: it has no head although its audit key exists: the log was emptied together with its head; run `toolgate audit verify`"
+                );
+                return Err(StoreError::Corrupt("audit head missing"));
+            }
             HeadAuth::Untagged if options.key_created => {
                 log::tag_head(&conn, &key)?;
                 crate::log_warn!(
@@ -672,12 +681,49 @@ mod tests {
         HeadKey::new(b"unit-test-audit-key")
     }
 
+    /// A restart: the key was there before.
     fn enabled() -> Options {
         Options {
             enabled: true,
             key: Some(key()),
             ..Default::default()
         }
+    }
+
+    /// A first start: the key file is made now.
+    fn fresh() -> Options {
+        Options {
+            key_created: true,
+            ..enabled()
+        }
+    }
+
+    /// A log emptied together with its head is not a new log: the empty log's head was tagged
+    /// when its key was made, so a restart with that key, and the chain check, refuse it.
+    #[test]
+    fn a_log_emptied_with_its_head_is_refused() {
+        let (_dir, path, a, thread) = started();
+        a.close();
+        thread.unwrap().join().unwrap();
+        let conn = open_connection(&path).unwrap();
+        // The empty log verifies, and so does a restart with its key.
+        assert_eq!(audit::verify_chain(&conn, Some(&key())).unwrap(), Ok(0));
+        let (a, thread) = Audit::start(&path, enabled()).unwrap();
+        for i in 0..10 {
+            a.record(rec(i)).unwrap();
+        }
+        a.close();
+        thread.unwrap().join().unwrap();
+        conn.execute_batch(
+            "DELETE FROM audit_log; DELETE FROM audit_runs; DELETE FROM audit_head;",
+        )
+        .unwrap();
+        let refused = Audit::start(&path, enabled()).map(|_| ()).unwrap_err();
+        assert_eq!(refused, StoreError::Corrupt("audit head missing"));
+        assert_eq!(
+            audit::verify_chain(&conn, Some(&key())).unwrap(),
+            Err(audit::ChainBreak::HeadTag { head: 0 })
+        );
     }
 
     /// The head is tagged with the key outside the database: a log rewritten consistently by
@@ -816,7 +862,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.db");
         drop(Store::open(&path).unwrap());
-        let (a, thread) = Audit::start(&path, enabled()).unwrap();
+        let (a, thread) = Audit::start(&path, fresh()).unwrap();
         (dir, path, a, thread)
     }
 
@@ -840,7 +886,7 @@ mod tests {
         // No batch is old enough to be fsynced for its age: each commits without one.
         let options = Options {
             sync_every: Some(Duration::from_secs(3600)),
-            ..enabled()
+            ..fresh()
         };
         let (a, thread) = Audit::start(&path, options).unwrap();
         for i in 0..10 {

@@ -347,6 +347,16 @@ pub fn tag_head(conn: &Connection, key: &HeadKey) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Record the empty log's head `(0, GENESIS)`, tagged, when its key is made: from then on a
+/// log with no head at all has been emptied, not just created.
+pub fn tag_genesis(conn: &Connection, key: &HeadKey) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO audit_head (id, seq, hash, tag) VALUES (1, 0, ?1, ?2)",
+        params![GENESIS, key.tag(0, GENESIS)],
+    )?;
+    Ok(())
+}
+
 /// The chain head to extend: the last appended (seq, hash), or (0, GENESIS). A head whose
 /// hash is not 64 lowercase hex digits (as the writer records it) is corrupt: the writer
 /// cannot extend it.
@@ -920,9 +930,9 @@ pub fn verify_chain(
         } else {
             String::new()
         };
-        // An empty log with no head at all is a new one: nothing to tag yet.
-        let new_log = head_seq == 0 && last == 0 && tag.is_empty();
-        if !new_log && !key.verifies(head_seq, &head_hash, &tag) {
+        // Even an empty log has a tagged head (its genesis) once its key exists: no head at
+        // all is a log emptied together with its head.
+        if !key.verifies(head_seq, &head_hash, &tag) {
             return Ok(Err(ChainBreak::HeadTag { head: head_seq }));
         }
     }

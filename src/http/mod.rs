@@ -110,18 +110,26 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response {
     resp
 }
 
-/// A request id unique within this process and unlikely to repeat across restarts.
-fn request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
+/// A random name for this process, unlikely to repeat across restarts.
+pub(crate) fn process_nonce() -> &'static str {
     use std::sync::OnceLock;
     static PREFIX: OnceLock<String> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(|| {
+    PREFIX.get_or_init(|| {
         crate::ids::random_id()
             .map(|id| id.chars().take(8).collect())
             .unwrap_or_else(|| "tg".into())
-    });
-    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    })
+}
+
+/// A request id unique within this process and unlikely to repeat across restarts.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        process_nonce(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Calls that need the admin token (API.md §0), named for the audit log.

@@ -415,8 +415,19 @@ pub(super) fn hash(app: &App, req: &Request<Incoming>) -> Result<Response> {
     Ok(json_response(
         StatusCode::OK,
         &json!({"hash": digest, "algorithm": crate::revocation::DIGEST_ALGORITHM, "count": count,
-                "generated_at": crate::clock::rfc3339(now), "unit_id": app.unit_id}),
+                "generation": generation(app), "generated_at": crate::clock::rfc3339(now),
+                "unit_id": app.unit_id}),
     ))
+}
+
+/// This process's name and how many times its revocation set was written: it moves on every
+/// change, even one whose digest cancels another's.
+fn generation(app: &App) -> String {
+    format!(
+        "{}-{}",
+        super::process_nonce(),
+        app.revocations.index().generation()
+    )
 }
 
 /// `GET /v1/federation/revocation-export`: the unexpired set, paged, with the digest of all.

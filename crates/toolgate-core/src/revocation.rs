@@ -6,6 +6,7 @@ use ring::digest::{digest, SHA256};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockWriteGuard};
 
 /// How a revoked thing is named. Subjects follow RFC 9493 formats; `spiffe` IDs are kept as
@@ -224,6 +225,35 @@ impl Identity<'_> {
 #[derive(Default)]
 pub struct RevocationIndex {
     entries: RwLock<Entries>,
+    /// Counts the writes: a change the digest cannot show (two changes whose digests cancel)
+    /// still moves it.
+    generation: AtomicU64,
+}
+
+/// Exclusive access to the entries; the generation moves when it is dropped, after the
+/// changes made through it, before the lock is released.
+pub struct IndexWrite<'a> {
+    entries: RwLockWriteGuard<'a, Entries>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for IndexWrite<'_> {
+    type Target = Entries;
+    fn deref(&self) -> &Entries {
+        &self.entries
+    }
+}
+
+impl std::ops::DerefMut for IndexWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Entries {
+        &mut self.entries
+    }
+}
+
+impl Drop for IndexWrite<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for RevocationIndex {
@@ -287,12 +317,26 @@ impl RevocationIndex {
     pub fn from_entries(entries: Entries) -> Self {
         Self {
             entries: RwLock::new(entries),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// Exclusive access for a batch of changes that must land together.
-    pub fn write(&self) -> Result<RwLockWriteGuard<'_, Entries>, IndexUnavailable> {
-        self.entries.write().map_err(|_| IndexUnavailable)
+    /// Exclusive access for a batch of changes that must land together; the
+    /// [`generation`](Self::generation) moves once they have.
+    pub fn write(&self) -> Result<IndexWrite<'_>, IndexUnavailable> {
+        let entries = self.entries.write().map_err(|_| IndexUnavailable)?;
+        Ok(IndexWrite {
+            entries,
+            generation: &self.generation,
+        })
+    }
+
+    /// How many times the set was written since this index was made. The digest is a XOR, so
+    /// changes can be chosen to cancel in it (a transmitter revoking names of its own to hide
+    /// another's revocation from guards); a guard that also compares this number downloads
+    /// the export after every write.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Replace the whole set (a guard's sync): `(key, expires_at or i64::MAX)`. A name revoked
@@ -305,7 +349,7 @@ impl RevocationIndex {
         for (k, exp) in all {
             revoke_until(&mut fresh, k, exp);
         }
-        let mut entries = self.entries.write().map_err(|_| IndexUnavailable)?;
+        let mut entries = self.write()?;
         *entries = fresh;
         Ok(())
     }
@@ -320,6 +364,56 @@ mod tests {
         let index = RevocationIndex::default();
         index.replace(entries.iter().copied()).unwrap();
         index
+    }
+
+    /// Names can be chosen so that their digests cancel: 129 of them always hold a subset whose
+    /// XOR is zero (found here by elimination over GF(2)), so revoking that subset leaves the
+    /// digest as it was. The generation moves all the same, and a guard compares both.
+    #[test]
+    fn the_generation_moves_where_the_digest_cancels() {
+        let names: Vec<Key> = (0..129)
+            .map(|i| key(Format::Opaque, "", &format!("attacker-{i}")))
+            .collect();
+        // Each basis vector with the set of names (a bit mask over 129) that makes it.
+        let mut basis: Vec<(u128, Vec<bool>)> = Vec::new();
+        let mut subset = None;
+        for (i, k) in names.iter().enumerate() {
+            let mut v = entry_digest(*k, i64::MAX);
+            let mut used: Vec<bool> = (0..names.len()).map(|j| j == i).collect();
+            for (b, b_used) in &basis {
+                if v ^ b < v {
+                    v ^= b;
+                    for (u, x) in used.iter_mut().zip(b_used) {
+                        *u ^= x;
+                    }
+                }
+            }
+            if v == 0 {
+                subset = Some(used);
+                break;
+            }
+            basis.push((v, used));
+            basis.sort_by_key(|b| std::cmp::Reverse(b.0));
+        }
+        let subset = subset.unwrap();
+        let index = RevocationIndex::default();
+        let (before, g0) = (index.digest(0).unwrap(), index.generation());
+        index
+            .replace(
+                names
+                    .iter()
+                    .zip(&subset)
+                    .filter(|(_, used)| **used)
+                    .map(|(k, _)| (*k, i64::MAX)),
+            )
+            .unwrap();
+        let after = index.digest(0).unwrap();
+        assert_eq!(after.0, before.0, "the chosen names cancel in the digest");
+        assert!(after.1 > 0);
+        assert_ne!(index.generation(), g0);
+        let g1 = index.generation();
+        drop(index.write().unwrap());
+        assert_eq!(index.generation(), g1 + 1);
     }
 
     #[test]

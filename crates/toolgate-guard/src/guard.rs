@@ -633,11 +633,10 @@ impl Guard {
     /// Poll the digest; fetch the export only when it changed. A success marks the copy current.
     async fn refresh_revocations(&self) -> Result<(), GuardError> {
         let digest = self.get("/v1/federation/revocation-hash").await?;
-        let hash = digest
-            .get("hash")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        // The digest and the write counter: digests of chosen changes can cancel (the digest
+        // is a XOR), the counter moves on every write.
+        let field = |name: &str| digest.get(name).and_then(Value::as_str).unwrap_or_default();
+        let hash = format!("{} {}", field("hash"), field("generation"));
         let known = self.digest.read().map(|d| d.clone()).unwrap_or_default();
         if hash != known {
             let mut entries: Vec<(Key, i64)> = Vec::new();

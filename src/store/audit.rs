@@ -859,11 +859,7 @@ pub fn verify_chain(
     };
     let (head_seq, head_hash) = stored_head(conn)?;
     // A log not migrated yet (`audit verify` opens it read-only) has no counts: all were 1.
-    let has_count: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'count'",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_count = super::has_column(conn, "audit_log", "count")?;
     let columns = if has_count {
         COLUMNS.to_string()
     } else {
@@ -918,11 +914,7 @@ pub fn verify_chain(
     }
     if let Some(key) = key {
         // A log never tagged (no column: not migrated) has no tag to match either.
-        let has_tag: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
-            [],
-            |r| r.get(0),
-        )?;
+        let has_tag = super::has_column(conn, "audit_head", "tag")?;
         let tag: String = if has_tag {
             conn.query_row("SELECT tag FROM audit_head WHERE id = 1", [], |r| r.get(0))
                 .optional()?
@@ -947,11 +939,7 @@ pub fn verify_chain(
 fn unfindable(conn: &Connection) -> Result<Option<ChainBreak>, StoreError> {
     // A log in the version 4 layout (not migrated yet) has indexes, not runs. Told by its
     // columns rather than by user_version, which an editor could lower to skip this check.
-    let v4_layout: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'prev_hash'",
-        [],
-        |r| r.get(0),
-    )?;
+    let v4_layout = super::has_column(conn, "audit_log", "prev_hash")?;
     if v4_layout {
         return Ok(None);
     }

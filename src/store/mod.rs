@@ -214,21 +214,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         }
         // Version 7: an audit log created before it has no count column (every row was one
         // event, which the column's default says).
-        let has_count: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('audit_log') WHERE name = 'count'",
-            [],
-            |r| r.get(0),
-        )?;
+        let has_count = has_column(&tx, "audit_log", "count")?;
         if !has_count {
             tx.execute_batch(AUDIT_V7_COUNT)?;
         }
         // Version 8: a head written before it has no tag; the audit writer tags it at start
         // (the first start with an audit key).
-        let has_tag: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('audit_head') WHERE name = 'tag'",
-            [],
-            |r| r.get(0),
-        )?;
+        let has_tag = has_column(&tx, "audit_head", "tag")?;
         if !has_tag {
             tx.execute_batch(AUDIT_V8_TAG)?;
         }
@@ -238,10 +230,20 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Version 6: the count of events an audit row stands for.
+/// Whether `table` has a column named `column` (a layout told by its columns, not by
+/// `user_version`, which an editor of the file could change).
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?)
+}
+
+/// Version 7: the count of events an audit row stands for.
 const AUDIT_V7_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
 
-/// Version 7: the audit head's tag under the audit key.
+/// Version 8: the audit head's tag under the audit key.
 const AUDIT_V8_TAG: &str = "ALTER TABLE audit_head ADD COLUMN tag TEXT NOT NULL DEFAULT '';";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...

@@ -276,13 +276,7 @@ impl App {
     /// queued: the caller refuses the request (shed load, never drop the record).
     pub fn record(&self, event: &'static str, record: Record) -> Result<(), AuditError> {
         // The audit filters accept only this vocabulary: a row outside it could not be found.
-        debug_assert!(
-            store::audit::in_vocabulary(&record),
-            "audit row outside the vocabulary: {} {} {}",
-            record.kind,
-            record.decision,
-            record.check
-        );
+        debug_assert_in_vocabulary(&record);
         // Nobody watching the stream: no copies to make.
         let live = (self.events.clients() > 0).then(|| LiveEvent::of(event, &record));
         self.audit
@@ -308,13 +302,7 @@ impl App {
         let Some(peer) = peer else {
             return self.record(event, record);
         };
-        debug_assert!(
-            store::audit::in_vocabulary(&record),
-            "audit row outside the vocabulary: {} {} {}",
-            record.kind,
-            record.decision,
-            record.check
-        );
+        debug_assert_in_vocabulary(&record);
         // A counted repeat writes nothing now, but is refused like any audited request when
         // the log cannot be written.
         if self.audit.failed() {
@@ -350,13 +338,7 @@ impl App {
         event: &'static str,
         record: Record,
     ) -> Result<(), AuditError> {
-        debug_assert!(
-            store::audit::in_vocabulary(&record),
-            "audit row outside the vocabulary: {} {} {}",
-            record.kind,
-            record.decision,
-            record.check
-        );
+        debug_assert_in_vocabulary(&record);
         let live = LiveEvent::of(event, &record);
         self.audit
             .record_durable(record)
@@ -458,6 +440,17 @@ fn issuer_host(issuer: &str) -> String {
     } else {
         host
     }
+}
+
+/// Debug builds: every audit row uses the filters' vocabulary (what `/v1/audit` can select).
+fn debug_assert_in_vocabulary(record: &Record) {
+    debug_assert!(
+        store::audit::in_vocabulary(record),
+        "audit row outside the vocabulary: {} {} {}",
+        record.kind,
+        record.decision,
+        record.check
+    );
 }
 
 #[cfg(test)]

@@ -143,8 +143,6 @@ impl App {
             crate::secret_file::ensure_private(std::path::Path::new(&file), "database file")
                 .map_err(OpenError::Refused)?;
         }
-        // A database made now starts a new log, whatever audit key file is already there.
-        let new_database = !config.db_path.exists();
         let (store, db_thread) = Store::open(&config.db_path)?;
         let now = clock.now();
         let issuer = config
@@ -189,7 +187,7 @@ impl App {
                     .map(|d| i64::from(d).saturating_mul(86_400_000)),
                 page_limit: config.audit_page_limit.clone(),
                 key,
-                key_created: key_created || new_database,
+                key_created,
                 sync_every: None,
             },
         );

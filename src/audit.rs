@@ -72,8 +72,9 @@ pub struct Options {
     /// Tests only: the page limit (`PRAGMA max_page_count`) of the writer's connection, read
     /// before every write; 0 is SQLite's own. A low one is a full disk.
     pub page_limit: Option<Arc<AtomicU64>>,
-    /// The key that tags the chain head (required when enabled), and whether its file (or
-    /// the database) was made at this start: then an empty log gets its tagged genesis head,
+    /// The key that tags the chain head (required when enabled), and whether its file was made
+    /// at this start (a new database alone is not enough: deleting the database file must not
+    /// pass for a new log under the old key): then an empty log gets its tagged genesis head,
     /// and a head written before heads were tagged is tagged now. Otherwise a log without a
     /// head has been emptied, and is refused.
     pub key: Option<HeadKey>,
@@ -162,7 +163,7 @@ impl Audit {
             HeadAuth::Empty if options.key_created => log::tag_genesis(&conn, &key)?,
             HeadAuth::Empty => {
                 crate::log_error!(
-                    "audit log: it has no head although its audit key exists: the log was emptied together with its head; run `toolgate audit verify`"
+                    "audit log: it has no head although its audit key exists: the log was emptied together with its head (or the database was deleted without its key); run `toolgate audit verify`. Only if this database is meant to start a new log, move the old audit key file away first"
                 );
                 return Err(StoreError::Corrupt("audit head missing"));
             }
@@ -724,6 +725,26 @@ mod tests {
             audit::verify_chain(&conn, Some(&key())).unwrap(),
             Err(audit::ChainBreak::HeadTag { head: 0 })
         );
+    }
+
+    /// Deleting the database file (the log with it) does not make a new log under the old key:
+    /// a fresh database beside an existing key is refused until the key is moved away.
+    #[test]
+    fn a_deleted_database_beside_its_key_is_refused() {
+        let (dir, path, a, thread) = started();
+        a.record(rec(1)).unwrap();
+        a.close();
+        thread.unwrap().join().unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("a.db{suffix}")));
+        }
+        drop(Store::open(&path).unwrap());
+        let refused = Audit::start(&path, enabled()).map(|_| ()).unwrap_err();
+        assert_eq!(refused, StoreError::Corrupt("audit head missing"));
+        // With a new key (the old one moved away) it is a new log.
+        let (a, thread) = Audit::start(&path, fresh()).unwrap();
+        a.close();
+        thread.unwrap().join().unwrap();
     }
 
     /// The head is tagged with the key outside the database: a log rewritten consistently by

@@ -667,3 +667,29 @@ async fn finding_9_a_tool_named_audit_is_audited_as_a_tool() {
     );
     d.stop().await;
 }
+
+/// Review follow-up (finding 16): deleting the database file does not make a new log under the
+/// old audit key; the start is refused until the key is moved away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_16_a_deleted_database_beside_its_key_does_not_start_a_new_log() {
+    let d = Daemon::dev().await;
+    d.register("search", RESOURCE).await;
+    let mut config = d.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let clock = d.clock.clone();
+    let db = d.db_path();
+    let _dir = d.dir.clone();
+    d.stop().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = db.clone().into_os_string();
+        f.push(suffix);
+        let _ = std::fs::remove_file(f);
+    }
+    match toolgate::server::start(config, clock, std::future::pending()).await {
+        Err(e) => assert!(e.to_string().contains("audit"), "{e}"),
+        Ok(running) => {
+            running.stop().await.unwrap();
+            panic!("a deleted database started a new log under the old audit key");
+        }
+    }
+}

@@ -90,6 +90,7 @@ pub mod claims;
 pub mod clock;
 pub mod ids;
 pub mod jose;
+pub mod mtls;
 pub mod oauth;
 pub mod registry;
 pub mod resource;

@@ -145,10 +145,14 @@ impl App {
         }
         let (store, db_thread) = Store::open(&config.db_path)?;
         let now = clock.now();
-        let issuer = config
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"));
+        let issuer = config.issuer.clone().unwrap_or_else(|| {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{bound}")
+        });
         let tools = store.call_blocking(|c| store::tools::all(c))?;
         // Registration refuses it, but the default issuer follows `--listen`: a tool registered
         // under one address can hold the issuer of another. Its tokens would be agent tokens.

@@ -78,6 +78,27 @@ struct GatewayCmd {
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
     )]
     admin_token_file: Option<PathBuf>,
+    /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// the TLS certificate's private key (PEM, owner-only); reloaded on SIGHUP
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
+    /// ask TLS clients for a certificate from these CAs (PEM; repeatable)
+    #[argh(option)]
+    client_ca: Vec<PathBuf>,
+    /// with --client-ca: "optional" (default) or "required" (the handshake fails without one)
+    #[argh(option)]
+    client_auth: Option<String>,
+    /// read the client certificate (URL-encoded PEM) from this header, sent by a TLS-terminating proxy; refused from anyone but a --trusted-proxy
+    #[argh(option)]
+    client_cert_header: Option<String>,
+    /// the IP address of a TLS-terminating proxy whose --client-cert-header is read (repeatable)
+    #[argh(option)]
+    trusted_proxy: Vec<String>,
+    /// allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy on a trusted network)
+    #[argh(switch)]
+    insecure_plaintext: bool,
 }
 
 /// The audit log: tail it, or verify its hash chain.
@@ -299,6 +320,42 @@ struct ServeCmd {
     /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
     #[argh(option)]
     config: Option<PathBuf>,
+    /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+    /// the TLS certificate's private key (PEM, owner-only); reloaded on SIGHUP
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
+    /// ask TLS clients for a certificate from these CAs (PEM; repeatable)
+    #[argh(option)]
+    client_ca: Vec<PathBuf>,
+    /// with --client-ca: "optional" (default) or "required" (the handshake fails without one)
+    #[argh(option)]
+    client_auth: Option<String>,
+    /// read the client certificate (URL-encoded PEM) from this header, sent by a TLS-terminating proxy; refused from anyone but a --trusted-proxy
+    #[argh(option)]
+    client_cert_header: Option<String>,
+    /// the IP address of a TLS-terminating proxy whose --client-cert-header is read (repeatable)
+    #[argh(option)]
+    trusted_proxy: Vec<String>,
+    /// allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy on a trusted network)
+    #[argh(switch)]
+    insecure_plaintext: bool,
+}
+
+/// The TLS flags of a `serve` or `gateway` command line.
+macro_rules! tls_flags {
+    ($cmd:expr) => {
+        toolgate::config::TlsFlags {
+            tls_cert: $cmd.tls_cert,
+            tls_key: $cmd.tls_key,
+            client_ca: $cmd.client_ca,
+            client_auth: $cmd.client_auth,
+            client_cert_header: $cmd.client_cert_header,
+            trusted_proxies: $cmd.trusted_proxy,
+            insecure_plaintext: $cmd.insecure_plaintext,
+        }
+    };
 }
 
 /// Options shared by the client subcommands.
@@ -682,6 +739,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
         allowed_hosts: s.allowed_host,
         allowed_origins: s.allowed_origin,
         config: s.config,
+        tls: tls_flags!(s),
     };
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,
@@ -694,6 +752,11 @@ async fn serve(s: ServeCmd) -> ExitCode {
         log_warn!("DEV MODE: unsigned stub subject tokens and any audience are accepted, admin calls need no token. Never expose this listener.");
     }
     let db = config.db_path.display().to_string();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     match toolgate::server::start(
         config,
         Arc::new(SystemClock),
@@ -703,7 +766,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
     {
         Ok(running) => {
             log_info!(
-                "toolgate {} listening on http://{} (database {db})",
+                "toolgate {} listening on {scheme}://{} (database {db})",
                 toolgate::app::VERSION,
                 running.addr
             );
@@ -750,7 +813,14 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .map(|t| t.trim().to_string()),
     };
-    let public = g.public_url.unwrap_or_else(|| format!("http://{listen}"));
+    let tls = match tls_flags!(g).validate(listen, true) {
+        Ok(tls) => tls,
+        Err(e) => return usage(&e.0),
+    };
+    let scheme = if tls.tls.is_some() { "https" } else { "http" };
+    let public = g
+        .public_url
+        .unwrap_or_else(|| format!("{scheme}://{listen}"));
     let cfg = toolgate::gateway::GatewayConfig {
         listen,
         upstream: g.upstream,
@@ -760,6 +830,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         max_batch: g.max_batch,
         allowed_origins: g.allowed_origin,
         metrics_path: g.metrics_path,
+        tls,
         guard: toolgate::guard::GuardConfig {
             toolgate: g.toolgate,
             admin_token,

@@ -117,6 +117,13 @@ pub struct Config {
     pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// TLS on the listener (`--tls-cert`, `--tls-key`, `--client-ca`, `--client-auth`).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `--client-cert-header`: the header a TLS-terminating proxy forwards the client
+    /// certificate in, read only from `trusted_proxies`.
+    pub client_cert_header: Option<http::HeaderName>,
+    /// `--trusted-proxy` addresses.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The flags of `toolgate serve`, before validation.
@@ -135,6 +142,105 @@ pub struct ServeFlags {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub config: Option<PathBuf>,
+    pub tls: TlsFlags,
+}
+
+/// The TLS flags `toolgate serve` and `toolgate gateway` share, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFlags {
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Vec<PathBuf>,
+    pub client_auth: Option<String>,
+    pub client_cert_header: Option<String>,
+    pub trusted_proxies: Vec<String>,
+    pub insecure_plaintext: bool,
+}
+
+/// A listener's validated TLS and proxy settings.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerTls {
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub client_cert_header: Option<http::HeaderName>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl TlsFlags {
+    /// Check the flags for a listener on `listen`; `production` refuses plain HTTP on a
+    /// non-loopback address unless `--insecure-plaintext` says so.
+    pub fn validate(
+        &self,
+        listen: SocketAddr,
+        production: bool,
+    ) -> Result<ListenerTls, ConfigError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_cas: self.client_ca.clone(),
+                client_auth: match &self.client_auth {
+                    Some(word) => word.parse().map_err(ConfigError)?,
+                    None => crate::tls::ClientAuth::Optional,
+                },
+            }),
+            (None, None) => None,
+            _ => return Err(err("--tls-cert and --tls-key go together")),
+        };
+        if tls.is_none() && (!self.client_ca.is_empty() || self.client_auth.is_some()) {
+            return Err(err(
+                "--client-ca and --client-auth need TLS on the listener (--tls-cert, --tls-key)",
+            ));
+        }
+        if self.client_auth.is_some() && self.client_ca.is_empty() {
+            return Err(err(
+                "--client-auth needs --client-ca: the CAs client certificates must chain to",
+            ));
+        }
+        if tls.is_some() && self.insecure_plaintext {
+            return Err(err(
+                "--insecure-plaintext and --tls-cert contradict each other",
+            ));
+        }
+        if production && tls.is_none() && !listen.ip().is_loopback() && !self.insecure_plaintext {
+            return Err(err(format!(
+                "refusing plain HTTP on the non-loopback address {listen}: bearer tokens, the \
+                 admin secret and the JWKS would cross the network in clear text, readable and \
+                 replaceable by anyone on the path. Give --tls-cert and --tls-key; only behind \
+                 a TLS-terminating proxy on a network you trust, --insecure-plaintext"
+            )));
+        }
+        let client_cert_header = match &self.client_cert_header {
+            None => None,
+            Some(name) => Some(http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                err(format!(
+                    "--client-cert-header {name:?} is not a header name"
+                ))
+            })?),
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in &self.trusted_proxies {
+            trusted_proxies.push(
+                p.parse()
+                    .map_err(|_| err(format!("--trusted-proxy {p:?} is not an IP address")))?,
+            );
+        }
+        match (&client_cert_header, trusted_proxies.is_empty()) {
+            (Some(_), true) => {
+                return Err(err(
+                    "--client-cert-header needs --trusted-proxy: the header is read only from the proxies named",
+                ))
+            }
+            (None, false) => {
+                return Err(err("--trusted-proxy is only for --client-cert-header"))
+            }
+            _ => {}
+        }
+        Ok(ListenerTls {
+            tls,
+            client_cert_header,
+            trusted_proxies,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,6 +314,9 @@ impl Config {
             header_read_timeout: Duration::from_secs(10),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            client_cert_header: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -231,8 +340,12 @@ impl Config {
                 "--dev refuses a non-loopback --listen address: dev mode accepts unsigned tokens",
             ));
         }
+        let listener = flags.tls.validate(listen, !flags.dev)?;
         let mut cfg = Self::for_test(flags.db.as_deref().unwrap_or(Path::new(DEFAULT_DB)));
         cfg.listen = listen;
+        cfg.tls = listener.tls;
+        cfg.client_cert_header = listener.client_cert_header;
+        cfg.trusted_proxies = listener.trusted_proxies;
         cfg.dev = flags.dev;
 
         if let Some(path) = &flags.config {

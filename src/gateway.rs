@@ -62,6 +62,8 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Where the gateway answers its own Prometheus metrics (never forwarded); `None`: nowhere.
     pub metrics_path: Option<String>,
+    /// TLS on the gateway's listener, and the proxy header a client certificate may come in.
+    pub tls: crate::config::ListenerTls,
 }
 
 /// The gateway's own counters (its decisions are counted by toolgate, from its reports).
@@ -616,6 +618,10 @@ pub async fn serve(
     cfg: GatewayConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let tls = match &cfg.tls.tls {
+        Some(files) => Some(crate::tls::TlsServer::load(files.clone())?),
+        None => None,
+    };
     let upstream: Uri = cfg
         .upstream
         .parse()
@@ -663,7 +669,12 @@ pub async fn serve(
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     crate::log_info!(
-        "toolgate gateway on http://{} -> {} (resource {}, mcp path {})",
+        "toolgate gateway on {}://{} -> {} (resource {}, mcp path {})",
+        if cfg.tls.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         listener
             .local_addr()
             .map(|a| a.to_string())
@@ -692,7 +703,18 @@ pub async fn serve(
         let gw = gateway.clone();
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
     };
-    crate::server::accept_loop(listener, &limits, shutdown, handler, || {}).await;
+    let reloader = tls
+        .clone()
+        .map(|tls| tokio::spawn(crate::server::reload_on_hangup(tls)));
+    let transport = crate::server::Transport {
+        tls,
+        client_cert_header: cfg.tls.client_cert_header.clone(),
+        trusted_proxies: cfg.tls.trusted_proxies.clone(),
+    };
+    crate::server::accept_loop(listener, &limits, &transport, shutdown, handler, || {}).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     // Give the reporter a moment to deliver what is queued.
     let _ = tokio::time::timeout(Duration::from_secs(5), reporter_task).await;
     Ok(())

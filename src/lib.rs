@@ -32,6 +32,7 @@ pub mod secret_file;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod tls;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -47,6 +47,7 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    tls: Option<Arc<crate::tls::TlsServer>>,
 }
 
 impl Running {
@@ -56,6 +57,14 @@ impl Running {
             let _ = stop.send(());
         }
         self.task.await.map_err(|_| ServeError::Join)?
+    }
+
+    /// Re-read the TLS files now, as `SIGHUP` does; `Err` says why the old ones stay.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Err("the listener has no TLS".into()),
+        }
     }
 
     /// Wait for the server to end by itself (a shutdown signal).
@@ -70,6 +79,13 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServeError> {
+    // TLS files are read before anything else: a bad one stops the start, and nothing binds.
+    let tls = match &config.tls {
+        Some(files) => {
+            Some(crate::tls::TlsServer::load(files.clone()).map_err(ServeError::Refused)?)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(ServeError::Bind)?;
@@ -84,10 +100,12 @@ pub async fn start(
         })?;
     let app = Arc::new(app);
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
+    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
     let counter = tokio::spawn(flush_refusals(Arc::downgrade(&app)));
     // Held until the last counted refusals are written at shutdown.
     let last_flush = app.clone();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let listener_tls = tls.clone();
     let task = tokio::spawn(async move {
         let signal = async move {
             tokio::select! {
@@ -96,7 +114,15 @@ pub async fn start(
             }
         };
         let (audit, events) = (app.audit.clone(), app.events.clone());
-        let finished = serve(listener, app, &config, signal, &events).await;
+        let transport = Transport {
+            tls: listener_tls,
+            client_cert_header: config.client_cert_header.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+        };
+        let finished = serve(listener, app, &config, &transport, signal, &events).await;
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         pruner.abort();
         let _ = pruner.await;
         counter.abort();
@@ -128,7 +154,34 @@ pub async fn start(
         addr,
         stop: Some(stop_tx),
         task,
+        tls,
     })
+}
+
+/// Reload the listener's TLS files on every `SIGHUP`, for as long as the listener lives. A
+/// file that does not load leaves the old set-up in place, and the log says why.
+pub async fn reload_on_hangup(tls: Arc<crate::tls::TlsServer>) {
+    #[cfg(unix)]
+    {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let Ok(mut hangup) = hangup else {
+            crate::log_warn!("TLS: cannot watch for SIGHUP; certificates reload only on restart");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            reload_tls(&tls);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
+}
+
+/// Reload now, logging the outcome.
+pub fn reload_tls(tls: &crate::tls::TlsServer) {
+    match tls.reload() {
+        Ok(()) => crate::log_info!("TLS: certificates reloaded"),
+        Err(why) => crate::log_warn!("TLS: reload failed, the previous certificates stay: {why}"),
+    }
 }
 
 /// Serve until `shutdown`; whether every connection finished within the grace period.
@@ -136,6 +189,7 @@ async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     config: &Config,
+    transport: &Transport,
     shutdown: impl Future<Output = ()>,
     events: &crate::events::Hub,
 ) -> bool {
@@ -151,7 +205,10 @@ async fn serve(
         async move { Ok::<_, Infallible>(crate::http::handle(app, req).await) }
     };
     // Event streams never end by themselves: end them so their connections can finish.
-    accept_loop(listener, &limits, shutdown, handler, || events.close()).await
+    accept_loop(listener, &limits, transport, shutdown, handler, || {
+        events.close()
+    })
+    .await
 }
 
 /// Connection limits shared by the daemon and the gateway.
@@ -302,13 +359,79 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteWatchdog<S
     }
 }
 
+/// How a listener's connections are secured, and where a request's client certificate comes
+/// from: the TLS handshake, or (from a trusted proxy only) a header.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// TLS on every connection; `None` is plain HTTP.
+    pub tls: Option<Arc<crate::tls::TlsServer>>,
+    /// `--client-cert-header`: where a TLS-terminating proxy puts the client's certificate
+    /// (URL-encoded PEM). Read only on connections from `trusted_proxies`; anyone else sending
+    /// it is refused.
+    pub client_cert_header: Option<http::HeaderName>,
+    /// `--trusted-proxy` addresses.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Transport {
+    /// The request's client certificate: from the header on a trusted proxy's connection (the
+    /// proxy's own certificate is not the client's), else the handshake's; `Err` refuses the
+    /// request.
+    fn client_certificate<B>(
+        &self,
+        req: &http::Request<B>,
+        peer: std::net::IpAddr,
+        handshake: Option<&toolgate_core::mtls::ClientCertificate>,
+    ) -> Result<Option<toolgate_core::mtls::ClientCertificate>, String> {
+        let Some(name) = &self.client_cert_header else {
+            return Ok(handshake.cloned());
+        };
+        let mut values = req.headers().get_all(name).iter();
+        let (first, second) = (values.next(), values.next());
+        if !self.trusted_proxies.contains(&peer) {
+            return match first {
+                Some(_) => Err(format!(
+                    "the {name} header is accepted only from a trusted proxy"
+                )),
+                None => Ok(handshake.cloned()),
+            };
+        }
+        match (first, second) {
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("the {name} header is repeated")),
+            (Some(value), None) => crate::tls::certificate_from_header(value.as_bytes())
+                .map(Some)
+                .map_err(|why| format!("the {name} header {why}")),
+        }
+    }
+}
+
+/// A 400 for a request the transport refuses, in the REST error form.
+fn transport_refusal<B>(
+    why: &str,
+) -> http::Response<http_body_util::Either<B, http_body_util::Full<hyper::body::Bytes>>> {
+    let body = serde_json::json!({"error": "invalid_request", "error_description": why});
+    let mut resp = http::Response::new(http_body_util::Either::Right(http_body_util::Full::new(
+        hyper::body::Bytes::from(body.to_string()),
+    )));
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// Accept HTTP/1.1 connections until `shutdown`, each served by `handler`: at most
 /// `max_connections` at once (the rest wait in the kernel's backlog) and `max_per_peer` from
-/// one address (more are closed at once), heads capped and timed, writes watched for progress.
-/// Then `on_shutdown`, and a graceful wait; whether every connection finished in time.
+/// one address (more are closed at once), TLS handshakes and heads timed, heads capped, writes
+/// watched for progress. Every request carries its peer's address and, when there is one, its
+/// client certificate ([`Transport`]) in its extensions. Then `on_shutdown`, and a graceful
+/// wait; whether every connection finished in time.
 pub async fn accept_loop<H, F, B>(
     listener: TcpListener,
     limits: &Limits,
+    transport: &Transport,
     shutdown: impl Future<Output = ()>,
     handler: H,
     on_shutdown: impl FnOnce(),
@@ -316,8 +439,7 @@ pub async fn accept_loop<H, F, B>(
 where
     H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -328,6 +450,7 @@ where
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_header_size(MAX_HEAD_BYTES);
+    let transport = Arc::new(transport.clone());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -351,15 +474,16 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteWatchdog::new(stream, limits.write_timeout));
-        let handler = handler.clone();
-        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(crate::http::Peer(peer.ip()));
-            handler(req)
-        });
-        let conn = graceful.watch(http.serve_connection(io, service));
+        let conn = Connection {
+            handler: handler.clone(),
+            transport: transport.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+            peer: peer.ip(),
+            limits: *limits,
+        };
         tokio::spawn(async move {
-            let _ = conn.await;
+            conn.serve(stream).await;
             drop(peer_slot);
             drop(permit);
         });
@@ -373,6 +497,77 @@ where
             crate::log_warn!("shutdown: some connections did not finish in time");
             false
         }
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection<H> {
+    handler: H,
+    transport: Arc<Transport>,
+    http: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::IpAddr,
+    limits: Limits,
+}
+
+impl<H> Connection<H> {
+    /// The TLS handshake when the listener has TLS (timed like a request head; a failure
+    /// closes the connection), then HTTP until either side ends it.
+    async fn serve<F, B>(self, stream: tokio::net::TcpStream)
+    where
+        H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+        B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(tls) = &self.transport.tls else {
+            return self.http(stream, None).await;
+        };
+        let Some(acceptor) = tls.acceptor() else {
+            return;
+        };
+        let handshake =
+            tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
+        // A failed or slow handshake just closes the connection: the client's TLS stack names
+        // the cause, and a scanner cannot fill the log.
+        if let Ok(Ok(stream)) = handshake.await {
+            let cert = crate::tls::peer_certificate(stream.get_ref().1);
+            self.http(stream, cert).await;
+        }
+    }
+
+    async fn http<S, F, B>(self, stream: S, cert: Option<toolgate_core::mtls::ClientCertificate>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+        B: hyper::body::Body<Data = hyper::body::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let io = TokioIo::new(WriteWatchdog::new(stream, self.limits.write_timeout));
+        let (handler, transport, peer) = (self.handler, self.transport, self.peer);
+        let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            let verdict = transport.client_certificate(&req, peer, cert.as_ref());
+            let handler = handler.clone();
+            async move {
+                match verdict {
+                    Err(why) => Ok(transport_refusal(&why)),
+                    Ok(cert) => {
+                        req.extensions_mut().insert(crate::http::Peer(peer));
+                        if let Some(cert) = cert {
+                            req.extensions_mut().insert(cert);
+                        }
+                        handler(req)
+                            .await
+                            .map(|resp| resp.map(http_body_util::Either::Left))
+                    }
+                }
+            }
+        });
+        let _ = self
+            .watcher
+            .watch(self.http.serve_connection(io, service))
+            .await;
     }
 }
 

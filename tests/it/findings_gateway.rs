@@ -105,6 +105,7 @@ async fn config(
         max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
         allowed_origins: Vec::new(),
         metrics_path: Some("/gateway-metrics".into()),
+        tls: Default::default(),
     };
     (listener, cfg)
 }

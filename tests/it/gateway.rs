@@ -429,6 +429,7 @@ impl Env {
             max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
             allowed_origins: Vec::new(),
             metrics_path: None,
+            tls: Default::default(),
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now()));
         let guard = Guard::connect(cfg.guard.clone(), clock.clone())

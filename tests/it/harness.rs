@@ -47,8 +47,13 @@ impl Daemon {
         let running = server::start(config.clone(), clock.clone(), std::future::pending())
             .await
             .unwrap();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Daemon {
-            url: format!("http://{}", running.addr),
+            url: format!("{scheme}://{}", running.addr),
             clock,
             config,
             dir,
@@ -69,6 +74,11 @@ impl Daemon {
         config.issuer = Some(format!("http://{addr}"));
         config.listen = addr;
         Self::boot(config, self.clock.clone(), self.dir.clone()).await
+    }
+
+    /// Re-read the TLS files, as `SIGHUP` does.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        self.running.as_ref().unwrap().reload_tls()
     }
 
     pub async fn stop(mut self) {
@@ -196,6 +206,35 @@ where
     }
 }
 
+/// A plain-HTTP GET with the given headers (repeats allowed): the status and the JSON body.
+pub async fn get_with_headers(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let authority = url.strip_prefix("http://").unwrap();
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (mut sender, driver) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(driver);
+    let mut req = http::Request::get(path).header("host", authority);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(
+            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     toolgate::jose::b64::encode(bytes)
 }
@@ -281,7 +320,11 @@ impl Served {
                 if let Some(tx) = &ready {
                     seen.push_str(&line);
                     seen.push('\n');
-                    if let Some(rest) = line.split_once(" listening on http://").map(|(_, r)| r) {
+                    let rest = line
+                        .split_once(" listening on http://")
+                        .or_else(|| line.split_once(" listening on https://"))
+                        .map(|(_, r)| r);
+                    if let Some(rest) = rest {
                         let addr = rest.split(' ').next().unwrap_or_default().to_string();
                         let _ = tx.send(Ok(addr));
                         ready = None;

@@ -1,4 +1,5 @@
 pub mod harness;
+pub mod pki;
 
 mod attacks;
 mod bad_input;
@@ -22,5 +23,6 @@ mod pipeline;
 mod production;
 mod robustness;
 mod signals;
+mod tls;
 mod tools;
 mod verify;

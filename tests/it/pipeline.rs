@@ -126,6 +126,7 @@ async fn gateway(daemon: &Daemon, upstream: &str) -> Gateway {
         max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
         allowed_origins: Vec::new(),
         metrics_path: None,
+        tls: Default::default(),
     };
     // The gateway decides on the daemon's (manual) clock, as one machine's gateway would.
     let clock: Arc<dyn Clock> = daemon.clock.clone();

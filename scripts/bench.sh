@@ -23,6 +23,10 @@
 #   20000 distinct tokens (200; the signature cache holds 4096, so each call pays one ES256
 #   check) · exchange, dev stub (200) · verify denial, wrong audience (403) · GET /hello/x and
 #   POST /mcp tools/call on bare_hello directly and through `toolgate gateway` (200).
+# TLS cases (new binary only; the certificates come from `toolgate dev-certs`): verify, one
+# token repeated, over TLS with keep-alive (beside the same over plain HTTP: aim ≥ 0.8×) · POST
+# /mcp tools/call through a gateway that listens with TLS · full and resumed TLS handshakes per
+# second (`openssl s_time -new` / `-reuse`, no request sent) with the server CPU per handshake.
 # Tokens are minted right before the run that uses them (they live 300 s). Each row gets
 # requests/s, p50, p99 and the server's CPU time per response (user + system of the server
 # process from /proc/PID/stat; gateway rows add the toolgate that the gateway reports its
@@ -110,11 +114,12 @@ if ! command -v wrk >/dev/null 2>&1; then
         sudo apt-get update -qq && sudo apt-get install -y -qq wrk
     fi
 fi
-for tool in wrk curl git base64; do
+for tool in wrk curl git base64 openssl; do
     command -v "$tool" >/dev/null 2>&1 || fail "$tool not available"
 done
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/toolgate-bench.XXXXXX")"
+CERTS="$TMP/certs"
 PIDS=()
 WORKTREE=""
 cleanup() {
@@ -215,8 +220,8 @@ start_server() {
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
     for (( i = 0; i < 300; i++ )); do
-        if [[ "$(<"$logf")" =~ \ on\ http://(127\.0\.0\.1:[0-9]+) ]]; then
-            STARTED_URL="http://${BASH_REMATCH[1]}"
+        if [[ "$(<"$logf")" =~ \ on\ (https?)://(127\.0\.0\.1:[0-9]+) ]]; then
+            STARTED_URL="${BASH_REMATCH[1]}://${BASH_REMATCH[2]}"
             return 0
         fi
         kill -0 "$STARTED_PID" 2>/dev/null || break
@@ -233,6 +238,7 @@ http() {
     local args=(-s -o "$TMP/http.body" -w '%{http_code}' -X "$method")
     [[ -z $bearer ]] || args+=(-H "Authorization: Bearer $bearer")
     [[ -z $body ]] || args+=(-H 'Content-Type: application/json' --data-binary "@$body")
+    [[ $url != https://* ]] || args+=(--cacert "$CERTS/ca.pem")
     code="$(curl "${args[@]}" "$url")" || fail "$method $url: curl failed"
     [[ $code == "$expect" ]] || fail "$method $url: HTTP $code, expected $expect: $(head -c 300 "$TMP/http.body")"
     cat "$TMP/http.body"
@@ -241,7 +247,7 @@ http() {
 wait_http() {
     local i
     for (( i = 0; i < 100; i++ )); do
-        curl -sf -o /dev/null "$1" && return 0
+        curl -sf -o /dev/null ${CERTS:+--cacert "$CERTS/ca.pem"} "$1" 2>/dev/null && return 0
         sleep 0.1
     done
     fail "$1 does not answer"
@@ -308,13 +314,35 @@ for side in "${SIDES[@]}"; do
     log "$side: toolgate ${TG[$side]}, gateway ${GW[$side]} -> bare_hello $BARE"
 done
 
+# The TLS side: the new binary behind its own throw-away CA.
+"$NEW_BIN" dev-certs "$CERTS" >/dev/null
+start_server "$TMP/toolgate-tls.log" "$NEW_BIN" serve --dev --listen 127.0.0.1:0 --db "$TMP/tls.db" \
+    --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server.key"
+TLS_TG="$STARTED_URL"
+TLS_TG_PID="$STARTED_PID"
+[[ $TLS_TG == https://* ]] || fail "the TLS toolgate does not say https"
+wait_http "$TLS_TG/v1/sys/health"
+http POST "$TLS_TG/v1/mcp/tools" 201 "" <(printf '{"tool_id":"code-search","resource_uri":"%s"}' "$CS_RES") >/dev/null
+http POST "$TLS_TG/v1/mcp/tools" 201 "" \
+    <(printf '{"tool_id":"bench-tool","resource_uri":"%s","server_id":"bench-server"}' "$GW_TOOL_RES") >/dev/null
+# The TLS gateway reports to the plain new toolgate (its clients' TLS is not what is measured).
+start_server "$TMP/gateway-tls.log" "$NEW_BIN" gateway --toolgate "${TG[new]}" --listen 127.0.0.1:0 \
+    --upstream "$BARE" --server-id bench-server --resource "$GW_RES" \
+    --tls-cert "$CERTS/server.pem" --tls-key "$CERTS/server.key"
+TLS_GW="$STARTED_URL"
+TLS_GW_PID="$STARTED_PID"
+wait_http "$TLS_GW/.well-known/oauth-protected-resource"
+http POST "$TLS_GW/mcp" 200 "$(token "${TG[new]}" bench-tool)" "$TMP/mcp-call.json" >/dev/null
+log "TLS: toolgate $TLS_TG, gateway $TLS_GW"
+
 # quiesce: wait until the audit queue of every toolgate is empty (GET /v1/stats), so that no
 # run pays for the last one's log and a run's CPU time includes writing its own rows.
 quiesce() {
     local side body i
-    for side in "${SIDES[@]}"; do
+    for side in "${SIDES[@]}" tls; do
+        local url="${TG[$side]:-$TLS_TG}"
         for (( i = 0; ; i++ )); do
-            body="$(http GET "${TG[$side]}/v1/stats" 200)"
+            body="$(http GET "$url/v1/stats" 200)"
             [[ $body =~ \"queue_depth\":([0-9]+) ]] || break # a toolgate without the figure
             (( BASH_REMATCH[1] == 0 )) && break
             (( i < 1200 )) || fail "the audit queue of $side did not drain"
@@ -411,6 +439,51 @@ case_on() {
     esac
 }
 
+# handshakes KIND: `openssl s_time` against the TLS toolgate for SECS seconds, full (-new) or
+# resumed (-reuse) handshakes, no request; records handshakes/s and server CPU µs per handshake.
+handshakes() {
+    local kind="$1" flag="-new" out="$TMP/s_time.out" cpu0 cpu1 n t0 t1 ms
+    [[ $kind == full ]] || flag="-reuse"
+    cpu0="$(cpu_ms "$TLS_TG_PID")"
+    t0="$(date +%s%N)"
+    openssl s_time -connect "${TLS_TG#https://}" -CAfile "$CERTS/ca.pem" "$flag" -time "$SECS" >"$out" 2>&1 \
+        || { cat "$out" >&2; fail "openssl s_time $flag failed"; }
+    t1="$(date +%s%N)"
+    cpu1="$(cpu_ms "$TLS_TG_PID")"
+    # "1234 connections in 2.00s; ..." (that time is s_time's own CPU): the count, over the wall
+    # time measured here.
+    [[ "$(<"$out")" =~ ([0-9]+)\ connections\ in\ [0-9.]+s ]] \
+        || { cat "$out" >&2; fail "cannot read openssl s_time's output"; }
+    n="${BASH_REMATCH[1]}"
+    ms=$(( (t1 - t0) / 1000000 ))
+    (( n > 0 && ms > 0 )) || fail "no TLS handshakes ($kind)"
+    RPS["hs_$kind,new"]+="$(( n * 1000 / ms )) "
+    CPU["hs_$kind,new"]+="$(( (cpu1 - cpu0) * 1000 / n )) "
+    log "TLS handshakes, $kind: $(( n * 1000 / ms ))/s, $(( (cpu1 - cpu0) * 1000 / n )) µs server CPU each"
+}
+
+# One TLS case (new binary only).
+tls_case() {
+    local tok
+    case "$1" in
+        tls_repeat)
+            tok="$(token "$TLS_TG" code-search)"
+            printf '{"token":"%s","tool_id":"code-search"}' "$tok" >"$TMP/verify-tls.json"
+            http POST "$TLS_TG/v1/mcp/verify" 200 "" "$TMP/verify-tls.json" >/dev/null
+            run tls_repeat new "$TLS_TG/v1/mcp/verify" 200 "$TLS_TG_PID" BENCH_METHOD=POST BENCH_BODY_FILE="$TMP/verify-tls.json"
+            ;;
+        tls_gw_post)
+            tok="$(token "${TG[new]}" bench-tool)"
+            run tls_gw_post new "$TLS_GW/mcp" 200 "$TLS_GW_PID ${TG_PID[new]}" BENCH_BEARER="$tok" \
+                BENCH_METHOD=POST BENCH_BODY_FILE="$TMP/mcp-call.json"
+            ;;
+        hs_full) handshakes full ;;
+        hs_resumed) handshakes resumed ;;
+        *) fail "unknown TLS case $1" ;;
+    esac
+}
+TLS_CASES=(tls_repeat tls_gw_post hs_full hs_resumed)
+
 CASES=(bare repeat distinct exchange deny direct_get gw_get direct_post gw_post)
 declare -A LABEL=(
     [bare]="bare hyper GET / (ceiling)"
@@ -422,7 +495,12 @@ declare -A LABEL=(
     [gw_get]="gateway: GET /hello/x, bearer token (200)"
     [direct_post]="direct: bare_hello POST /mcp tools/call (200)"
     [gw_post]="gateway: POST /mcp tools/call (200)"
+    [tls_repeat]="verify over TLS, keep-alive, repeated token (200)"
+    [tls_gw_post]="gateway over TLS: POST /mcp tools/call (200)"
+    [hs_full]="full handshakes (-new)"
+    [hs_resumed]="resumed handshakes (-reuse)"
 )
+declare -A tls_plain
 for (( r = 1; r <= ROUNDS; r++ )); do
     order=("${SIDES[@]}")
     (( r % 2 )) || order=(new old)
@@ -436,8 +514,9 @@ for (( r = 1; r <= ROUNDS; r++ )); do
             *) for side in "${order[@]}"; do case_on "$case" "$side"; done ;;
         esac
     done
+    for case in "${TLS_CASES[@]}"; do tls_case "$case"; done
 done
-for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}"; do
+for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}" "$TLS_TG_PID" "$TLS_GW_PID"; do
     kill -0 "$pid" 2>/dev/null || fail "a server died during the run (pid $pid)"
 done
 WALL=$(( SECONDS - T_START ))
@@ -495,6 +574,21 @@ verdict() { if (( $1 )); then echo PASS; else echo FAIL; fi; }
         printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$case]}" "$(or_dash "$o")" "$n" "$no" \
             "$(ratio "$n" "$BARE_RPS")" "$(pair CPU "$case" ' → ')" "$(pair P50 "$case" ' / ')" "$(pair P99 "$case" ' / ')"
     done
+    printf '\n## TLS (new binary only)\n\n'
+    printf '| case | req/s | ÷ the same over plain HTTP | server CPU µs/response | p50 µs | p99 µs |\n'
+    printf '|---|---:|---:|---:|---:|---:|\n'
+    tls_plain=([tls_repeat]=repeat [tls_gw_post]=gw_post)
+    for case in tls_repeat tls_gw_post; do
+        printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$case]}" "$(med RPS "$case,new")" \
+            "$(ratio "$(med RPS "$case,new")" "$(med RPS "${tls_plain[$case]},new")")" \
+            "$(med CPU "$case,new")" "$(med P50 "$case,new")" "$(med P99 "$case,new")"
+    done
+    printf '\n| TLS handshakes (`openssl s_time`, one client, no request) | per second | server CPU µs per handshake |\n|---|---:|---:|\n'
+    for case in hs_full hs_resumed; do
+        printf '| %s | %s | %s |\n' "${LABEL[$case]}" "$(med RPS "$case,new")" "$(med CPU "$case,new")"
+    done
+    tls_ratio="$(ratio "$(med RPS tls_repeat,new)" "$(med RPS repeat,new)")"
+    AIMS+=("verify over TLS with keep-alive ÷ the same over plain HTTP: $tls_ratio — aim ≥ 0.80: $(verdict "$(( $(hundredths "$tls_ratio") >= 80 ))")")
     printf '\n## Aims (measurements on a shared machine: printed, never enforced)\n\n'
     for a in "${AIMS[@]}"; do printf -- '- %s\n' "$a"; done
     for side in "${SIDES[@]}"; do

@@ -187,3 +187,26 @@ fn percent_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Arbitrary bytes as a client certificate's DER through the SAN reader and the SPIFFE ID
+/// grammar: must never panic; every URI read is a slice of the input, and a SPIFFE ID that
+/// parses writes back as exactly its input (round-trip oracle).
+pub fn x509_san(data: &[u8]) {
+    if let Ok(uris) = crate::spiffe::uri_sans(data) {
+        for uri in uris {
+            assert!(data
+                .windows(uri.len().max(1))
+                .any(|w| uri.is_empty() || w == uri.as_bytes()));
+            if let Ok(id) = crate::spiffe::SpiffeId::parse(uri) {
+                assert_eq!(id.uri(), uri);
+                assert!(id.wimse_subject().starts_with("wimse://"));
+            }
+        }
+    }
+    let _ = crate::spiffe::spiffe_id(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(id) = crate::spiffe::SpiffeId::parse(text) {
+            assert_eq!(id.uri(), text);
+        }
+    }
+}

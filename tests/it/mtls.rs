@@ -622,3 +622,120 @@ mod over_tls {
         );
     }
 }
+
+/// A stolen certificate-bound token is no bearer token: through the gateway (plain HTTP, so no
+/// client certificate on the connection) it is refused with the RFC 6750 challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() {
+    use std::time::Duration;
+    use toolgate::gateway::GatewayConfig;
+    use toolgate::guard::{Guard, GuardConfig};
+    let (d, key) = daemon_with_key().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    let gw = format!("http://{listen}");
+    let cfg = GatewayConfig {
+        listen,
+        // Never reached: every request here is refused.
+        upstream: d.url.clone(),
+        guard: GuardConfig {
+            toolgate: d.url.clone(),
+            admin_token: Some(ADMIN.into()),
+            resource: "https://mcp.example.com/tools".into(),
+            server_id: None,
+            public_url: gw.clone(),
+            max_staleness: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
+            leeway: 60,
+            max_batch: 64,
+        },
+        mcp_path: "/mcp".into(),
+        routes: vec![
+            ("/api/deploy".into(), "deploy".into()),
+            ("/api/search".into(), "search".into()),
+        ],
+        max_connections: 16,
+        max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
+        allowed_origins: Vec::new(),
+        metrics_path: None,
+    };
+    let guard = Guard::connect(cfg.guard.clone(), d.clock.clone())
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(toolgate::gateway::serve(listener, guard, cfg, async move {
+        let _ = stopped.await;
+    }));
+    let ca = Ca::new("prod CA");
+    let mine = ca.client(&[AGENT]);
+    let authority = listen.to_string();
+    // One raw HTTP/1.1 request: the status, the challenge and the JSON body.
+    let call = |token: String, path: &'static str| {
+        let authority = authority.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let challenge = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("www-authenticate")
+                        .then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            (
+                status,
+                challenge,
+                serde_json::from_str::<Value>(body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for (token, path) in [
+        (
+            mint(
+                &d,
+                &key,
+                BOUND,
+                Some(json!({"x5t#S256": mine.thumbprint()})),
+            ),
+            "/api/deploy",
+        ),
+        (
+            mint(
+                &d,
+                &key,
+                PLAIN,
+                Some(json!({"x5t#S256": mine.thumbprint()})),
+            ),
+            "/api/search",
+        ),
+        (mint(&d, &key, BOUND, None), "/api/deploy"),
+    ] {
+        let (status, challenge, body) = call(token, path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(body["check"], "mtls");
+        assert_eq!(body["error_description"], "certificate binding mismatch");
+        assert!(
+            challenge.starts_with(
+                "Bearer error=\"invalid_token\", error_description=\"certificate binding mismatch\""
+            ),
+            "{challenge}"
+        );
+        assert!(
+            !challenge.contains(&mine.thumbprint())
+                && !body.to_string().contains(&mine.thumbprint())
+        );
+    }
+    let _ = stop.send(());
+    d.stop().await;
+}

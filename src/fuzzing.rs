@@ -210,3 +210,46 @@ pub fn x509_san(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The seeds are certificates made by OpenSSL (not rcgen, which the integration tests use).
+    #[test]
+    fn the_fuzz_oracle_holds_on_the_seed_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/x509_san");
+        let seed = |n: &str| std::fs::read(format!("{dir}/{n}")).unwrap();
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            x509_san(&std::fs::read(entry.unwrap().path()).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds >= 4);
+        let one = seed("seed-0");
+        assert_eq!(
+            crate::spiffe::uri_sans(&one).unwrap(),
+            vec!["spiffe://dev.local/ns/demo/sa/agent-1"]
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&one).unwrap().wimse_subject(),
+            "wimse://dev.local/ns/demo/sa/agent-1"
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&seed("seed-1")),
+            Err(crate::spiffe::SvidError::SeveralSpiffeIds)
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&seed("seed-2")),
+            Err(crate::spiffe::SvidError::NoSpiffeId)
+        );
+        // Cut anywhere, a certificate is no longer one.
+        for cut in 0..one.len() {
+            assert!(
+                crate::spiffe::uri_sans(one.get(..cut).unwrap()).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+}

@@ -580,31 +580,67 @@ async fn metadata_advertises_certificate_bound_tokens() {
 /// until `harness::start_tls` exists (see the report of branch `tls-bind`).
 #[cfg(any())]
 mod over_tls {
+    //! Needs from the harness: `start_tls(tweak) -> Daemon` (the real server with a TLS
+    //! listener: a server certificate for 127.0.0.1, client auth optional, the handshake's roots
+    //! including every `trusted_client_cas` CA), `Daemon::client_with_cert(leaf DER, key PKCS#8
+    //! DER) -> Daemon-like client over https` and `Daemon::gateway_tls()` (a gateway whose
+    //! listener inserts the verified `ClientCertificate`), each answering `(status, body)`.
     use super::*;
+
+    impl Ca {
+        /// A client certificate and its private key (PKCS#8 DER), for a TLS client.
+        fn client_with_key(&self, uris: &[&str]) -> (Vec<u8>, Vec<u8>) {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.subject_alt_names = uris
+                .iter()
+                .map(|u| SanType::URI((*u).try_into().unwrap()))
+                .collect();
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+            (cert.der().to_vec(), key.serialize_der())
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bound_token_is_refused_over_another_certificate_and_as_a_bearer_token() {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("prod CA");
-        // start_tls(config tweak) -> TlsDaemon { url (https), client(cert: Option<(der chain, key der)>) }
-        let d =
-            start_tls(|c| c.trusted_client_cas = vec![ca.trusted_for(dir.path(), "prod.example")])
-                .await;
+        let trusted = ca.trusted_for(dir.path(), "prod.example");
+        let d = start_tls(|c| {
+            c.dev = true;
+            c.trusted_client_cas = vec![trusted];
+        })
+        .await;
         let (mine, mine_key) = ca.client_with_key(&[AGENT]);
         let (other, other_key) = ca.client_with_key(&[AGENT]);
-        d.call(
-            Method::POST,
-            "/v1/tools",
-            Some(json!({"tool_id": "deploy", "resource_uri": BOUND, "sender_constraint": "mtls"})),
-        )
-        .await;
-        let with_mine = d.client_with_cert(&mine, &mine_key);
+        let tool = json!({"tool_id": "deploy", "resource_uri": BOUND, "sender_constraint": "mtls"});
+        assert_eq!(d.call(Method::POST, "/v1/tools", Some(tool)).await.0, 201);
+        // Exchange over mutual TLS: the SVID is the credential and the token is bound to it.
         let body = json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": BOUND});
-        let (status, resp) = with_mine.exchange(body.clone()).await;
+        let (status, resp) = d
+            .client_with_cert(&mine, &mine_key)
+            .exchange(body.clone())
+            .await;
         assert_eq!(status, 200, "{resp}");
         let token = resp["access_token"].as_str().unwrap().to_string();
-        assert_eq!(claims_of(&token)["cnf"]["x5t#S256"], mine.thumbprint());
-        // Through a guard/gateway behind TLS: right cert 200, other cert 401, no cert 401.
+        assert_eq!(
+            claims_of(&token)["sub"],
+            "wimse://prod.example/ns/demo/sa/agent-1"
+        );
+        assert_eq!(
+            claims_of(&token)["cnf"]["x5t#S256"],
+            toolgate::mtls::x5t_s256(&mine)
+        );
+        // A stub subject over TLS without a client certificate: invalid_request.
+        let (status, resp) = d
+            .exchange(exchange_body(&stub(json!({"sub": "a"})), BOUND))
+            .await;
+        assert_eq!(
+            (status, resp["error"].as_str()),
+            (400, Some("invalid_request"))
+        );
+        // Through a gateway behind TLS: the right certificate 200, another 401, none 401.
         let gw = d.gateway_tls().await;
         assert_eq!(gw.call_with(&token, Some((&mine, &mine_key))).await.0, 200);
         assert_eq!(
@@ -612,13 +648,22 @@ mod over_tls {
             401
         );
         assert_eq!(gw.call_with(&token, None).await.0, 401);
-        // An untrusted CA's certificate: refused at exchange (invalid_grant).
-        let rogue = Ca::new("rogue");
-        let (r, rk) = rogue.client_with_key(&[AGENT]);
-        let (status, resp) = d.client_with_cert(&r, &rk).exchange(body).await;
+        // A CA the listener trusts that is configured for another trust domain: invalid_grant.
+        let staging = Ca::new("staging CA");
+        let d2 = start_tls(|c| {
+            c.dev = true;
+            c.trusted_client_cas = vec![
+                ca.trusted_for(dir.path(), "prod.example"),
+                staging.trusted_for(dir.path(), "staging.example"),
+            ];
+        })
+        .await;
+        let (claims_prod, key) = staging.client_with_key(&[AGENT]);
+        let (status, resp) = d2.client_with_cert(&claims_prod, &key).exchange(body).await;
         assert_eq!(
             (status, resp["error"].as_str()),
-            (400, Some("invalid_grant"))
+            (400, Some("invalid_grant")),
+            "{resp}"
         );
     }
 }

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS tools (
     allowed_targets       TEXT NOT NULL DEFAULT '[]',
     protocols             TEXT NOT NULL DEFAULT '["mcp"]',
     registered_at         TEXT NOT NULL,
-    updated_at            TEXT NOT NULL
+    updated_at            TEXT NOT NULL,
+    -- '' (a bearer token will do) or 'mtls' (RFC 8705 certificate-bound tokens); version 9.
+    sender_constraint     TEXT NOT NULL DEFAULT ''
 ) STRICT;
 
 CREATE INDEX IF NOT EXISTS tools_by_resource ON tools (resource_uri);

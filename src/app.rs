@@ -32,6 +32,11 @@ pub struct App {
     /// The names a request's `Host` may carry, and the origins allowed to change state.
     pub hosts: crate::hosts::Allowed,
     pub trusted_issuers: Vec<TrustedIssuer>,
+    /// CAs whose client certificates are SPIFFE credentials at exchange.
+    pub trusted_client_cas: Vec<crate::config::TrustedClientCa>,
+    /// The listener asks clients for certificates (mutual TLS), so the token endpoint can bind
+    /// tokens: RFC 8414 metadata then names it in `mtls_endpoint_aliases`.
+    pub client_auth: bool,
     pub transmitters: Vec<Transmitter>,
     /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
     pub revocation_ttl: Option<i64>,
@@ -242,6 +247,10 @@ impl App {
             open_reads: config.dev || config.open_reads,
             hosts,
             trusted_issuers: config.trusted_issuers.clone(),
+            trusted_client_cas: config.trusted_client_cas.clone(),
+            // Trusted client CAs are among the listener's client-auth roots.
+            client_auth: !config.trusted_client_cas.is_empty()
+                || config.tls.as_ref().is_some_and(|t| !t.client_cas.is_empty()),
             transmitters: config.transmitters.clone(),
             revocation_ttl: config.revocation_ttl,
             unit_id,

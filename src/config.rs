@@ -58,6 +58,50 @@ pub struct TrustedIssuer {
     pub trust_domain: String,
 }
 
+/// A CA whose client certificates name workloads of one SPIFFE trust domain: an exchange with
+/// `subject_token_type` `urn:starfly:token-type:mtls` trusts a SPIFFE ID of `trust_domain`
+/// only when the client's chain verifies to one of these certificates. The listener's TLS
+/// handshake trusts them too ([`TrustedClientCa::certificates`]).
+#[derive(Debug, Clone)]
+pub struct TrustedClientCa {
+    /// The PEM file the certificates came from (for messages).
+    pub ca_file: PathBuf,
+    /// The SPIFFE trust domain this CA may vouch for.
+    pub trust_domain: String,
+    /// The CA certificates of the file, as DER.
+    pub certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The same as webpki trust anchors.
+    pub anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
+}
+
+impl TrustedClientCa {
+    /// Load every certificate of a PEM file as a trust anchor for `trust_domain`.
+    pub fn load(ca_file: &Path, trust_domain: &str) -> Result<Self, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        validate_trust_domain(trust_domain)?;
+        let bad = |why: String| err(format!("trusted_client_cas {}: {why}", ca_file.display()));
+        let certificates = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| bad(format!("cannot read it: {e}")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        if certificates.is_empty() {
+            return Err(bad("has no certificate".into()));
+        }
+        let anchors = certificates
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        Ok(Self {
+            ca_file: ca_file.to_path_buf(),
+            trust_domain: trust_domain.to_string(),
+            certificates,
+            anchors,
+        })
+    }
+}
+
 /// A Security Event Token transmitter (RFC 8935 push), for the revocation signals.
 #[derive(Debug, Clone)]
 pub struct Transmitter {
@@ -94,6 +138,9 @@ pub struct Config {
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds (at most 60).
     pub leeway: i64,
     pub trusted_issuers: Vec<TrustedIssuer>,
+    /// CAs whose client certificates are SPIFFE credentials at exchange, each for one trust
+    /// domain (`trusted_client_cas`); the listener's client-auth roots include them.
+    pub trusted_client_cas: Vec<TrustedClientCa>,
     pub transmitters: Vec<Transmitter>,
     /// Expiry for revocations whose signal names none (`None`: until lifted).
     pub revocation_ttl: Option<i64>,
@@ -266,6 +313,15 @@ struct FileConfig {
     trusted_issuers: Vec<FileTrustedIssuer>,
     #[serde(default)]
     transmitters: Vec<FileTransmitter>,
+    #[serde(default)]
+    trusted_client_cas: Vec<FileTrustedClientCa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTrustedClientCa {
+    ca_file: PathBuf,
+    trust_domain: String,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +359,7 @@ impl Config {
             token_ttl: DEFAULT_TOKEN_TTL,
             leeway: 60,
             trusted_issuers: Vec::new(),
+            trusted_client_cas: Vec::new(),
             transmitters: Vec::new(),
             revocation_ttl: None,
             audit: true,
@@ -483,6 +540,12 @@ impl Config {
                 audience: t.audience,
                 trust_domain: t.trust_domain,
             });
+        }
+        for ca in file.trusted_client_cas {
+            self.trusted_client_cas.push(TrustedClientCa::load(
+                &base.join(ca.ca_file),
+                &ca.trust_domain,
+            )?);
         }
         for t in file.transmitters {
             if t.issuer.is_empty() {

@@ -2,16 +2,17 @@
 //! audience out.
 
 use crate::claims::{self, Audience};
-use crate::config::TrustedIssuer;
+use crate::config::{TrustedClientCa, TrustedIssuer};
 use crate::ids::random_id;
 use crate::jose::{self, b64, json, SigningKey, TokenType};
+use crate::mtls::ClientCertificate;
 use crate::resource;
 use crate::revocation::Identity;
 use crate::verify::{self, Check, DecisionRequest, Target, TimeClaims, Verifier};
 use serde_json::{json, Map, Value};
 
 pub use crate::oauth::{
-    GRANT_TYPE, TYPE_ACCESS_TOKEN, TYPE_AGENT_A2A, TYPE_AGENT_MCP, TYPE_JWT, TYPE_OIDC,
+    GRANT_TYPE, TYPE_ACCESS_TOKEN, TYPE_AGENT_A2A, TYPE_AGENT_MCP, TYPE_JWT, TYPE_MTLS, TYPE_OIDC,
 };
 const MAX_SCOPES: usize = 64;
 const MAX_SCOPE_LEN: usize = 128;
@@ -30,6 +31,10 @@ pub struct ExchangeRequest {
     pub actor_token_type: Option<String>,
     /// Bind the token to one execution: one request body, method and URL, used once.
     pub execution_scope: Option<ExecutionScope>,
+    /// The client certificate the listener verified on this exchange's connection (never
+    /// read from the request's fields): what a certificate-bound token is bound to, and the
+    /// credential of [`TYPE_MTLS`].
+    pub client_cert: Option<ClientCertificate>,
 }
 
 /// Lifetime of an execution-bound token, in seconds.
@@ -132,6 +137,8 @@ impl ExecutionScope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeError {
     InvalidRequest(&'static str),
+    /// The credential (a client certificate) is not one toolgate accepts (RFC 6749 §5.2).
+    InvalidGrant(&'static str),
     InvalidTarget(&'static str),
     UnsupportedGrantType,
     InvalidClient(&'static str),
@@ -177,6 +184,7 @@ pub struct Exchanger<'a> {
     pub token_ttl: i64,
     pub leeway: i64,
     pub trusted_issuers: &'a [TrustedIssuer],
+    pub trusted_client_cas: &'a [TrustedClientCa],
     pub verifier: &'a Verifier,
     pub signing_key: &'a SigningKey,
 }
@@ -190,27 +198,43 @@ pub fn exchange(
     if req.grant_type.as_deref() != Some(GRANT_TYPE) {
         return Err(UnsupportedGrantType);
     }
-    let token = req
-        .subject_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .ok_or(InvalidRequest("subject_token is required"))?;
-    if token.len() > jose::MAX_TOKEN_BYTES {
-        return Err(InvalidClient("subject token is too large"));
-    }
     let token_type = req
         .subject_token_type
         .as_deref()
         .ok_or(InvalidRequest("subject_token_type is required"))?;
+    // The certificate is the whole credential: a token beside it would be a second, unread one.
+    let token = match (token_type, req.subject_token.as_deref()) {
+        (TYPE_MTLS, None | Some("")) => "",
+        (TYPE_MTLS, Some(_)) => {
+            return Err(InvalidRequest(
+                "subject_token must not be sent with urn:starfly:token-type:mtls: the client certificate is the credential",
+            ))
+        }
+        (_, token) => token
+            .filter(|t| !t.is_empty())
+            .ok_or(InvalidRequest("subject_token is required"))?,
+    };
+    if token.len() > jose::MAX_TOKEN_BYTES {
+        return Err(InvalidClient("subject token is too large"));
+    }
     if req.actor_token.is_some() || req.actor_token_type.is_some() {
         return Err(InvalidRequest("delegation (actor_token) is not supported"));
     }
     let audience = target(app, req)?;
     let requested = requested_scopes(req.scope.as_deref())?;
+    // A tool that takes only certificate-bound tokens gets them only over mutual TLS.
+    let bind_to = if requires_mtls(app, &audience)? {
+        Some(req.client_cert.as_ref().ok_or(InvalidRequest(
+            "this tool requires a certificate-bound token: exchange over mutual TLS with a client certificate",
+        ))?)
+    } else {
+        None
+    };
 
     let subject = match token_type {
-        TYPE_JWT | TYPE_ACCESS_TOKEN | TYPE_OIDC => external_subject(app, token, now)?,
-        TYPE_AGENT_MCP | TYPE_AGENT_A2A => agent_subject(app, token, now)?,
+        TYPE_JWT | TYPE_ACCESS_TOKEN | TYPE_OIDC => external_subject(app, req, token, now)?,
+        TYPE_AGENT_MCP | TYPE_AGENT_A2A => agent_subject(app, req, token, now)?,
+        TYPE_MTLS => certificate_subject(app, req.client_cert.as_ref(), now)?,
         _ => return Err(InvalidRequest("unsupported subject_token_type")),
     };
     let is_agent_audience = audience == app.issuer;
@@ -314,6 +338,9 @@ pub fn exchange(
         }
         claims.insert("nonce".into(), json!(nonce));
     }
+    if let Some(cert) = bind_to {
+        claims.insert("cnf".into(), json!({ verify::X5T_S256: cert.thumbprint() }));
+    }
     let access_token =
         jose::jws::encode_signed(app.signing_key, typ, &claims).map_err(|_| Internal)?;
     Ok(Issued {
@@ -323,6 +350,44 @@ pub fn exchange(
         subject: subject.id,
         audience,
         jti,
+    })
+}
+
+/// Does any tool of `audience` require certificate-bound tokens (`sender_constraint: mtls`)?
+fn requires_mtls(app: &Exchanger<'_>, audience: &str) -> Result<bool, ExchangeError> {
+    Ok(app
+        .verifier
+        .registry
+        .read()
+        .map_err(|_| ExchangeError::Unavailable("tool registry is unavailable"))?
+        .with_resource(audience)
+        .iter()
+        .any(|t| t.requires_mtls()))
+}
+
+/// The workload a SPIFFE X.509-SVID names: its SPIFFE ID as a `wimse://` subject, once the
+/// chain verifies to a CA configured for the ID's trust domain (see [`crate::spiffe`]).
+fn certificate_subject(
+    app: &Exchanger<'_>,
+    cert: Option<&ClientCertificate>,
+    now: i64,
+) -> Result<Subject, ExchangeError> {
+    let cert = cert.ok_or(ExchangeError::InvalidRequest(
+        "urn:starfly:token-type:mtls needs a client certificate on a mutual-TLS connection",
+    ))?;
+    let id = crate::spiffe::workload(cert, app.trusted_client_cas, now)
+        .map_err(|e| ExchangeError::InvalidGrant(e.description()))?;
+    let mut source = Map::new();
+    source.insert("sub".into(), json!(id.uri()));
+    Ok(Subject {
+        id: id.wimse_subject(),
+        // A certificate says who, not what it may do: no capabilities beyond those requested.
+        caps: Some(Vec::new()),
+        blast_radius: None,
+        exp: None,
+        jti: None,
+        source,
+        is_agent_token: false,
     })
 }
 
@@ -385,7 +450,12 @@ fn requested_scopes(scope: Option<&str>) -> Result<Option<Vec<String>>, Exchange
 }
 
 /// A JWT from a configured trusted issuer, a dev stub, or (by `iss`) toolgate's own agent token.
-fn external_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+fn external_subject(
+    app: &Exchanger<'_>,
+    req: &ExchangeRequest,
+    token: &str,
+    now: i64,
+) -> Result<Subject, ExchangeError> {
     use ExchangeError::*;
     if app.dev {
         if let Some(claims) = stub_claims(token)? {
@@ -410,7 +480,7 @@ fn external_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subjec
         .flatten()
         .ok_or(InvalidClient("subject token has no issuer"))?;
     if iss == app.issuer {
-        return agent_subject(app, token, now);
+        return agent_subject(app, req, token, now);
     }
     subject_token_type(unverified.header.token_type())?;
     let trusted: &TrustedIssuer = app
@@ -458,10 +528,16 @@ fn subject_token_type(typ: TokenType) -> Result<(), ExchangeError> {
 
 /// A toolgate agent identity token: the verify pipeline with toolgate itself as the audience —
 /// never a tool (a tool's token traded for another tool's is the confused deputy again).
-fn agent_subject(app: &Exchanger<'_>, token: &str, now: i64) -> Result<Subject, ExchangeError> {
+fn agent_subject(
+    app: &Exchanger<'_>,
+    req: &ExchangeRequest,
+    token: &str,
+    now: i64,
+) -> Result<Subject, ExchangeError> {
     use ExchangeError::*;
     let verdict = app.verifier.decide_at(
-        &DecisionRequest::new(token, Target::Audience(app.issuer)),
+        &DecisionRequest::new(token, Target::Audience(app.issuer))
+            .with_client_cert(req.client_cert.as_ref()),
         now,
     );
     let claims = match verdict.result {

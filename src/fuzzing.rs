@@ -187,3 +187,69 @@ fn percent_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Arbitrary bytes as a client certificate's DER through the SAN reader and the SPIFFE ID
+/// grammar: must never panic; every URI read is a slice of the input, and a SPIFFE ID that
+/// parses writes back as exactly its input (round-trip oracle).
+pub fn x509_san(data: &[u8]) {
+    if let Ok(uris) = crate::spiffe::uri_sans(data) {
+        for uri in uris {
+            assert!(data
+                .windows(uri.len().max(1))
+                .any(|w| uri.is_empty() || w == uri.as_bytes()));
+            if let Ok(id) = crate::spiffe::SpiffeId::parse(uri) {
+                assert_eq!(id.uri(), uri);
+                assert!(id.wimse_subject().starts_with("wimse://"));
+            }
+        }
+    }
+    let _ = crate::spiffe::spiffe_id(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(id) = crate::spiffe::SpiffeId::parse(text) {
+            assert_eq!(id.uri(), text);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The seeds are certificates made by OpenSSL (not rcgen, which the integration tests use).
+    #[test]
+    fn the_fuzz_oracle_holds_on_the_seed_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/x509_san");
+        let seed = |n: &str| std::fs::read(format!("{dir}/{n}")).unwrap();
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            x509_san(&std::fs::read(entry.unwrap().path()).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds >= 4);
+        let one = seed("seed-0");
+        assert_eq!(
+            crate::spiffe::uri_sans(&one).unwrap(),
+            vec!["spiffe://dev.local/ns/demo/sa/agent-1"]
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&one).unwrap().wimse_subject(),
+            "wimse://dev.local/ns/demo/sa/agent-1"
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&seed("seed-1")),
+            Err(crate::spiffe::SvidError::SeveralSpiffeIds)
+        );
+        assert_eq!(
+            crate::spiffe::spiffe_id(&seed("seed-2")),
+            Err(crate::spiffe::SvidError::NoSpiffeId)
+        );
+        // Cut anywhere, a certificate is no longer one.
+        for cut in 0..one.len() {
+            assert!(
+                crate::spiffe::uri_sans(one.get(..cut).unwrap()).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+}

@@ -237,12 +237,7 @@ impl Gateway {
     }
 
     fn metadata(&self) -> http::Response<Body> {
-        let body = json!({
-            "resource": self.guard.resource(),
-            "authorization_servers": [self.guard.issuer()],
-            "bearer_methods_supported": ["header"],
-            "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
-        });
+        let body = self.guard.metadata();
         let mut resp = http::Response::new(full(body.to_string()));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

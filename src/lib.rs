@@ -12,7 +12,7 @@ pub(crate) use {log_error, log_info, log_warn};
 
 // The core and the guard, under the paths the daemon has always had.
 pub use toolgate_core::{
-    blast, claims, clock, ids, jose, oauth, registry, resource, revocation, verify,
+    blast, claims, clock, ids, jose, mtls, oauth, registry, resource, revocation, verify,
 };
 pub use toolgate_guard::{client, guard, log};
 
@@ -31,6 +31,7 @@ pub mod revocations;
 pub mod secret_file;
 pub mod server;
 pub mod signals;
+pub mod spiffe;
 pub mod store;
 pub mod tls;
 

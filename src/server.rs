@@ -80,9 +80,16 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, ServeError> {
     // TLS files are read before anything else: a bad one stops the start, and nothing binds.
+    // The CAs trusted for SPIFFE credentials are roots of the handshake too.
     let tls = match &config.tls {
         Some(files) => {
-            Some(crate::tls::TlsServer::load(files.clone()).map_err(ServeError::Refused)?)
+            let mut files = files.clone();
+            for ca in &config.trusted_client_cas {
+                if !files.client_cas.contains(&ca.ca_file) {
+                    files.client_cas.push(ca.ca_file.clone());
+                }
+            }
+            Some(crate::tls::TlsServer::load(files).map_err(ServeError::Refused)?)
         }
         None => None,
     };

@@ -29,17 +29,30 @@ pub(super) fn jwks(app: &App) -> Response {
 
 pub(super) fn metadata(app: &App) -> Response {
     let base = app.issuer.trim_end_matches('/');
-    json_response(
-        StatusCode::OK,
-        &json!({
+    let token_endpoint = format!("{base}/v1/exchange/token");
+    let mut body = json!({
             "issuer": app.issuer,
-            "token_endpoint": format!("{base}/v1/exchange/token"),
+            "token_endpoint": token_endpoint,
             "jwks_uri": format!("{base}/v1/identity/jwks"),
             "grant_types_supported": [crate::exchange::GRANT_TYPE],
             "token_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": [],
             "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
             "authorization_response_iss_parameter_supported": false,
-        }),
-    )
+            // RFC 8705 §3.3: tokens for a tool with sender_constraint mtls are certificate-bound.
+            "tls_client_certificate_bound_access_tokens": true,
+    });
+    // RFC 8705 §5: the endpoint that sees client certificates, only where one is asked for:
+    // the same URL, since one TLS listener serves both.
+    if let (true, true, Some(obj)) = (
+        app.client_auth,
+        base.starts_with("https://"),
+        body.as_object_mut(),
+    ) {
+        obj.insert(
+            "mtls_endpoint_aliases".into(),
+            json!({ "token_endpoint": token_endpoint }),
+        );
+    }
+    json_response(StatusCode::OK, &body)
 }

@@ -156,6 +156,7 @@ impl From<ExchangeError> for ApiError {
         match e {
             InvalidRequest(d) => Self::invalid_request(d),
             InvalidTarget(d) => Self::new(StatusCode::BAD_REQUEST, "invalid_target", d),
+            InvalidGrant(d) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", d),
             UnsupportedGrantType => Self::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",

@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::{json_response, Response, Result};
 use crate::app::App;
 use crate::exchange::{self, ExchangeRequest, Exchanger, ExecutionScope};
+use crate::mtls::ClientCertificate;
 use crate::registry::valid_id;
 use crate::store::audit::Record;
 use crate::verify::{DecisionRequest, Target};
@@ -18,6 +19,8 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let started = Instant::now();
     let peer = super::peer_of(&req);
     let (parts, incoming) = req.into_parts();
+    // Put there by the listener after the TLS handshake verified it; never from request data.
+    let client_cert = parts.extensions.get::<ClientCertificate>().cloned();
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
     let parsed = match media.as_str() {
@@ -26,7 +29,11 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         _ => Err(ApiError::unsupported_media_type(
             "Content-Type must be application/json or application/x-www-form-urlencoded",
         )),
-    };
+    }
+    .map(|request| ExchangeRequest {
+        client_cert,
+        ..request
+    });
     // Every exchange, even one refused while parsing, is counted and audited, except one
     // naming a target that is no audience at all: that is a 400 and no row.
     let (target, vouched) = match &parsed {
@@ -41,6 +48,7 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         token_ttl: app.token_ttl,
         leeway: app.leeway,
         trusted_issuers: &app.trusted_issuers,
+        trusted_client_cas: &app.trusted_client_cas,
         verifier: &app.verifier,
         signing_key: app.keys.active(),
     };
@@ -158,6 +166,7 @@ fn request_from(
         scope: field("scope")?,
         actor_token: field("actor_token")?,
         actor_token_type: field("actor_token_type")?,
+        client_cert: None,
     })
 }
 
@@ -244,6 +253,7 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     opt_string(&obj, "dpop_proof")?;
     let htm = opt_string(&obj, "htm")?;
     let htu = opt_string(&obj, "htu")?;
+    let client_cert = reported_client_cert(opt_string(&obj, "client_cert")?.as_deref())?;
     let target = match (&tool_id, &resource) {
         (Some(t), None) if server_id.is_none() => Target::Tool(t),
         (None, Some(r)) => Target::Server {
@@ -264,6 +274,7 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         method: htm.as_deref(),
         url: htu.as_deref(),
         body_hash: request_body_hash.as_deref(),
+        client_cert: client_cert.as_ref(),
     };
     let verdict = app.verifier.decide(&request);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -315,6 +326,37 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         )),
         Err(denial) => Err(denial.into()),
     }
+}
+
+/// Largest `client_cert` a tool server may report, in bytes of DER (a certificate with a long
+/// chain of extensions stays far below it).
+const MAX_CLIENT_CERT_DER: usize = 16 * 1024;
+
+/// The `client_cert` of a verify request: the DER certificate the tool server's TLS handshake
+/// verified, as standard base64 (padding optional, no line breaks). Empty means absent.
+fn reported_client_cert(b64: Option<&str>) -> Result<Option<ClientCertificate>> {
+    use base64::Engine;
+    let Some(text) = b64.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::invalid_request(
+            "client_cert must be the standard base64 of one DER certificate (at most 16 KiB)",
+        )
+    };
+    if text.len() > MAX_CLIENT_CERT_DER.div_ceil(3) * 4 {
+        return Err(invalid());
+    }
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+        .map_err(|_| invalid())?;
+    if der.len() > MAX_CLIENT_CERT_DER {
+        return Err(invalid());
+    }
+    ClientCertificate::new(vec![der])
+        .map(Some)
+        .ok_or_else(invalid)
 }
 
 /// Most decisions one gateway report may carry.

@@ -222,7 +222,7 @@ fn check_field_types(object: &serde_json::Map<String, serde_json::Value>) -> Res
     for (name, value) in object {
         let ok = match name.as_str() {
             "tool_id" | "name" | "description" | "resource_uri" | "server_id"
-            | "max_blast_radius" | "registered_at" | "updated_at" => {
+            | "max_blast_radius" | "sender_constraint" | "registered_at" | "updated_at" => {
                 matches!(value, Value::String(_) | Value::Null)
             }
             "requires_execution" => matches!(value, Value::Bool(_) | Value::Null),

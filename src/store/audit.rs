@@ -103,6 +103,7 @@ pub const REFUSAL_CODES: &[&str] = &[
     "invalid_target",
     "unsupported_grant_type",
     "invalid_client",
+    "invalid_grant",
     "access_denied",
     "unavailable",
     "error",

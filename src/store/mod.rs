@@ -20,7 +20,7 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
 /// place of its two indexes. 6: revocations unique per (format, issuer, value, source).
 /// 7: audit_log.count. 8: audit_head.tag.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -224,6 +224,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if !has_tag {
             tx.execute_batch(AUDIT_V8_TAG)?;
         }
+        // Version 9: tools registered before it have no sender constraint (bearer tokens).
+        if !has_column(&tx, "tools", "sender_constraint")? {
+            tx.execute_batch(TOOLS_V9_SENDER_CONSTRAINT)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -244,6 +248,8 @@ pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> Result
 const AUDIT_V7_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
 
 /// Version 8: the audit head's tag under the audit key.
+const TOOLS_V9_SENDER_CONSTRAINT: &str =
+    "ALTER TABLE tools ADD COLUMN sender_constraint TEXT NOT NULL DEFAULT '';";
 const AUDIT_V8_TAG: &str = "ALTER TABLE audit_head ADD COLUMN tag TEXT NOT NULL DEFAULT '';";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...

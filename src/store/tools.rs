@@ -1,21 +1,30 @@
 //! The `tools` table: the durable copy of the registry.
 
 use super::StoreError;
-use crate::registry::ToolEntry;
+use crate::registry::{SenderConstraint, ToolEntry};
 use rusqlite::{params, Connection, Row};
 
 const INSERT: &str = "INSERT INTO tools (tool_id, name, description, resource_uri, server_id, \
      required_capabilities, max_blast_radius, requires_execution, allowed_operations, \
-     allowed_targets, protocols, registered_at, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+     allowed_targets, protocols, registered_at, updated_at, sender_constraint) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 const SELECT_ALL: &str = "SELECT tool_id, name, description, resource_uri, server_id, \
      required_capabilities, max_blast_radius, requires_execution, allowed_operations, \
-     allowed_targets, protocols, registered_at, updated_at FROM tools ORDER BY tool_id";
+     allowed_targets, protocols, registered_at, updated_at, sender_constraint FROM tools \
+     ORDER BY tool_id";
 const DELETE: &str = "DELETE FROM tools WHERE tool_id = ?1";
 const UPDATE: &str = "UPDATE tools SET name = ?2, description = ?3, resource_uri = ?4, \
      server_id = ?5, required_capabilities = ?6, max_blast_radius = ?7, requires_execution = ?8, \
-     allowed_operations = ?9, allowed_targets = ?10, protocols = ?11, updated_at = ?12 \
-     WHERE tool_id = ?1 RETURNING registered_at";
+     allowed_operations = ?9, allowed_targets = ?10, protocols = ?11, updated_at = ?12, \
+     sender_constraint = ?13 WHERE tool_id = ?1 RETURNING registered_at";
+
+/// The stored form of a tool's sender constraint: `''` for none.
+fn constraint_text(t: &ToolEntry) -> &'static str {
+    match t.sender_constraint {
+        None => "",
+        Some(SenderConstraint::Mtls) => "mtls",
+    }
+}
 
 fn list_json(v: &[String]) -> String {
     serde_json::Value::from(v.to_vec()).to_string()
@@ -39,6 +48,7 @@ pub fn insert(conn: &Connection, t: &ToolEntry) -> Result<(), StoreError> {
             list_json(&t.protocols),
             t.registered_at,
             t.updated_at,
+            constraint_text(t),
         ],
     )?;
     Ok(())
@@ -61,6 +71,7 @@ pub fn update(conn: &Connection, t: &ToolEntry) -> Result<Option<String>, StoreE
         list_json(&t.allowed_targets),
         list_json(&t.protocols),
         t.updated_at,
+        constraint_text(t),
     ])?;
     match rows.next()? {
         Some(row) => Ok(Some(row.get(0)?)),
@@ -80,7 +91,7 @@ pub fn all(conn: &Connection) -> Result<Vec<ToolEntry>, StoreError> {
         .collect()
 }
 
-type RawRow = (ToolEntry, [String; 4]);
+type RawRow = (ToolEntry, [String; 5]);
 
 fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
     Ok((
@@ -96,14 +107,17 @@ fn raw(r: &Row<'_>) -> rusqlite::Result<RawRow> {
             allowed_operations: Vec::new(),
             allowed_targets: Vec::new(),
             protocols: Vec::new(),
+            sender_constraint: None,
             registered_at: r.get(11)?,
             updated_at: r.get(12)?,
         },
-        [r.get(5)?, r.get(8)?, r.get(9)?, r.get(10)?],
+        [r.get(5)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(13)?],
     ))
 }
 
-fn decode((mut t, [caps, ops, targets, protocols]): RawRow) -> Result<ToolEntry, StoreError> {
+fn decode(
+    (mut t, [caps, ops, targets, protocols, constraint]): RawRow,
+) -> Result<ToolEntry, StoreError> {
     let list = |s: &str| -> Result<Vec<String>, StoreError> {
         serde_json::from_str(s).map_err(|_| StoreError::Corrupt("tool list"))
     };
@@ -111,5 +125,7 @@ fn decode((mut t, [caps, ops, targets, protocols]): RawRow) -> Result<ToolEntry,
     t.allowed_operations = list(&ops)?;
     t.allowed_targets = list(&targets)?;
     t.protocols = list(&protocols)?;
+    t.sender_constraint = SenderConstraint::parse(Some(&constraint))
+        .map_err(|_| StoreError::Corrupt("tool sender_constraint"))?;
     Ok(t)
 }

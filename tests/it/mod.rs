@@ -17,6 +17,7 @@ mod findings_tools;
 mod gateway;
 mod interop;
 mod layout;
+mod mtls;
 mod observe;
 mod openapi;
 mod pipeline;

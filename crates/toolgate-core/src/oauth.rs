@@ -12,3 +12,6 @@ pub const TYPE_OIDC: &str = "urn:starfly:token-type:oidc";
 pub const TYPE_AGENT_MCP: &str = "urn:starfly:token-type:agent-mcp";
 /// A toolgate agent token of an A2A agent.
 pub const TYPE_AGENT_A2A: &str = "urn:starfly:token-type:agent-a2a";
+/// No token: the client certificate of the exchange's mutual-TLS connection, a SPIFFE
+/// X.509-SVID, is the credential (the fabric's type).
+pub const TYPE_MTLS: &str = "urn:starfly:token-type:mtls";

@@ -40,13 +40,46 @@ pub struct ToolEntry {
     pub allowed_targets: Vec<String>,
     /// Protocols the tool is served over, a subset of [`PROTOCOLS`].
     pub protocols: Vec<String>,
+    /// How a token for this tool must be bound to its sender (check `mtls`); `None`: a bearer
+    /// token will do. Absent in a list from an older toolgate, which means `None`.
+    #[serde(default)]
+    pub sender_constraint: Option<SenderConstraint>,
     /// When the tool was first registered (RFC 3339, set by the server).
     pub registered_at: String,
     /// When the registration last changed (RFC 3339, set by the server).
     pub updated_at: String,
 }
 
+/// A proof-of-possession method a tool requires of the tokens presented to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderConstraint {
+    /// RFC 8705 §3: the token's `cnf.x5t#S256` must be the thumbprint of the client
+    /// certificate of the caller's mutual-TLS connection.
+    Mtls,
+}
+
+impl SenderConstraint {
+    /// The registration value: `"mtls"`, or `None` (a bearer token) for absent, `null` or
+    /// empty; anything else is refused with a sentence naming the field.
+    pub fn parse(value: Option<&str>) -> Result<Option<Self>, String> {
+        match value {
+            None | Some("") => Ok(None),
+            Some("mtls") => Ok(Some(Self::Mtls)),
+            Some("dpop") => {
+                Err("sender_constraint \"dpop\" is not supported yet; use \"mtls\" or null".into())
+            }
+            Some(_) => Err("sender_constraint must be \"mtls\" or null".into()),
+        }
+    }
+}
+
 impl ToolEntry {
+    /// Does a token for this tool need to be bound to the caller's client certificate?
+    pub fn requires_mtls(&self) -> bool {
+        self.sender_constraint == Some(SenderConstraint::Mtls)
+    }
+
     /// The audience a token for this tool must carry.
     pub fn resource(&self) -> &str {
         if self.resource_uri.is_empty() {
@@ -94,6 +127,9 @@ pub struct ToolInput {
     /// See [`ToolEntry::protocols`]; empty means `["mcp"]`.
     #[serde(default)]
     pub protocols: Vec<String>,
+    /// See [`ToolEntry::sender_constraint`]: `"mtls"`, or absent / `null` for none.
+    #[serde(default)]
+    pub sender_constraint: Option<String>,
     #[serde(default, rename = "registered_at")]
     _registered_at: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "updated_at")]
@@ -165,6 +201,7 @@ impl ToolInput {
         if !protocols.iter().all(|p| PROTOCOLS.contains(&p.as_str())) {
             return Err("protocols may only contain mcp, http, a2a".into());
         }
+        let sender_constraint = SenderConstraint::parse(self.sender_constraint.as_deref())?;
         Ok(ToolEntry {
             tool_id,
             name: self.name,
@@ -177,6 +214,7 @@ impl ToolInput {
             allowed_operations: dedup(self.allowed_operations),
             allowed_targets: dedup(self.allowed_targets),
             protocols,
+            sender_constraint,
             registered_at: now.to_string(),
             updated_at: now.to_string(),
         })
@@ -307,6 +345,41 @@ mod tests {
         assert!(input(r#"{"tool_id":"a","required_capabilities":[""]}"#).is_err());
         assert!(input(r#"{"tool_id":"a","surprise":1}"#).is_err());
         assert!(input(r#"{"tool_id":7}"#).is_err());
+    }
+
+    #[test]
+    fn sender_constraint_is_mtls_or_nothing() {
+        let t = input(r#"{"tool_id":"a","sender_constraint":"mtls"}"#).unwrap();
+        assert!(t.requires_mtls());
+        assert_eq!(
+            serde_json::to_value(&t).unwrap().get("sender_constraint"),
+            Some(&serde_json::json!("mtls"))
+        );
+        for none in [
+            r#"{"tool_id":"a"}"#,
+            r#"{"tool_id":"a","sender_constraint":null}"#,
+        ] {
+            let t = input(none).unwrap();
+            assert_eq!(t.sender_constraint, None);
+            assert!(!t.requires_mtls());
+        }
+        assert_eq!(
+            input(r#"{"tool_id":"a","sender_constraint":"dpop"}"#).unwrap_err(),
+            "sender_constraint \"dpop\" is not supported yet; use \"mtls\" or null"
+        );
+        assert_eq!(
+            input(r#"{"tool_id":"a","sender_constraint":"MTLS"}"#).unwrap_err(),
+            "sender_constraint must be \"mtls\" or null"
+        );
+        assert!(input(r#"{"tool_id":"a","sender_constraint":1}"#).is_err());
+        // A list from an older toolgate has no such member: no constraint.
+        let old: ToolEntry = serde_json::from_value(serde_json::json!({
+            "tool_id": "a", "name": "", "description": "", "resource_uri": "", "server_id": "",
+            "required_capabilities": [], "max_blast_radius": "", "requires_execution": false,
+            "allowed_operations": [], "allowed_targets": [], "protocols": ["mcp"],
+            "registered_at": "", "updated_at": ""}))
+        .unwrap();
+        assert_eq!(old.sender_constraint, None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::clock::Clock;
 use crate::jose::{self, Header, JoseError, Jwk, TokenType};
+use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
 use crate::resource;
 use crate::revocation::{Identity, RevocationIndex};
@@ -48,9 +49,14 @@ pub enum Check {
     /// Check 10: the token, its subject (or upstream subject) or a reached tool is revoked, or
     /// the revocation index cannot be read.
     Revocation,
-    /// Check 11: the token is key-bound (`cnf`), and proof of possession is not supported yet.
+    /// Check 11: the token is key-bound (`cnf` with a member other than `x5t#S256`), and
+    /// proof of possession with a key is not supported yet.
     Dpop,
-    /// Check 12: the tool requires execution binding and the token's `exec_act`, `target`,
+    /// Check 12: certificate binding (RFC 8705 §3). A reached tool requires it
+    /// (`sender_constraint: mtls`) and the token has no `cnf.x5t#S256`, or the token has one
+    /// and the request came with no client certificate or another one.
+    Mtls,
+    /// Check 13: the tool requires execution binding and the token's `exec_act`, `target`,
     /// `inp_hash`, `htm` or `htu` does not match the request, or its single-use `nonce` was
     /// spent already.
     Execution,
@@ -58,7 +64,7 @@ pub enum Check {
 
 impl Check {
     /// Every check, in pipeline order.
-    pub const ALL: [Check; 13] = [
+    pub const ALL: [Check; 14] = [
         Check::Malformed,
         Check::Algorithm,
         Check::Signature,
@@ -71,6 +77,7 @@ impl Check {
         Check::BlastRadius,
         Check::Revocation,
         Check::Dpop,
+        Check::Mtls,
         Check::Execution,
     ];
 
@@ -89,6 +96,7 @@ impl Check {
             Check::BlastRadius => "blast_radius",
             Check::Revocation => "revocation",
             Check::Dpop => "dpop",
+            Check::Mtls => "mtls",
             Check::Execution => "execution",
         }
     }
@@ -303,6 +311,9 @@ pub struct DecisionRequest<'a> {
     pub url: Option<&'a str>,
     /// base64url SHA-256 of the exact request body, when the resource server hashed it.
     pub body_hash: Option<&'a str>,
+    /// The client certificate of the caller's mutual-TLS connection, as the listener that
+    /// verified it (or, at the REST endpoint, the tool server) reports it.
+    pub client_cert: Option<&'a ClientCertificate>,
 }
 
 impl<'a> DecisionRequest<'a> {
@@ -315,6 +326,7 @@ impl<'a> DecisionRequest<'a> {
             method: None,
             url: None,
             body_hash: None,
+            client_cert: None,
         }
     }
 
@@ -322,6 +334,13 @@ impl<'a> DecisionRequest<'a> {
     pub fn with_http(mut self, method: &'a str, url: Option<&'a str>) -> Self {
         self.method = Some(method);
         self.url = url;
+        self
+    }
+
+    /// Add the caller's client certificate, which a certificate-bound token's `cnf.x5t#S256`
+    /// must name.
+    pub fn with_client_cert(mut self, cert: Option<&'a ClientCertificate>) -> Self {
+        self.client_cert = cert;
         self
     }
 
@@ -479,7 +498,7 @@ pub struct Verifier {
     pub keys: Arc<dyn KeySource>,
     /// The time decisions are taken at.
     pub clock: Arc<dyn Clock>,
-    /// The registered tools, shared with whoever registers them (checks 6–9 and 12).
+    /// The registered tools, shared with whoever registers them (checks 6–9, 12 and 13).
     pub registry: Arc<RwLock<Registry>>,
     /// The revocations, shared with whoever fills the index (check 10).
     pub revocations: Arc<RevocationIndex>,
@@ -609,7 +628,7 @@ impl Verifier {
         self.decide_at(req, self.clock.now())
     }
 
-    /// The one pipeline, checks 1–12 in order for every target; the first failure wins. The
+    /// The one pipeline, checks 1–13 in order for every target; the first failure wins. The
     /// verdict carries the token's claims whenever its signature checked out, so that a denial
     /// can still be attributed to a subject in the audit log.
     pub fn decide_at(&self, req: &DecisionRequest<'_>, now: i64) -> Verdict {
@@ -684,7 +703,7 @@ impl Verifier {
         }
     }
 
-    /// Checks 6–12 for a token that passed 1–5, in one order for every target.
+    /// Checks 6–13 for a token that passed 1–5, in one order for every target.
     fn check_target(
         &self,
         claims: &Arc<TokenClaims>,
@@ -748,14 +767,25 @@ impl Verifier {
                 ))
             }
         }
-        // 11. proof-of-possession: toolgate does not bind tokens yet, so a bound one cannot pass
-        if claims.raw.contains_key("cnf") {
-            return Err(deny(
-                Check::Dpop,
-                "token is key-bound and proof-of-possession is not supported",
-            ));
+        // 11. proof of possession with a key: not supported yet, so a key-bound token cannot pass
+        let bound_to = match claims.raw.get("cnf") {
+            None => None,
+            Some(Value::Object(cnf)) if cnf.len() == 1 && cnf.contains_key(X5T_S256) => {
+                cnf.get(X5T_S256)
+            }
+            Some(_) => {
+                return Err(deny(
+                    Check::Dpop,
+                    "token is key-bound and proof-of-possession is not supported",
+                ))
+            }
+        };
+        // 12. certificate binding, for every target once the token is bound (a stolen bound
+        // token is no bearer token anywhere), and for every reached tool that requires it
+        if bound_to.is_some() || tools.iter().any(|t| t.requires_mtls()) {
+            check_certificate_binding(bound_to, req.client_cert)?;
         }
-        // 12. execution binding, the nonce spent last (only by a request that passed all else)
+        // 13. execution binding, the nonce spent last (only by a request that passed all else)
         match &tool {
             Some(t) if t.requires_execution => {
                 check_execution(claims, t, req)?;
@@ -806,6 +836,40 @@ impl Verifier {
     }
 }
 
+/// The `cnf` member of a certificate-bound token (RFC 8705 §3.1).
+pub const X5T_S256: &str = "x5t#S256";
+
+/// Check 12: the token's `cnf.x5t#S256` against the presented certificate. The reasons never
+/// carry either thumbprint.
+fn check_certificate_binding(
+    bound_to: Option<&Value>,
+    presented: Option<&ClientCertificate>,
+) -> Result<(), Denial> {
+    let expected = match bound_to {
+        None => return Err(deny(Check::Mtls, "tool requires a certificate-bound token")),
+        Some(Value::String(s)) if s.len() == 43 => s,
+        Some(_) => {
+            return Err(deny(
+                Check::Mtls,
+                "token's certificate binding is malformed",
+            ))
+        }
+    };
+    let cert = presented.ok_or(deny(
+        Check::Mtls,
+        "token is certificate-bound and no client certificate was presented",
+    ))?;
+    if !constant_time_eq(expected.as_bytes(), cert.thumbprint().as_bytes()) {
+        return Err(deny(Check::Mtls, "certificate binding mismatch"));
+    }
+    Ok(())
+}
+
+/// Equality whose time does not depend on where two equally long values differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn check_execution(
     claims: &TokenClaims,
     tool: &ToolEntry,
@@ -851,4 +915,171 @@ fn check_execution(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::jose::{jws::encode_signed, SigningKey, TYP_ACCESS_TOKEN};
+    use crate::mtls::{x5t_s256, ClientCertificate};
+    use crate::registry::ToolInput;
+
+    const NOW: i64 = 1_800_000_000;
+    const ISS: &str = "https://toolgate.test";
+
+    struct OneKey(Jwk);
+    impl KeySource for OneKey {
+        fn key(&self, kid: &str) -> Option<Jwk> {
+            (self.0.kid.as_deref() == Some(kid)).then(|| self.0.clone())
+        }
+    }
+
+    fn setup() -> (Verifier, SigningKey) {
+        let key = SigningKey::generate().unwrap();
+        let tools = [
+            json!({"tool_id": "bound", "resource_uri": "https://t/bound", "server_id": "s",
+                   "sender_constraint": "mtls"}),
+            json!({"tool_id": "plain", "resource_uri": "https://t/plain", "server_id": "s"}),
+        ];
+        let entries = tools
+            .into_iter()
+            .map(|t| {
+                serde_json::from_value::<ToolInput>(t)
+                    .unwrap()
+                    .validate("2027-01-01T00:00:00Z")
+                    .unwrap()
+            })
+            .collect();
+        let verifier = Verifier::new(
+            VerifierConfig {
+                issuer: ISS.into(),
+                leeway: 0,
+                keys: Arc::new(OneKey(key.public_jwk())),
+                clock: Arc::new(ManualClock::new(NOW)),
+            },
+            Arc::new(RwLock::new(Registry::from_entries(entries))),
+            Arc::new(RevocationIndex::default()),
+        );
+        (verifier, key)
+    }
+
+    fn mint(key: &SigningKey, aud: &str, cnf: Option<Value>) -> String {
+        let mut claims = json!({"iss": ISS, "sub": "agent", "aud": aud, "jti": aud,
+                                "iat": NOW, "exp": NOW + 300});
+        if let (Some(cnf), Some(obj)) = (cnf, claims.as_object_mut()) {
+            obj.insert("cnf".into(), cnf);
+        }
+        encode_signed(key, TYP_ACCESS_TOKEN, claims.as_object().unwrap()).unwrap()
+    }
+
+    fn check(
+        v: &Verifier,
+        token: &str,
+        target: Target<'_>,
+        cert: Option<&ClientCertificate>,
+    ) -> Option<(Check, &'static str)> {
+        v.verify(&DecisionRequest::new(token, target).with_client_cert(cert))
+            .err()
+            .map(|d| (d.check, d.reason))
+    }
+
+    #[test]
+    fn a_certificate_bound_token_needs_its_certificate() {
+        let (v, key) = setup();
+        let mine = ClientCertificate::new(vec![b"my cert".to_vec()]).unwrap();
+        let other = ClientCertificate::new(vec![b"other cert".to_vec()]).unwrap();
+        let cnf = json!({"x5t#S256": x5t_s256(b"my cert")});
+        let bound = mint(&key, "https://t/bound", Some(cnf.clone()));
+        let tool = Target::Tool("bound");
+        assert_eq!(check(&v, &bound, tool, Some(&mine)), None);
+        assert_eq!(
+            check(&v, &bound, tool, Some(&other)),
+            Some((Check::Mtls, "certificate binding mismatch"))
+        );
+        assert_eq!(
+            check(&v, &bound, tool, None),
+            Some((
+                Check::Mtls,
+                "token is certificate-bound and no client certificate was presented"
+            ))
+        );
+        // Unbound token for a tool that requires binding, with or without a certificate.
+        let unbound = mint(&key, "https://t/bound", None);
+        for cert in [None, Some(&mine)] {
+            assert_eq!(
+                check(&v, &unbound, tool, cert),
+                Some((Check::Mtls, "tool requires a certificate-bound token"))
+            );
+        }
+        // A bound token for a tool that does not require binding is still checked.
+        let bound_plain = mint(&key, "https://t/plain", Some(cnf));
+        assert_eq!(
+            check(&v, &bound_plain, Target::Tool("plain"), Some(&mine)),
+            None
+        );
+        assert_eq!(
+            check(&v, &bound_plain, Target::Tool("plain"), None).map(|d| d.0),
+            Some(Check::Mtls)
+        );
+        // An unbound token for a plain tool needs no certificate.
+        let plain = mint(&key, "https://t/plain", None);
+        assert_eq!(check(&v, &plain, Target::Tool("plain"), None), None);
+    }
+
+    #[test]
+    fn server_targets_bind_when_a_reached_tool_requires_it() {
+        let (v, key) = setup();
+        let server = Target::Server {
+            resource: "https://t/bound",
+            server_id: Some("s"),
+        };
+        let unbound = mint(&key, "https://t/bound", None);
+        assert_eq!(
+            check(&v, &unbound, server, None).map(|d| d.0),
+            Some(Check::Mtls)
+        );
+        let mine = ClientCertificate::new(vec![b"my cert".to_vec()]).unwrap();
+        let bound = mint(
+            &key,
+            "https://t/bound",
+            Some(json!({"x5t#S256": mine.thumbprint()})),
+        );
+        assert_eq!(check(&v, &bound, server, Some(&mine)), None);
+    }
+
+    #[test]
+    fn other_confirmation_methods_stay_refused_by_dpop() {
+        let (v, key) = setup();
+        let mine = ClientCertificate::new(vec![b"my cert".to_vec()]).unwrap();
+        for cnf in [
+            json!({"jkt": "abc"}),
+            json!({"x5t#S256": mine.thumbprint(), "jkt": "abc"}),
+            json!({}),
+            json!("x5t#S256"),
+        ] {
+            let t = mint(&key, "https://t/plain", Some(cnf));
+            assert_eq!(
+                check(&v, &t, Target::Tool("plain"), Some(&mine)).map(|d| d.0),
+                Some(Check::Dpop)
+            );
+        }
+        for bad in [json!(7), json!("short"), json!(null)] {
+            let t = mint(&key, "https://t/plain", Some(json!({"x5t#S256": bad})));
+            assert_eq!(
+                check(&v, &t, Target::Tool("plain"), Some(&mine)),
+                Some((Check::Mtls, "token's certificate binding is malformed"))
+            );
+        }
+    }
+
+    #[test]
+    fn every_check_has_a_distinct_name_in_order() {
+        let names: Vec<&str> = Check::ALL.iter().map(|c| c.name()).collect();
+        let dpop = names.iter().position(|n| *n == "dpop").unwrap();
+        assert_eq!(names.get(dpop + 1), Some(&"mtls"));
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+    }
 }

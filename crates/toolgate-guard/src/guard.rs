@@ -6,6 +6,7 @@
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::jose::{Jwk, JwkSet};
+use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
 use crate::revocation::{Key, RevocationIndex};
 use crate::verify::{
@@ -309,6 +310,13 @@ pub fn reject(d: Denial) -> Rejection {
             "audience mismatch",
             Some(Audience),
         ),
+        // One sentence for every binding failure: which certificate was expected stays unsaid.
+        Mtls => Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "certificate binding mismatch",
+            Some(Mtls),
+        ),
         Capabilities | BlastRadius | Execution => Rejection::new(
             status(StatusCode::FORBIDDEN),
             "insufficient_scope",
@@ -493,7 +501,17 @@ impl Guard {
             "authorization_servers": [self.issuer()],
             "bearer_methods_supported": ["header"],
             "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
+            "tls_client_certificate_bound_access_tokens": self.requires_mtls(),
         })
+    }
+
+    /// Does a tool of this server take only certificate-bound tokens (RFC 8705 §3)? What its
+    /// RFC 9728 metadata says as `tls_client_certificate_bound_access_tokens`.
+    pub fn requires_mtls(&self) -> bool {
+        self.registry
+            .read()
+            .map(|r| r.list(None).iter().any(|t| t.requires_mtls()))
+            .unwrap_or(false)
     }
 
     /// The path part of [`resource_metadata`](Self::resource_metadata), as requests name it.
@@ -547,9 +565,12 @@ impl Guard {
                 .unwrap_or_else(Rejection::missing_token));
         };
         let url = self.request_url(parts.uri.path());
+        // The listener puts the client certificate its TLS handshake verified in the request's
+        // extensions; nothing in the request itself can name one.
         let req = DecisionRequest::new(token, target)
             .with_http(parts.method.as_str(), url.as_deref())
-            .with_body_hash(body_hash);
+            .with_body_hash(body_hash)
+            .with_client_cert(parts.extensions.get::<ClientCertificate>());
         self.check(&req)
     }
 

@@ -73,4 +73,4 @@ pub mod mcp;
 pub use guard::{Guard, GuardBuilder, GuardConfig, GuardedBody, Protected, Routing};
 #[cfg(feature = "tower")]
 pub use layer::{GuardLayer, GuardService};
-pub use toolgate_core::{clock, jose, oauth, registry, resource, revocation, verify};
+pub use toolgate_core::{clock, jose, mtls, oauth, registry, resource, revocation, verify};

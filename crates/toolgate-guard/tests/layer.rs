@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use toolgate_guard::clock::{Clock, SystemClock};
 use toolgate_guard::jose::{jws, SigningKey};
+use toolgate_guard::mtls::ClientCertificate;
 use toolgate_guard::verify::Allowed;
 use toolgate_guard::{Guard, GuardLayer, GuardedBody};
 use tower_layer::Layer;
@@ -43,10 +44,13 @@ fn tool(id: &str, server_id: &str, resource: &str) -> Value {
 /// toolgate as the guard reads it: metadata, keys, tools, an unchanging revocation digest.
 async fn stand_in_toolgate(key: &SigningKey) -> String {
     let jwks = json!({"keys": [key.public_jwk().to_json()]}).to_string();
+    let mut bound_tool = tool("bound", "search", &format!("{SERVER}/tools/bound"));
+    bound_tool["sender_constraint"] = json!("mtls");
     let tools = json!({"tools": [
         tool("search", "search", &format!("{SERVER}/tools/search")),
         tool("admin", "search", &format!("{SERVER}/tools/admin")),
         tool("billing", "billing", "https://billing.example.com/mcp"),
+        bound_tool,
     ]})
     .to_string();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,6 +85,11 @@ async fn stand_in_toolgate(key: &SigningKey) -> String {
 }
 
 fn token_for(key: &SigningKey, audience: &str) -> String {
+    token_with(key, audience, None)
+}
+
+/// A token whose `cnf` is `cnf` (a certificate-bound one: `{"x5t#S256": ...}`).
+fn token_with(key: &SigningKey, audience: &str, cnf: Option<Value>) -> String {
     let now = SystemClock.now();
     let mut claims = Map::new();
     for (name, value) in [
@@ -92,6 +101,9 @@ fn token_for(key: &SigningKey, audience: &str) -> String {
         ("jti", json!(format!("jti-{audience}"))),
     ] {
         claims.insert(name.into(), value);
+    }
+    if let Some(cnf) = cnf {
+        claims.insert("cnf".into(), cnf);
     }
     jws::encode_signed(key, jws::TYP_ACCESS_TOKEN, &claims).unwrap()
 }
@@ -142,11 +154,33 @@ where
         Error = Infallible,
     >,
 {
+    send_over(svc, method, path, token, body, None).await
+}
+
+/// [`send`] on a connection whose TLS handshake verified `cert` (the listener's extension).
+async fn send_over<S>(
+    svc: &mut S,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+    cert: Option<&ClientCertificate>,
+) -> Answer
+where
+    S: Service<
+        Request<Full<Bytes>>,
+        Response = Response<http_body_util::Either<Full<Bytes>, Full<Bytes>>>,
+        Error = Infallible,
+    >,
+{
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let mut req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    if let Some(cert) = cert {
+        req.extensions_mut().insert(cert.clone());
+    }
     std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
     let resp = svc.call(req).await.unwrap();
     let challenge = resp
@@ -315,4 +349,90 @@ fn the_builder_starts_from_the_defaults() {
     assert_eq!(cfg.poll_interval, std::time::Duration::from_millis(250));
     assert_eq!(cfg.leeway, 60);
     assert_eq!(cfg.max_batch, 64);
+}
+
+#[tokio::test]
+async fn a_certificate_bound_token_needs_the_connections_certificate() {
+    let key = SigningKey::generate().unwrap();
+    let guard = guard(&key).await;
+    let handler = Handler::default();
+    let mut svc = GuardLayer::mcp(guard).layer(handler.clone());
+    let mine = ClientCertificate::new(vec![b"the agent's certificate".to_vec()]).unwrap();
+    let other = ClientCertificate::new(vec![b"another certificate".to_vec()]).unwrap();
+    let bound_aud = format!("{SERVER}/tools/bound");
+    let bound = token_with(
+        &key,
+        &bound_aud,
+        Some(json!({"x5t#S256": mine.thumbprint()})),
+    );
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"certificate binding mismatch\", resource_metadata=\"{METADATA}\""
+    );
+    let r = send_over(
+        &mut svc,
+        Method::POST,
+        "/mcp",
+        Some(&bound),
+        &call("bound"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for cert in [Some(&other), None] {
+        let r = send_over(
+            &mut svc,
+            Method::POST,
+            "/mcp",
+            Some(&bound),
+            &call("bound"),
+            cert,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.challenge.as_str()),
+            (StatusCode::UNAUTHORIZED, challenge.as_str())
+        );
+        assert_eq!(r.json()["check"], "mtls");
+        assert!(!r.body.contains(&mine.thumbprint()) && !r.challenge.contains(&mine.thumbprint()));
+    }
+    // An unbound token for the tool that requires binding, even over the right connection.
+    let unbound = token_for(&key, &bound_aud);
+    let r = send_over(
+        &mut svc,
+        Method::POST,
+        "/mcp",
+        Some(&unbound),
+        &call("bound"),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.challenge.as_str()),
+        (StatusCode::UNAUTHORIZED, challenge.as_str())
+    );
+    // A bound token at server level (initialize) still needs its certificate.
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+    let r = send_over(&mut svc, Method::POST, "/mcp", Some(&bound), init, None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = send_over(
+        &mut svc,
+        Method::POST,
+        "/mcp",
+        Some(&bound),
+        init,
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(handler.seen.lock().unwrap().len(), 2);
+    // The metadata says this server takes certificate-bound tokens.
+    let r = send(
+        &mut svc,
+        Method::GET,
+        "/.well-known/oauth-protected-resource",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.json()["tls_client_certificate_bound_access_tokens"], true);
 }

@@ -208,6 +208,23 @@ where
 
 /// A plain-HTTP GET with the given headers (repeats allowed): the status and the JSON body.
 pub async fn get_with_headers(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    request_with_headers(Method::GET, url, path, headers, Vec::new()).await
+}
+
+/// A plain-HTTP POST of `{}` with the given headers.
+pub async fn post_with_headers(url: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut headers = headers.to_vec();
+    headers.push(("content-type", "application/json"));
+    request_with_headers(Method::POST, url, path, &headers, b"{}".to_vec()).await
+}
+
+async fn request_with_headers(
+    method: Method,
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Value) {
     use http_body_util::BodyExt;
     let authority = url.strip_prefix("http://").unwrap();
     let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
@@ -216,13 +233,16 @@ pub async fn get_with_headers(url: &str, path: &str, headers: &[(&str, &str)]) -
             .await
             .unwrap();
     tokio::spawn(driver);
-    let mut req = http::Request::get(path).header("host", authority);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = sender
         .send_request(
-            req.body(http_body_util::Empty::<hyper::body::Bytes>::new())
+            req.body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
                 .unwrap(),
         )
         .await

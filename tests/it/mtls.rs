@@ -25,6 +25,7 @@ use toolgate::verify::{Check, DecisionRequest, KeySource, Target, Verifier, Veri
 const BOUND: &str = "https://mcp.example.com/tools/deploy";
 const PLAIN: &str = "https://mcp.example.com/tools/search";
 const AGENT: &str = "spiffe://prod.example/ns/demo/sa/agent-1";
+const AGENT_PROD: &str = AGENT;
 
 /// A throw-away CA.
 struct Ca {
@@ -578,93 +579,334 @@ async fn metadata_advertises_certificate_bound_tokens() {
 
 /// Over the listener's TLS, once the coordinator's harness can start one: kept out of the build
 /// until `harness::start_tls` exists (see the report of branch `tls-bind`).
-#[cfg(any())]
+/// Over real TLS connections: the daemon's listener hands the verified certificate to
+/// exchange, and the gateway's listener (or a trusted proxy's header) to the guard.
 mod over_tls {
-    //! Needs from the harness: `start_tls(tweak) -> Daemon` (the real server with a TLS
-    //! listener: a server certificate for 127.0.0.1, client auth optional, the handshake's roots
-    //! including every `trusted_client_cas` CA), `Daemon::client_with_cert(leaf DER, key PKCS#8
-    //! DER) -> Daemon-like client over https` and `Daemon::gateway_tls()` (a gateway whose
-    //! listener inserts the verified `ClientCertificate`), each answering `(status, body)`.
+    use super::super::pki::{self, client_config, Https};
     use super::*;
+    use toolgate::tls::{ClientAuth, TlsFiles};
 
-    impl Ca {
-        /// A client certificate and its private key (PKCS#8 DER), for a TLS client.
-        fn client_with_key(&self, uris: &[&str]) -> (Vec<u8>, Vec<u8>) {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.subject_alt_names = uris
-                .iter()
-                .map(|u| SanType::URI((*u).try_into().unwrap()))
-                .collect();
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().unwrap();
-            let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-            (cert.der().to_vec(), key.serialize_der())
+    fn tls_files(server: &pki::Issued, cas: &[&pki::Ca]) -> TlsFiles {
+        TlsFiles {
+            cert: server.cert.clone(),
+            key: server.key.clone(),
+            client_cas: cas.iter().map(|c| c.pem.clone()).collect(),
+            client_auth: ClientAuth::Optional,
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_bound_token_is_refused_over_another_certificate_and_as_a_bearer_token() {
+    async fn exchange_over_mutual_tls_binds_the_token_and_checks_the_trust_domain() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("prod CA");
-        let trusted = ca.trusted_for(dir.path(), "prod.example");
-        let d = start_tls(|c| {
+        let p = dir.path();
+        let (main, prod, staging) = (
+            pki::Ca::new(p, "main"),
+            pki::Ca::new(p, "prod"),
+            pki::Ca::new(p, "staging"),
+        );
+        let server = main.server(p, "server", false);
+        let (prod_ca, staging_ca) = (
+            TrustedClientCa::load(&prod.pem, "prod.example").unwrap(),
+            TrustedClientCa::load(&staging.pem, "staging.example").unwrap(),
+        );
+        let d = Daemon::with(|c| {
             c.dev = true;
-            c.trusted_client_cas = vec![trusted];
+            // No --client-ca: the trusted_client_cas are the handshake's roots.
+            c.tls = Some(tls_files(&server, &[]));
+            c.trusted_client_cas = vec![prod_ca, staging_ca];
         })
         .await;
-        let (mine, mine_key) = ca.client_with_key(&[AGENT]);
-        let (other, other_key) = ca.client_with_key(&[AGENT]);
-        let tool = json!({"tool_id": "deploy", "resource_uri": BOUND, "sender_constraint": "mtls"});
-        assert_eq!(d.call(Method::POST, "/v1/tools", Some(tool)).await.0, 201);
-        // Exchange over mutual TLS: the SVID is the credential and the token is bound to it.
-        let body = json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": BOUND});
-        let (status, resp) = d
-            .client_with_cert(&mine, &mine_key)
-            .exchange(body.clone())
-            .await;
+        let addr = d.url.strip_prefix("https://").unwrap().to_string();
+        let conn = |client: Option<&pki::Issued>| {
+            let (addr, config) = (addr.clone(), client_config(&main.pem, client));
+            async move { Https::connect(&addr, config).await.unwrap() }
+        };
+        for body in [
+            json!({"tool_id": "deploy", "resource_uri": BOUND, "sender_constraint": "mtls"}),
+            json!({"tool_id": "search", "resource_uri": PLAIN}),
+        ] {
+            let (status, resp) = conn(None)
+                .await
+                .send(Method::POST, "/v1/tools", &[], Some(body))
+                .await
+                .unwrap();
+            assert_eq!(status, 201, "{resp}");
+        }
+        let agent = prod.client(p, "agent", Some(AGENT_PROD));
+        let mtls_body =
+            json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": BOUND});
+
+        // The SVID is the credential, and the token is bound to it.
+        let (status, resp) = conn(Some(&agent))
+            .await
+            .send(
+                Method::POST,
+                "/v1/exchange/token",
+                &[],
+                Some(mtls_body.clone()),
+            )
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{resp}");
-        let token = resp["access_token"].as_str().unwrap().to_string();
+        let claims = claims_of(resp["access_token"].as_str().unwrap());
+        assert_eq!(claims["sub"], "wimse://prod.example/ns/demo/sa/agent-1");
         assert_eq!(
-            claims_of(&token)["sub"],
-            "wimse://prod.example/ns/demo/sa/agent-1"
+            claims["cnf"]["x5t#S256"],
+            toolgate::mtls::x5t_s256(&agent.der)
         );
+
+        // A stub subject: bound when the connection has a certificate, refused when it has none.
+        let stub_body = exchange_body(&stub(json!({"sub": "a", "namespace": "n"})), BOUND);
+        let (status, resp) = conn(Some(&agent))
+            .await
+            .send(
+                Method::POST,
+                "/v1/exchange/token",
+                &[],
+                Some(stub_body.clone()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{resp}");
+        let claims = claims_of(resp["access_token"].as_str().unwrap());
         assert_eq!(
-            claims_of(&token)["cnf"]["x5t#S256"],
-            toolgate::mtls::x5t_s256(&mine)
+            claims["cnf"]["x5t#S256"],
+            toolgate::mtls::x5t_s256(&agent.der)
         );
-        // A stub subject over TLS without a client certificate: invalid_request.
-        let (status, resp) = d
-            .exchange(exchange_body(&stub(json!({"sub": "a"})), BOUND))
-            .await;
+        let (status, resp) = conn(None)
+            .await
+            .send(Method::POST, "/v1/exchange/token", &[], Some(stub_body))
+            .await
+            .unwrap();
         assert_eq!(
             (status, resp["error"].as_str()),
             (400, Some("invalid_request"))
         );
-        // Through a gateway behind TLS: the right certificate 200, another 401, none 401.
-        let gw = d.gateway_tls().await;
-        assert_eq!(gw.call_with(&token, Some((&mine, &mine_key))).await.0, 200);
-        assert_eq!(
-            gw.call_with(&token, Some((&other, &other_key))).await.0,
-            401
-        );
-        assert_eq!(gw.call_with(&token, None).await.0, 401);
-        // A CA the listener trusts that is configured for another trust domain: invalid_grant.
-        let staging = Ca::new("staging CA");
-        let d2 = start_tls(|c| {
-            c.dev = true;
-            c.trusted_client_cas = vec![
-                ca.trusted_for(dir.path(), "prod.example"),
-                staging.trusted_for(dir.path(), "staging.example"),
-            ];
-        })
-        .await;
-        let (claims_prod, key) = staging.client_with_key(&[AGENT]);
-        let (status, resp) = d2.client_with_cert(&claims_prod, &key).exchange(body).await;
+        // A token for a tool without the constraint is not bound, certificate or not.
+        let (status, resp) = conn(Some(&agent))
+            .await
+            .send(
+                Method::POST,
+                "/v1/exchange/token",
+                &[],
+                Some(exchange_body(
+                    &stub(json!({"sub": "a", "namespace": "n"})),
+                    PLAIN,
+                )),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{resp}");
+        assert!(claims_of(resp["access_token"].as_str().unwrap())
+            .get("cnf")
+            .is_none());
+
+        // The staging CA is trusted by the handshake, but not for prod.example.
+        let impostor = staging.client(p, "impostor", Some(AGENT_PROD));
+        let (status, resp) = conn(Some(&impostor))
+            .await
+            .send(
+                Method::POST,
+                "/v1/exchange/token",
+                &[],
+                Some(mtls_body.clone()),
+            )
+            .await
+            .unwrap();
         assert_eq!(
             (status, resp["error"].as_str()),
             (400, Some("invalid_grant")),
             "{resp}"
         );
+        // A CA nobody configured fails the handshake itself.
+        let rogue = pki::Ca::new(p, "rogue").client(p, "rogue", Some(AGENT_PROD));
+        let refused = Https::connect(&addr, client_config(&main.pem, Some(&rogue))).await;
+        if let Ok(mut c) = refused {
+            assert!(c
+                .send(Method::POST, "/v1/exchange/token", &[], Some(mtls_body))
+                .await
+                .is_err());
+        }
+
+        // RFC 8414: the token endpoint binds tokens on this listener.
+        let (_, meta) = conn(None)
+            .await
+            .send(
+                Method::GET,
+                "/.well-known/oauth-authorization-server",
+                &[],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
+        assert_eq!(
+            meta["mtls_endpoint_aliases"]["token_endpoint"],
+            format!("{}/v1/exchange/token", d.url)
+        );
+        d.stop().await;
+    }
+
+    /// An upstream that answers 200 "upstream".
+    async fn upstream() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(hyper::body::Bytes::from("upstream")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    /// A gateway in front of `upstream` for the daemon's tools, on `listener`, with `tls`.
+    async fn gateway(
+        d: &Daemon,
+        listener: tokio::net::TcpListener,
+        tls: toolgate::config::ListenerTls,
+    ) -> tokio::sync::oneshot::Sender<()> {
+        use std::time::Duration;
+        use toolgate::gateway::GatewayConfig;
+        use toolgate::guard::{Guard, GuardConfig};
+        let listen = listener.local_addr().unwrap();
+        let cfg = GatewayConfig {
+            listen,
+            upstream: upstream().await,
+            guard: GuardConfig {
+                toolgate: d.url.clone(),
+                admin_token: Some(ADMIN.into()),
+                resource: "https://mcp.example.com/tools".into(),
+                server_id: None,
+                public_url: format!("https://localhost:{}", listen.port()),
+                max_staleness: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(5),
+                leeway: 60,
+                max_batch: 64,
+            },
+            mcp_path: "/mcp".into(),
+            routes: vec![("/api/deploy".into(), "deploy".into())],
+            max_connections: 16,
+            max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
+            allowed_origins: Vec::new(),
+            metrics_path: None,
+            tls,
+        };
+        let guard = Guard::connect(cfg.guard.clone(), d.clock.clone())
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(toolgate::gateway::serve(listener, guard, cfg, async move {
+            let _ = stopped.await;
+        }));
+        stop
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gateway_checks_the_certificate_of_its_own_tls_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let (main, prod) = (pki::Ca::new(p, "main"), pki::Ca::new(p, "prod"));
+        let server = main.server(p, "gateway", false);
+        let (mine, other) = (
+            prod.client(p, "mine", Some(AGENT_PROD)),
+            prod.client(p, "other", Some(AGENT_PROD)),
+        );
+        let (d, key) = daemon_with_key().await;
+        let token = mint(
+            &d,
+            &key,
+            BOUND,
+            Some(json!({"x5t#S256": toolgate::mtls::x5t_s256(&mine.der)})),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tls = toolgate::config::ListenerTls {
+            tls: Some(tls_files(&server, &[&prod])),
+            ..Default::default()
+        };
+        let _stop = gateway(&d, listener, tls).await;
+        let bearer = format!("Bearer {token}");
+        let call = |client: Option<&pki::Issued>| {
+            let (addr, config, bearer) = (
+                addr.clone(),
+                client_config(&main.pem, client),
+                bearer.clone(),
+            );
+            async move {
+                let mut c = Https::connect(&addr, config).await.unwrap();
+                c.send(
+                    Method::POST,
+                    "/api/deploy",
+                    &[("authorization", &bearer)],
+                    Some(json!({})),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(call(Some(&mine)).await.0, 200);
+        assert_eq!(call(Some(&other)).await.0, 401);
+        assert_eq!(call(None).await.0, 401);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn behind_a_trusted_proxy_the_gateway_takes_the_certificate_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let prod = pki::Ca::new(p, "prod");
+        let (mine, other) = (
+            prod.client(p, "mine", Some(AGENT_PROD)),
+            prod.client(p, "other", Some(AGENT_PROD)),
+        );
+        let (d, key) = daemon_with_key().await;
+        let token = mint(
+            &d,
+            &key,
+            BOUND,
+            Some(json!({"x5t#S256": toolgate::mtls::x5t_s256(&mine.der)})),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let tls = toolgate::config::ListenerTls {
+            tls: None,
+            client_cert_header: Some(http::HeaderName::from_static("x-ssl-client-cert")),
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        };
+        let _stop = gateway(&d, listener, tls).await;
+        let escaped = |c: &pki::Issued| {
+            std::fs::read_to_string(&c.cert)
+                .unwrap()
+                .replace('\n', "%0A")
+                .replace(' ', "%20")
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        };
+        let bearer = format!("Bearer {token}");
+        let call = |cert: Option<String>| {
+            let (url, bearer) = (url.clone(), bearer.clone());
+            async move {
+                let mut headers = vec![("authorization", bearer.as_str())];
+                if let Some(c) = &cert {
+                    headers.push(("x-ssl-client-cert", c.as_str()));
+                }
+                super::super::harness::post_with_headers(&url, "/api/deploy", &headers)
+                    .await
+                    .0
+            }
+        };
+        assert_eq!(call(Some(escaped(&mine))).await, 200);
+        assert_eq!(call(Some(escaped(&other))).await, 401);
+        assert_eq!(call(None).await, 401);
     }
 }
 

@@ -28,6 +28,25 @@ enum Command {
     Revocations(RevocationsCmd),
     Audit(AuditCmd),
     Gateway(GatewayCmd),
+    DevCerts(DevCertsCmd),
+}
+
+/// Write a throw-away CA, a server certificate for localhost and 127.0.0.1, and a client SPIFFE
+/// X.509-SVID (spiffe://dev.local/ns/demo/sa/agent-1) signed by it, for trying TLS locally.
+/// Never for production.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "dev-certs",
+    note = "Writes ca.pem, ca.key, server.pem, server.key, client.pem, client.key into DIR (keys mode 0600)."
+)]
+struct DevCertsCmd {
+    /// the directory to write into (created if missing)
+    #[argh(positional)]
+    dir: PathBuf,
+    /// replace files that are already there (without it, any existing one refuses the whole run)
+    #[argh(switch)]
+    force: bool,
 }
 
 /// Run a gateway in front of an MCP server (Streamable HTTP) or plain HTTP / A2A tool servers:
@@ -698,6 +717,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Verify(v) => verify(v).await,
         Command::Revoke(r) => revoke(r.what).await,
         Command::Gateway(g) => gateway(g).await,
+        Command::DevCerts(d) => dev_certs(&d.dir, d.force),
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
@@ -938,6 +958,19 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             eprintln!("toolgate gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn dev_certs(dir: &std::path::Path, force: bool) -> ExitCode {
+    use toolgate::clock::Clock as _;
+    match toolgate::dev_certs::write(dir, force, SystemClock.now()) {
+        Ok(paths) => {
+            for p in paths {
+                say(&p.display().to_string());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage(&e.to_string()),
     }
 }
 

@@ -22,5 +22,6 @@ mod pipeline;
 mod production;
 mod robustness;
 mod signals;
+mod tls_clients;
 mod tools;
 mod verify;

@@ -360,7 +360,7 @@ fn sentence(e: &rustls::Error) -> String {
             C::BadSignature
             | C::UnsupportedSignatureAlgorithmContext { .. }
             | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
-                "the server certificate's signature does not verify".into()
+                "the server certificate's signature does not verify against the trusted CAs".into()
             }
             C::BadEncoding => "the server certificate is malformed".into(),
             C::Other(o) if o.0.downcast_ref::<PinMismatch>().is_some() => {

@@ -632,6 +632,12 @@ pub async fn serve(
         Some("https") => true,
         _ => return Err("--upstream must be an http:// or https:// URL".into()),
     };
+    if !upstream_https && !cfg.upstream_tls.is_default() {
+        return Err(format!(
+            "--upstream-ca is given, but --upstream {} is plain http://: use https://",
+            cfg.upstream
+        ));
+    }
     paths::canonical(&cfg.mcp_path).map_err(|e| format!("--mcp-path {}: {e}", cfg.mcp_path))?;
     paths::check_routes(&cfg.routes)?;
     if let Some(p) = &cfg.metrics_path {

@@ -266,8 +266,16 @@ async fn the_guard_refuses_a_server_it_cannot_trust_and_says_why() {
         "{err}"
     );
 
-    // Plain http:// is untouched by any of it.
-    assert!(guard(&d, &d.url, trusting(&ca)).await.is_ok());
+    // Plain http:// is untouched by TLS, but a CA given with it is a mistake, not plain text.
+    assert!(guard(&d, &d.url, ClientTls::new()).await.is_ok());
+    let err = guard(&d, &d.url, trusting(&ca)).await.unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "TLS: CA certificates or a pin are given, but {} is plain http://: use https://",
+            d.url
+        )
+    );
 }
 
 /// Issue 13, done means: an expired server certificate on toolgate → the guard refuses to sync
@@ -385,12 +393,12 @@ async fn upstream() -> SocketAddr {
 }
 
 /// A gateway for `search` under `/api`, talking to toolgate and to the upstream over TLS.
-async fn gateway(
+async fn gateway_config(
     toolgate: &str,
     toolgate_tls: ClientTls,
     upstream: &str,
     upstream_tls: ClientTls,
-) -> Result<(String, tokio::sync::oneshot::Sender<()>), String> {
+) -> (TcpListener, GatewayConfig) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listen = listener.local_addr().unwrap();
     let cfg = GatewayConfig {
@@ -409,6 +417,18 @@ async fn gateway(
         allowed_origins: Vec::new(),
         metrics_path: None,
     };
+    (listener, cfg)
+}
+
+/// That gateway, started: its URL, or why it did not start.
+async fn gateway(
+    toolgate: &str,
+    toolgate_tls: ClientTls,
+    upstream: &str,
+    upstream_tls: ClientTls,
+) -> Result<(String, tokio::sync::oneshot::Sender<()>), String> {
+    let (listener, cfg) = gateway_config(toolgate, toolgate_tls, upstream, upstream_tls).await;
+    let listen = cfg.listen;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (started, ready) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
@@ -488,6 +508,26 @@ async fn the_gateway_talks_tls_to_toolgate_and_to_an_https_upstream() {
     assert_eq!(
         err,
         "cannot reach toolgate: TLS: the server certificate is not signed by a CA this client trusts"
+    );
+
+    // --upstream-ca with a plain http:// upstream is a mistake: the gateway does not start.
+    let plain = format!("http://{}", upstream().await);
+    let (listener, cfg) = gateway_config(
+        &front.url(),
+        trusting(&toolgate_ca),
+        &plain,
+        trusting(&upstream_ca),
+    )
+    .await;
+    let g = guard(&d, &front.url(), trusting(&toolgate_ca))
+        .await
+        .unwrap();
+    let err = toolgate::gateway::serve(listener, g, cfg, std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("--upstream-ca is given, but --upstream {plain} is plain http://: use https://")
     );
 }
 

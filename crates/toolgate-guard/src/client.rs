@@ -76,8 +76,9 @@ impl Client {
         Self::with_tls(base, &ClientTls::default())
     }
 
-    /// A client whose `https://` connections trust `tls` (its CA certificates, its pin); for an
-    /// `http://` base `tls` is not used.
+    /// A client whose `https://` connections trust `tls` (its CA certificates, its pin). An
+    /// `http://` base takes only the default `tls` (CA certificates or a pin with it are an
+    /// error, not a silent fall back to plain text).
     pub fn with_tls(base: &str, tls: &ClientTls) -> Result<Self, ClientError> {
         let (scheme, rest) = if let Some(rest) = base.strip_prefix("https://") {
             ("https", rest)
@@ -94,6 +95,12 @@ impl Client {
         };
         if authority.is_empty() {
             return Err(ClientError::Url(base.to_string()));
+        }
+        if scheme == "http" && !tls.is_default() {
+            // CA certificates or a pin say TLS was meant: plain text would be a silent downgrade.
+            return Err(ClientError::Tls(format!(
+                "CA certificates or a pin are given, but {base} is plain http://: use https://"
+            )));
         }
         let connector = tls
             .connector(scheme == "https")

@@ -111,6 +111,12 @@ impl ClientTls {
         self
     }
 
+    /// Whether this is the default (system roots, no pin): anything else asks for TLS, and is
+    /// refused with a plain `http://` URL rather than silently unused.
+    pub fn is_default(&self) -> bool {
+        self.ca.is_none() && self.pins.is_none()
+    }
+
     /// The rustls configuration: TLS 1.2 and 1.3 on ring, the roots, the pin.
     pub fn config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());

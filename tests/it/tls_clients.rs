@@ -336,6 +336,20 @@ async fn a_pin_is_checked_beside_the_chain() {
         )
     );
     assert!(guard(&d, &tls.url(), trusting(&ca).pin(&pin)).await.is_ok());
+    // The same through the builder's own methods, the CA from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let clock: Arc<dyn Clock> = d.clock.clone();
+    let g = Guard::builder(tls.url(), SEARCH)
+        .toolgate_ca(&ca_file)
+        .toolgate_pin(&pin)
+        .clock(clock)
+        .connect()
+        .await
+        .unwrap();
+    let alice = d.token_for("alice", SEARCH).await;
+    assert_eq!(guard_check(&g, &alice), "allow");
     // Several pins, one of them right (a key rotation in progress).
     let other = toolgate_guard::tls::pin_of(ca.localhost().der.as_ref()).unwrap();
     assert!(

@@ -250,7 +250,10 @@ impl App {
             trusted_client_cas: config.trusted_client_cas.clone(),
             // Trusted client CAs are among the listener's client-auth roots.
             client_auth: !config.trusted_client_cas.is_empty()
-                || config.tls.as_ref().is_some_and(|t| !t.client_cas.is_empty()),
+                || config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| !t.client_cas.is_empty()),
             transmitters: config.transmitters.clone(),
             revocation_ttl: config.revocation_ttl,
             unit_id,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use toolgate::client::{Client, ClientError};
 use toolgate::clock::SystemClock;
 use toolgate::config::{Config, ServeFlags};
+use toolgate_guard::tls::ClientTls;
 
 /// toolgate: bind every MCP tool call to a token minted for exactly that tool.
 #[derive(FromArgs, Debug)]
@@ -27,6 +28,25 @@ enum Command {
     Revocations(RevocationsCmd),
     Audit(AuditCmd),
     Gateway(GatewayCmd),
+    DevCerts(DevCertsCmd),
+}
+
+/// Write a throw-away CA, a server certificate for localhost and 127.0.0.1, and a client SPIFFE
+/// X.509-SVID (spiffe://dev.local/ns/demo/sa/agent-1) signed by it, for trying TLS locally.
+/// Never for production.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "dev-certs",
+    note = "Writes ca.pem, ca.key, server.pem, server.key, client.pem, client.key into DIR (keys mode 0600)."
+)]
+struct DevCertsCmd {
+    /// the directory to write into (created if missing)
+    #[argh(positional)]
+    dir: PathBuf,
+    /// replace files that are already there (without it, any existing one refuses the whole run)
+    #[argh(switch)]
+    force: bool,
 }
 
 /// Run a gateway in front of an MCP server (Streamable HTTP) or plain HTTP / A2A tool servers:
@@ -37,12 +57,21 @@ struct GatewayCmd {
     /// toolgate's URL (keys, tools and revocations come from there)
     #[argh(option, default = "String::from(\"http://127.0.0.1:8693\")")]
     toolgate: String,
+    /// for an https:// toolgate, trust only the CA certificates in this PEM file (default: the system's roots)
+    #[argh(option)]
+    toolgate_ca: Option<PathBuf>,
+    /// for an https:// toolgate, also require this public key: sha256//<base64 SHA-256 of its SubjectPublicKeyInfo>
+    #[argh(option)]
+    toolgate_pin: Option<String>,
     /// address to listen on (default 127.0.0.1:8700)
     #[argh(option, default = "String::from(\"127.0.0.1:8700\")")]
     listen: String,
-    /// the upstream server's base URL, e.g. http://127.0.0.1:9000
+    /// the upstream server's base URL, e.g. http://127.0.0.1:9000 or https://…
     #[argh(option)]
     upstream: String,
+    /// for an https:// upstream, trust only the CA certificates in this PEM file (default: the system's roots)
+    #[argh(option)]
+    upstream_ca: Option<PathBuf>,
     /// tools registered with this server_id are this server's
     #[argh(option)]
     server_id: String,
@@ -136,6 +165,16 @@ struct AuditTail {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -194,6 +233,16 @@ struct RevokeSubject {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -221,6 +270,16 @@ struct RevokeToken {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -242,6 +301,16 @@ struct RevokeTool {
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
     )]
     url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
     #[argh(
         option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
@@ -270,6 +339,16 @@ struct RevocationsCmd {
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
     )]
     url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
     #[argh(
         option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
@@ -411,6 +490,16 @@ struct ToolAdd {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -452,6 +541,16 @@ struct ToolUpdate {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -474,6 +573,16 @@ struct ToolList {
     url: Option<String>,
     #[argh(
         option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
@@ -491,6 +600,16 @@ struct ToolRm {
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
     )]
     url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
     #[argh(
         option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
@@ -537,6 +656,16 @@ struct TokenExchange {
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
     )]
     url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
 }
 
 /// Verify a token for a tool: exit 0 when allowed, 1 when denied (the check is printed).
@@ -554,6 +683,16 @@ struct VerifyCmd {
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
     )]
     url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
 }
 
 /// Parse arguments and run; the binary's whole `main`.
@@ -593,7 +732,12 @@ async fn run(command: Command) -> ExitCode {
                 };
                 let json = l.json;
                 finish(
-                    client(l.url, l.admin_token_file).map(|c| (c, path)),
+                    client(
+                        l.url,
+                        client_tls(l.toolgate_ca, l.toolgate_pin),
+                        l.admin_token_file,
+                    )
+                    .map(|c| (c, path)),
                     |(c, path)| async move {
                         let (status, body) = c.send(http::Method::GET, &path, None).await?;
                         if !status.is_success() {
@@ -613,9 +757,14 @@ async fn run(command: Command) -> ExitCode {
                     return usage("tool id must be 1-128 characters of A-Z a-z 0-9 . _ : -");
                 }
                 let id = r.tool_id;
-                finish(client(r.url, r.admin_token_file), |c| async move {
-                    c.deregister_tool(&id).await
-                })
+                finish(
+                    client(
+                        r.url,
+                        client_tls(r.toolgate_ca, r.toolgate_pin),
+                        r.admin_token_file,
+                    ),
+                    |c| async move { c.deregister_tool(&id).await },
+                )
                 .await
             }
         },
@@ -625,6 +774,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Verify(v) => verify(v).await,
         Command::Revoke(r) => revoke(r.what).await,
         Command::Gateway(g) => gateway(g).await,
+        Command::DevCerts(d) => dev_certs(&d.dir, d.force),
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
@@ -641,7 +791,12 @@ async fn run(command: Command) -> ExitCode {
                     }
                 }
                 finish(
-                    client(t.url, t.admin_token_file).map(|c| (c, path)),
+                    client(
+                        t.url,
+                        client_tls(t.toolgate_ca, t.toolgate_pin),
+                        t.admin_token_file,
+                    )
+                    .map(|c| (c, path)),
                     |(c, path)| async move {
                         let (status, body) = c.send(http::Method::GET, &path, None).await?;
                         if !status.is_success() {
@@ -682,45 +837,54 @@ async fn run(command: Command) -> ExitCode {
         },
         Command::Revocations(r) => {
             let (after, limit, lift, json) = (r.after, r.limit, r.lift, r.json);
-            finish(client(r.url, r.admin_token_file), |c| async move {
-                match lift {
-                    Some(id) => c.lift_revocation(id).await,
-                    None if json => c.revocations(after, limit).await,
-                    None => {
-                        let body = c.revocations(after, limit).await?;
-                        say(&crate::table::revocations(&body));
-                        Ok(Value::Null)
+            finish(
+                client(
+                    r.url,
+                    client_tls(r.toolgate_ca, r.toolgate_pin),
+                    r.admin_token_file,
+                ),
+                |c| async move {
+                    match lift {
+                        Some(id) => c.lift_revocation(id).await,
+                        None if json => c.revocations(after, limit).await,
+                        None => {
+                            let body = c.revocations(after, limit).await?;
+                            say(&crate::table::revocations(&body));
+                            Ok(Value::Null)
+                        }
                     }
-                }
-            })
+                },
+            )
             .await
         }
     }
 }
 
 async fn revoke(what: RevokeWhat) -> ExitCode {
-    let (body, url, token_file) = match what {
+    let (body, url, tls, token_file) = match what {
         RevokeWhat::Subject(s) => (
             json!({"kind": "subject", "format": s.format, "value": s.value, "issuer": s.issuer,
                    "reason": s.reason, "expires_in": s.expires_in}),
             s.url,
+            client_tls(s.toolgate_ca, s.toolgate_pin),
             s.admin_token_file,
         ),
         RevokeWhat::Token(t) => (
             json!({"kind": "token", "value": t.jti, "reason": t.reason, "expires_in": t.expires_in}),
             t.url,
+            client_tls(t.toolgate_ca, t.toolgate_pin),
             t.admin_token_file,
         ),
         RevokeWhat::Tool(t) => (
             json!({"kind": "tool", "value": t.tool_id, "reason": t.reason, "expires_in": t.expires_in}),
             t.url,
+            client_tls(t.toolgate_ca, t.toolgate_pin),
             t.admin_token_file,
         ),
     };
-    finish(
-        client(url, token_file),
-        |c| async move { c.revoke(&body).await },
-    )
+    finish(client(url, tls, token_file), |c| async move {
+        c.revoke(&body).await
+    })
     .await
 }
 
@@ -821,9 +985,21 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     let public = g
         .public_url
         .unwrap_or_else(|| format!("{scheme}://{listen}"));
+    let mut toolgate_tls = ClientTls::new();
+    if let Some(ca) = g.toolgate_ca {
+        toolgate_tls = toolgate_tls.ca_file(ca);
+    }
+    if let Some(pin) = g.toolgate_pin {
+        toolgate_tls = toolgate_tls.pin(pin);
+    }
+    let upstream_tls = match g.upstream_ca {
+        Some(ca) => ClientTls::new().ca_file(ca),
+        None => ClientTls::new(),
+    };
     let cfg = toolgate::gateway::GatewayConfig {
         listen,
         upstream: g.upstream,
+        upstream_tls,
         mcp_path: g.mcp_path,
         routes,
         max_connections: 1024,
@@ -833,6 +1009,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         tls,
         guard: toolgate::guard::GuardConfig {
             toolgate: g.toolgate,
+            toolgate_tls,
             admin_token,
             resource: g.resource,
             server_id: Some(g.server_id),
@@ -852,6 +1029,19 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             eprintln!("toolgate gateway: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn dev_certs(dir: &std::path::Path, force: bool) -> ExitCode {
+    use toolgate::clock::Clock as _;
+    match toolgate::dev_certs::write(dir, force, SystemClock.now()) {
+        Ok(paths) => {
+            for p in paths {
+                say(&p.display().to_string());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage(&e.to_string()),
     }
 }
 
@@ -900,11 +1090,28 @@ fn usage(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn client(url: Option<String>, admin_token_file: Option<PathBuf>) -> Result<Client, ClientError> {
+/// The trust for an `https://` toolgate: `--toolgate-ca` / `--toolgate-pin`, else
+/// `$TOOLGATE_CA` / `$TOOLGATE_PIN`, else the system's roots and no pin.
+fn client_tls(ca: Option<PathBuf>, pin: Option<String>) -> ClientTls {
+    let mut tls = ClientTls::new();
+    if let Some(ca) = ca.or_else(|| std::env::var_os("TOOLGATE_CA").map(PathBuf::from)) {
+        tls = tls.ca_file(ca);
+    }
+    if let Some(pin) = pin.or_else(|| std::env::var("TOOLGATE_PIN").ok()) {
+        tls = tls.pin(pin);
+    }
+    tls
+}
+
+fn client(
+    url: Option<String>,
+    tls: ClientTls,
+    admin_token_file: Option<PathBuf>,
+) -> Result<Client, ClientError> {
     let url = url
         .or_else(|| std::env::var("TOOLGATE_URL").ok())
         .unwrap_or_else(|| "http://127.0.0.1:8693".to_string());
-    let mut c = Client::new(&url)?;
+    let mut c = Client::with_tls(&url, &tls)?;
     let file = admin_token_file
         .or_else(|| std::env::var_os("TOOLGATE_ADMIN_TOKEN_FILE").map(PathBuf::from));
     if let Some(path) = file {
@@ -983,9 +1190,14 @@ async fn tool_add(a: ToolAdd) -> ExitCode {
         a.require_cap,
         a.protocol,
     );
-    finish(client(a.url, a.admin_token_file), |c| async move {
-        c.register_tool(&entry).await
-    })
+    finish(
+        client(
+            a.url,
+            client_tls(a.toolgate_ca, a.toolgate_pin),
+            a.admin_token_file,
+        ),
+        |c| async move { c.register_tool(&entry).await },
+    )
     .await
 }
 
@@ -1001,17 +1213,24 @@ async fn tool_update(u: ToolUpdate) -> ExitCode {
         u.require_cap,
         u.protocol,
     );
-    finish(client(u.url, u.admin_token_file), |c| async move {
-        let body = serde_json::to_vec(&entry).unwrap_or_default();
-        let (status, body) = c
-            .send(http::Method::PUT, &path, Some(("application/json", body)))
-            .await?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(ClientError::Api { status, body })
-        }
-    })
+    finish(
+        client(
+            u.url,
+            client_tls(u.toolgate_ca, u.toolgate_pin),
+            u.admin_token_file,
+        ),
+        |c| async move {
+            let body = serde_json::to_vec(&entry).unwrap_or_default();
+            let (status, body) = c
+                .send(http::Method::PUT, &path, Some(("application/json", body)))
+                .await?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(ClientError::Api { status, body })
+            }
+        },
+    )
     .await
 }
 
@@ -1043,7 +1262,8 @@ fn tool_entry(
 }
 
 async fn token_exchange(x: TokenExchange) -> ExitCode {
-    let prepared = client(x.url, None).and_then(|c| Ok((c, secret_arg(x.subject_token)?)));
+    let prepared = client(x.url, client_tls(x.toolgate_ca, x.toolgate_pin), None)
+        .and_then(|c| Ok((c, secret_arg(x.subject_token)?)));
     let token_type = x
         .subject_token_type
         .unwrap_or_else(|| toolgate::exchange::TYPE_JWT.to_string());
@@ -1069,7 +1289,8 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
 
 async fn verify(v: VerifyCmd) -> ExitCode {
     let tool_id = v.tool_id;
-    let prepared = client(v.url, None).and_then(|c| Ok((c, secret_arg(v.token)?)));
+    let prepared = client(v.url, client_tls(v.toolgate_ca, v.toolgate_pin), None)
+        .and_then(|c| Ok((c, secret_arg(v.token)?)));
     finish(prepared, |(c, token)| async move {
         c.verify(&token, &tool_id).await
     })

@@ -211,8 +211,21 @@ pub fn x509_san(data: &[u8]) {
     }
 }
 
+/// Arbitrary bytes as a server certificate whose SubjectPublicKeyInfo a pin is checked
+/// against: the DER walk never panics, what it finds is a SEQUENCE inside the input, and the
+/// pin exists exactly when it does.
+pub fn spki(data: &[u8]) {
+    let found = toolgate_guard::tls::spki_of(data);
+    if let Some(spki) = found {
+        assert_eq!(spki.first(), Some(&0x30));
+        let start = spki.as_ptr() as usize - data.as_ptr() as usize;
+        assert!(start + spki.len() <= data.len());
+    }
+    assert_eq!(toolgate_guard::tls::pin_of(data).is_some(), found.is_some());
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -251,5 +264,25 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// Every seed certificate has an SPKI, and every prefix and one-byte change of it runs
+    /// through the oracle.
+    #[test]
+    fn the_spki_oracle_holds_on_the_seed_corpus_and_its_mutations() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/spki");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let der = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(toolgate_guard::tls::spki_of(&der).is_some());
+            for n in 0..der.len() {
+                super::spki(&der[..n]);
+                let mut changed = der.clone();
+                changed[n] ^= 0xff;
+                super::spki(&changed);
+            }
+            seeds += 1;
+        }
+        assert!(seeds >= 3);
     }
 }

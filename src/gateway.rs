@@ -11,7 +11,7 @@ use crate::verify::{Allowed, Target};
 use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::{connect::HttpConnector, Client as HttpClient};
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use toolgate_guard::mcp::InvalidMessage;
+use toolgate_guard::tls::{ClientTls, Connector};
 
 pub mod paths;
 
@@ -49,6 +50,9 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub upstream: String,
+    /// What an `https://` upstream is checked against (`--upstream-ca`; default: the system's
+    /// roots). Trust in toolgate itself is `guard.toolgate_tls`.
+    pub upstream_tls: ClientTls,
     pub guard: GuardConfig,
     /// The MCP endpoint's path on this gateway (and upstream), e.g. `/mcp`.
     pub mcp_path: String,
@@ -149,7 +153,7 @@ pub fn jsonrpc_targets(
 struct Gateway {
     guard: Arc<Guard>,
     upstream: Uri,
-    client: HttpClient<HttpConnector, Body>,
+    client: HttpClient<Connector, Body>,
     cfg: GatewayConfig,
     reports: mpsc::Sender<Value>,
     /// The origins a browser may call from: the gateway's own and `--allowed-origin`.
@@ -489,7 +493,10 @@ impl Gateway {
                 http::Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
-                crate::log_warn!("gateway: upstream failed: {e}");
+                match toolgate_guard::tls::describe(&e) {
+                    Some(why) => crate::log_warn!("gateway: upstream refused: TLS: {why}"),
+                    None => crate::log_warn!("gateway: upstream failed: {e}"),
+                }
                 Self::error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unavailable",
@@ -621,8 +628,16 @@ pub async fn serve(
         .upstream
         .parse()
         .map_err(|_| format!("--upstream {} is not a URI", cfg.upstream))?;
-    if upstream.scheme_str() != Some("http") {
-        return Err("--upstream must be an http:// URL".into());
+    let upstream_https = match upstream.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("--upstream must be an http:// or https:// URL".into()),
+    };
+    if !upstream_https && !cfg.upstream_tls.is_default() {
+        return Err(format!(
+            "--upstream-ca is given, but --upstream {} is plain http://: use https://",
+            cfg.upstream
+        ));
     }
     paths::canonical(&cfg.mcp_path).map_err(|e| format!("--mcp-path {}: {e}", cfg.mcp_path))?;
     paths::check_routes(&cfg.routes)?;
@@ -643,7 +658,8 @@ pub async fn serve(
             format!("--allowed-origin {o} is not an origin (scheme://host[:port])")
         })?);
     }
-    let mut report_client = Client::new(&cfg.guard.toolgate).map_err(|e| e.to_string())?;
+    let mut report_client = Client::with_tls(&cfg.guard.toolgate, &cfg.guard.toolgate_tls)
+        .map_err(|e| e.to_string())?;
     if let Some(t) = &cfg.guard.admin_token {
         report_client = report_client.with_admin_token(t.clone());
     }
@@ -658,8 +674,10 @@ pub async fn serve(
     let (reports, rx) = mpsc::channel(REPORT_QUEUE);
     let counters = Arc::new(Counters::default());
     let reporter_task = tokio::spawn(reporter(report_client, rx, source, counters.clone()));
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let connector = cfg
+        .upstream_tls
+        .connector(upstream_https)
+        .map_err(|e| format!("--upstream-ca: {e}"))?;
     let client = HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);

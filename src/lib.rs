@@ -20,6 +20,7 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod credentials;
+pub mod dev_certs;
 pub mod events;
 pub mod exchange;
 pub mod gateway;

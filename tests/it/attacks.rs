@@ -128,6 +128,7 @@ impl Env {
         let guard = Guard::connect(
             GuardConfig {
                 toolgate: daemon.url.clone(),
+                toolgate_tls: Default::default(),
                 admin_token: production.then(|| ADMIN.to_string()),
                 resource: "https://mcp.example.com/tools".into(),
                 server_id: None,

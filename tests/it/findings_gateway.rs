@@ -88,8 +88,10 @@ async fn config(
     let cfg = GatewayConfig {
         listen,
         upstream: upstream.url.clone(),
+        upstream_tls: Default::default(),
         guard: GuardConfig {
             toolgate: daemon.url.clone(),
+            toolgate_tls: Default::default(),
             admin_token: admin_token.map(str::to_string),
             resource: SERVER.to_string(),
             server_id: Some("server-a".to_string()),

@@ -52,6 +52,7 @@ async fn guard(d: &Daemon) -> Arc<Guard> {
     Guard::connect(
         GuardConfig {
             toolgate: d.url.clone(),
+            toolgate_tls: Default::default(),
             admin_token: None,
             resource: SEARCH.into(),
             server_id: None,

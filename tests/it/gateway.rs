@@ -369,6 +369,7 @@ async fn register_tools(daemon: &Daemon) {
 fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
     GuardConfig {
         toolgate: toolgate.to_string(),
+        toolgate_tls: Default::default(),
         admin_token: None,
         resource: SERVER.to_string(),
         server_id: Some("server-a".to_string()),
@@ -422,6 +423,7 @@ impl Env {
         let cfg = GatewayConfig {
             listen,
             upstream: up.url.clone(),
+            upstream_tls: Default::default(),
             guard: guard_config(&daemon.url, &meta),
             mcp_path: "/mcp".into(),
             routes,

@@ -25,5 +25,6 @@ mod production;
 mod robustness;
 mod signals;
 mod tls;
+mod tls_clients;
 mod tools;
 mod verify;

@@ -781,8 +781,10 @@ mod over_tls {
         let cfg = GatewayConfig {
             listen,
             upstream: upstream().await,
+            upstream_tls: Default::default(),
             guard: GuardConfig {
                 toolgate: d.url.clone(),
+                toolgate_tls: Default::default(),
                 admin_token: Some(ADMIN.into()),
                 resource: "https://mcp.example.com/tools".into(),
                 server_id: None,
@@ -925,8 +927,10 @@ async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() 
         listen,
         // Never reached: every request here is refused.
         upstream: d.url.clone(),
+        upstream_tls: Default::default(),
         guard: GuardConfig {
             toolgate: d.url.clone(),
+            toolgate_tls: Default::default(),
             admin_token: Some(ADMIN.into()),
             resource: "https://mcp.example.com/tools".into(),
             server_id: None,

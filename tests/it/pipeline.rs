@@ -119,6 +119,7 @@ async fn gateway(daemon: &Daemon, upstream: &str) -> Gateway {
     let cfg = GatewayConfig {
         listen: addr,
         upstream: upstream.to_string(),
+        upstream_tls: Default::default(),
         guard: guard_config(daemon, &url),
         mcp_path: "/mcp".into(),
         routes: vec![("/exec-route".into(), "exec".into())],

@@ -436,8 +436,10 @@ async fn the_gateway_listens_over_tls() {
     let cfg = toolgate::gateway::GatewayConfig {
         listen,
         upstream: "http://127.0.0.1:9".into(),
+        upstream_tls: Default::default(),
         guard: toolgate::guard::GuardConfig {
             toolgate: daemon.url.clone(),
+            toolgate_tls: Default::default(),
             admin_token: None,
             resource: "https://mcp.example.com/s".into(),
             server_id: Some("s".into()),

@@ -1,11 +1,14 @@
-//! A small typed client for toolgate's REST API (plain HTTP/1.1), used by the CLI, the guard
-//! and the gateway, and by Rust agents that want to exchange and verify in two calls. Its
-//! connections are pooled and kept alive: a guard polling four times a second reuses one.
+//! A small typed client for toolgate's REST API (HTTP/1.1, plain or over TLS), used by the CLI,
+//! the guard and the gateway, and by Rust agents that want to exchange and verify in two calls.
+//! Its connections are pooled and kept alive: a guard polling four times a second reuses one.
+//! An `https://` base is checked against [`ClientTls`] (the system's roots by default); a
+//! certificate error fails the call with [`ClientError::Tls`], which names the cause.
 
+use crate::tls::{ClientTls, Connector};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::{connect::HttpConnector, Client as Pool};
+use hyper_util::client::legacy::Client as Pool;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -15,8 +18,11 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a call to toolgate failed.
 #[derive(Debug)]
 pub enum ClientError {
-    /// The base URL is not `http://host:port[/prefix]`.
+    /// The base URL is not `http(s)://host:port[/prefix]`.
     Url(String),
+    /// TLS could not be set up (a CA file, a pin), or the server's certificate was refused:
+    /// a sentence naming the cause (`the server certificate has expired`).
+    Tls(String),
     /// Could not connect or the exchange failed on the wire.
     Transport(String),
     /// The daemon answered with an error status; its JSON body is kept.
@@ -32,6 +38,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Url(u) => write!(f, "invalid toolgate URL: {u}"),
+            Self::Tls(why) => write!(f, "TLS: {why}"),
             Self::Transport(e) => write!(f, "cannot reach toolgate: {e}"),
             Self::Api { status, body } => write!(f, "toolgate answered {status}: {body}"),
         }
@@ -42,15 +49,17 @@ impl std::error::Error for ClientError {}
 /// A client bound to one toolgate daemon. Clones share one connection pool.
 #[derive(Clone)]
 pub struct Client {
+    scheme: &'static str,
     authority: String,
     prefix: String,
     admin_token: Option<String>,
-    pool: Pool<HttpConnector, Full<Bytes>>,
+    pool: Pool<Connector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
+            .field("scheme", &self.scheme)
             .field("authority", &self.authority)
             .field(
                 "admin_token",
@@ -61,11 +70,25 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// `base` is `http://host:port` (TLS is for a fronting proxy; the daemon speaks plain HTTP).
+    /// `base` is `http://host:port` or `https://host:port` (then the server is checked against
+    /// the system's roots; see [`Client::with_tls`]).
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let rest = base
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::Url(format!("{base} (only http:// is supported)")))?;
+        Self::with_tls(base, &ClientTls::default())
+    }
+
+    /// A client whose `https://` connections trust `tls` (its CA certificates, its pin). An
+    /// `http://` base takes only the default `tls` (CA certificates or a pin with it are an
+    /// error, not a silent fall back to plain text).
+    pub fn with_tls(base: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        let (scheme, rest) = if let Some(rest) = base.strip_prefix("https://") {
+            ("https", rest)
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            ("http", rest)
+        } else {
+            return Err(ClientError::Url(format!(
+                "{base} (only http:// and https:// are supported)"
+            )));
+        };
         let (authority, prefix) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -73,13 +96,21 @@ impl Client {
         if authority.is_empty() {
             return Err(ClientError::Url(base.to_string()));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        if scheme == "http" && !tls.is_default() {
+            // CA certificates or a pin say TLS was meant: plain text would be a silent downgrade.
+            return Err(ClientError::Tls(format!(
+                "CA certificates or a pin are given, but {base} is plain http://: use https://"
+            )));
+        }
+        let connector = tls
+            .connector(scheme == "https")
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let pool = Pool::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build(connector);
         Ok(Self {
+            scheme,
             authority: authority.to_string(),
             prefix: prefix.trim_end_matches('/').to_string(),
             admin_token: None,
@@ -114,7 +145,10 @@ impl Client {
         let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
         let mut builder = Request::builder()
             .method(method)
-            .uri(format!("http://{}{}{path}", self.authority, self.prefix))
+            .uri(format!(
+                "{}://{}{}{path}",
+                self.scheme, self.authority, self.prefix
+            ))
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.admin_token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -127,6 +161,9 @@ impl Client {
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| t(&e))?;
         let resp = self.pool.request(req).await.map_err(|e| {
+            if let Some(why) = crate::tls::describe(&e) {
+                return ClientError::Tls(why);
+            }
             // The pool's error hides its cause (a refused connection, a reset): name the root.
             let mut root: &dyn std::error::Error = &e;
             while let Some(next) = root.source() {

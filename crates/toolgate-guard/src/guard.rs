@@ -9,6 +9,7 @@ use crate::jose::{Jwk, JwkSet};
 use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
 use crate::revocation::{Key, RevocationIndex};
+use crate::tls::ClientTls;
 use crate::verify::{
     Allowed, Check, DecisionRequest, Denial, KeySource, Target, Verifier, VerifierConfig,
 };
@@ -23,8 +24,11 @@ use std::time::Duration;
 /// How a guard is set up. Its `Debug` form never shows the admin token.
 #[derive(Clone)]
 pub struct GuardConfig {
-    /// toolgate's base URL (`http://127.0.0.1:8693`).
+    /// toolgate's base URL (`http://127.0.0.1:8693`, or `https://…`).
     pub toolgate: String,
+    /// What an `https://` toolgate URL is checked against: its CA certificates (default: the
+    /// system's roots) and an optional public-key pin.
+    pub toolgate_tls: ClientTls,
     /// A token for toolgate when its reads are not open: the reporter token is enough.
     pub admin_token: Option<String>,
     /// This server's own RFC 8707 resource URI: tokens for it are accepted for every method.
@@ -49,6 +53,7 @@ impl std::fmt::Debug for GuardConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardConfig")
             .field("toolgate", &self.toolgate)
+            .field("toolgate_tls", &self.toolgate_tls)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -72,6 +77,7 @@ impl GuardConfig {
         let public_url = origin(&resource);
         Self {
             toolgate: toolgate.into(),
+            toolgate_tls: ClientTls::default(),
             admin_token: None,
             resource,
             server_id: None,
@@ -93,6 +99,20 @@ impl GuardConfig {
     /// The admin token the guard sends to toolgate, when toolgate's reads are not open.
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.admin_token = Some(token.into());
+        self
+    }
+
+    /// Trust only the CA certificates in this PEM file for an `https://` toolgate (instead of
+    /// the system's roots); read at connect.
+    pub fn toolgate_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.toolgate_tls = self.toolgate_tls.ca_file(path);
+        self
+    }
+
+    /// Also require toolgate's certificate to carry this public key:
+    /// `sha256//<base64 of the SHA-256 of its SubjectPublicKeyInfo>` (see [`ClientTls::pin`]).
+    pub fn toolgate_pin(mut self, pin: impl Into<String>) -> Self {
+        self.toolgate_tls = self.toolgate_tls.pin(pin);
         self
     }
 
@@ -162,6 +182,38 @@ impl GuardBuilder {
     /// The admin token sent to toolgate when its reads are not open.
     pub fn admin_token(mut self, token: impl Into<String>) -> Self {
         self.cfg = self.cfg.admin_token(token);
+        self
+    }
+
+    /// Trust only the CA certificates in this PEM file for an `https://` toolgate (see
+    /// [`GuardConfig::toolgate_ca`]); without it, the system's roots.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), toolgate_guard::guard::GuardError> {
+    /// let guard = toolgate_guard::Guard::builder("https://toolgate.internal:8693", "https://tools.example.com/search")
+    ///     .toolgate_ca("/etc/toolgate/ca.pem")
+    ///     .toolgate_pin("sha256//YhKJKSzoTt2b5FP18fvpHo7fJYqQCjAa3HWY3tvRMwE=")
+    ///     .connect()
+    ///     .await?;
+    /// # drop(guard); Ok(()) }
+    /// ```
+    pub fn toolgate_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.cfg = self.cfg.toolgate_ca(path);
+        self
+    }
+
+    /// Also require toolgate's certificate to carry this public key (see
+    /// [`GuardConfig::toolgate_pin`]): a certificate that chains to a trusted CA but has
+    /// another key is refused.
+    pub fn toolgate_pin(mut self, pin: impl Into<String>) -> Self {
+        self.cfg = self.cfg.toolgate_pin(pin);
+        self
+    }
+
+    /// The whole TLS trust for an `https://` toolgate at once (e.g. CA certificates held in
+    /// memory: [`ClientTls::ca_pem`]).
+    pub fn toolgate_tls(mut self, tls: ClientTls) -> Self {
+        self.cfg.toolgate_tls = tls;
         self
     }
 
@@ -398,7 +450,8 @@ impl Guard {
         cfg: GuardConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Guard>, GuardError> {
-        let mut client = Client::new(&cfg.toolgate).map_err(|e| GuardError(e.to_string()))?;
+        let mut client = Client::with_tls(&cfg.toolgate, &cfg.toolgate_tls)
+            .map_err(|e| GuardError(e.to_string()))?;
         if let Some(t) = &cfg.admin_token {
             client = client.with_admin_token(t.clone());
         }

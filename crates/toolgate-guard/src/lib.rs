@@ -69,8 +69,10 @@ pub mod guard;
 pub mod layer;
 pub mod log;
 pub mod mcp;
+pub mod tls;
 
 pub use guard::{Guard, GuardBuilder, GuardConfig, GuardedBody, Protected, Routing};
 #[cfg(feature = "tower")]
 pub use layer::{GuardLayer, GuardService};
+pub use tls::ClientTls;
 pub use toolgate_core::{clock, jose, mtls, oauth, registry, resource, revocation, verify};

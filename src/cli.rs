@@ -480,6 +480,9 @@ struct ToolAdd {
     /// maximum blast radius, level[:scope]
     #[argh(option)]
     max_blast_radius: Option<String>,
+    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705)
+    #[argh(option)]
+    sender_constraint: Option<String>,
     /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
     #[argh(option)]
     protocol: Vec<String>,
@@ -531,6 +534,9 @@ struct ToolUpdate {
     /// maximum blast radius, level[:scope]
     #[argh(option)]
     max_blast_radius: Option<String>,
+    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705)
+    #[argh(option)]
+    sender_constraint: Option<String>,
     /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
     #[argh(option)]
     protocol: Vec<String>,
@@ -1186,7 +1192,13 @@ async fn tool_add(a: ToolAdd) -> ExitCode {
     let entry = tool_entry(
         &a.tool_id,
         a.resource,
-        [a.name, a.description, a.server_id, a.max_blast_radius],
+        [
+            a.name,
+            a.description,
+            a.server_id,
+            a.max_blast_radius,
+            a.sender_constraint,
+        ],
         a.require_cap,
         a.protocol,
     );
@@ -1209,7 +1221,13 @@ async fn tool_update(u: ToolUpdate) -> ExitCode {
     let entry = tool_entry(
         &u.tool_id,
         u.resource,
-        [u.name, u.description, u.server_id, u.max_blast_radius],
+        [
+            u.name,
+            u.description,
+            u.server_id,
+            u.max_blast_radius,
+            u.sender_constraint,
+        ],
         u.require_cap,
         u.protocol,
     );
@@ -1235,17 +1253,23 @@ async fn tool_update(u: ToolUpdate) -> ExitCode {
 }
 
 /// The JSON entry of `tool add` and `tool update`: `[name, description, server_id,
-/// max_blast_radius]` when given, capabilities and protocols when any.
+/// max_blast_radius, sender_constraint]` when given, capabilities and protocols when any.
 fn tool_entry(
     tool_id: &str,
     resource: String,
-    optional: [Option<String>; 4],
+    optional: [Option<String>; 5],
     caps: Vec<String>,
     protocols: Vec<String>,
 ) -> Value {
     let mut entry = json!({"tool_id": tool_id, "resource_uri": resource});
     if let Some(obj) = entry.as_object_mut() {
-        let names = ["name", "description", "server_id", "max_blast_radius"];
+        let names = [
+            "name",
+            "description",
+            "server_id",
+            "max_blast_radius",
+            "sender_constraint",
+        ];
         for (k, v) in names.into_iter().zip(optional) {
             if let Some(v) = v {
                 obj.insert(k.into(), json!(v));

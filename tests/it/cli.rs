@@ -209,6 +209,24 @@ async fn tool_token_verify_round_trip() {
     let added = json_out(&o);
     assert_eq!(added["tool_id"], json!("code-search"), "{added}");
     assert_eq!(added["resource_uri"], json!(RESOURCE), "{added}");
+    // A second tool whose tokens must be certificate-bound.
+    let o = run(args(
+        &[
+            "tool",
+            "add",
+            "deploy",
+            "--resource",
+            "https://mcp.example.com/tools/deploy",
+            "--sender-constraint",
+            "mtls",
+        ],
+        &url,
+    ))
+    .await;
+    assert_exit(&o, 0);
+    assert_eq!(json_out(&o)["sender_constraint"], json!("mtls"));
+    let o = run(args(&["tool", "rm", "deploy"], &url)).await;
+    assert_exit(&o, 0);
 
     // tool list
     let o = run(args(&["tool", "list", "--json"], &url)).await;

@@ -7,7 +7,12 @@
 #   4. run_job, registered with requires_execution, is called with a token minted for the exact
 #      tools/call body (an httpx.Auth in the SDK's transport); the same call with its body
 #      changed after the token was minted is refused with check "execution";
-#   5. after a revocation signal, the next code_search call is refused.
+#   5. after a revocation signal, the next code_search call is refused;
+#   6. over TLS (certificates from `toolgate dev-certs`): code_search registered with
+#      sender_constraint "mtls" on a TLS toolgate; an httpx client presenting the dev X.509-SVID
+#      exchanges it as its credential (urn:starfly:token-type:mtls) for a token bound to the
+#      certificate, and calls code_search through a TLS gateway (which syncs from toolgate over
+#      https with --toolgate-ca): allowed with the certificate, refused without it.
 # Exits non-zero if any expectation fails. Loopback only; every process is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,11 +94,36 @@ curl -sf -X POST "$TG/v1/signals/events" -H 'Content-Type: application/json' -d 
 sleep 1  # the gateway polls toolgate's revocation digest four times a second
 expect "after the revocation signal the next code_search call is refused" 3 "$PY" scripts/e2e/mcp_client.py "$GW" "$CODE_TOKEN" code_search
 
+echo "== 6. TLS: a certificate-bound token through a TLS gateway"
+"$TG_BIN" dev-certs "$tmp/certs" >/dev/null
+cat >"$tmp/tls.json" <<JSON
+{"trusted_client_cas": [{"ca_file": "$tmp/certs/ca.pem", "trust_domain": "dev.local"}]}
+JSON
+TGS_PORT=$(free_port); GWS_PORT=$(free_port)
+TGS="https://localhost:$TGS_PORT"
+"$TG_BIN" serve --dev --listen "127.0.0.1:$TGS_PORT" --db "$tmp/tls.db" --config "$tmp/tls.json" \
+  --tls-cert "$tmp/certs/server.pem" --tls-key "$tmp/certs/server.key" --client-ca "$tmp/certs/ca.pem" \
+  2>"$tmp/toolgate-tls.log" & pids+=($!)
+wait_https() { for _ in $(seq 1 100); do curl -s -o /dev/null --cacert "$tmp/certs/ca.pem" "$1" && return 0; sleep 0.1; done; echo "FAIL: $1 never answered" >&2; exit 1; }
+wait_https "$TGS/v1/sys/health"
+curl -sf --cacert "$tmp/certs/ca.pem" -X POST "$TGS/v1/tools" -H 'Content-Type: application/json' \
+  -d "{\"tool_id\":\"code_search\",\"resource_uri\":\"$SERVER/tools/code_search\",\"server_id\":\"e2e-mcp\",\"sender_constraint\":\"mtls\"}" >/dev/null
+"$TG_BIN" gateway --toolgate "$TGS" --toolgate-ca "$tmp/certs/ca.pem" --listen "127.0.0.1:$GWS_PORT" \
+  --upstream "http://127.0.0.1:$MCP_PORT" --server-id e2e-mcp --resource "$SERVER" \
+  --public-url "https://localhost:$GWS_PORT" --tls-cert "$tmp/certs/server.pem" --tls-key "$tmp/certs/server.key" \
+  --client-ca "$tmp/certs/ca.pem" 2>"$tmp/gateway-tls.log" & pids+=($!)
+wait_https "https://localhost:$GWS_PORT/.well-known/oauth-protected-resource"
+GWS="https://localhost:$GWS_PORT/mcp"
+mtls() { "$PY" scripts/e2e/mcp_mtls_client.py "$GWS" "$TGS" "$tmp/certs/ca.pem" "$tmp/certs/client.pem" "$tmp/certs/client.key" "$SERVER/tools/code_search" code_search "$1"; }
+expect "the SVID's certificate-bound token calls code_search through the TLS gateway" 0 mtls bound
+expect "the same token without the client certificate is refused" 3 mtls bearer
+
 echo "== gateway decisions reported to toolgate (audit, newest first)"
 sleep 0.5
 curl -s "$TG/v1/audit?kind=gateway&limit=8" | python3 -c 'import json,sys; [print(" ", e["decision"], e["check"] or "-", e["target"], e["subject"]) for e in json.load(sys.stdin)["events"]]'
 if [ "$fail" != 0 ]; then
   echo "--- gateway log"; tail -n 20 "$tmp/gateway.log"; echo "--- mcp server log"; tail -n 20 "$tmp/mcp.log"
+  for f in toolgate-tls gateway-tls; do [ -f "$tmp/$f.log" ] && { echo "--- $f log"; tail -n 20 "$tmp/$f.log"; }; done
   exit 1
 fi
 echo "e2e-mcp: all expectations met"

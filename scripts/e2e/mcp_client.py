@@ -36,10 +36,12 @@ def status_of(exc: BaseException) -> str:
     return "error"
 
 
-async def main(url: str, token: str | None, tool: str, auth=None, arguments=None) -> int:
-    """Initialize, then call `tool`; with `auth` (an httpx Auth) instead of a fixed token."""
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    http = create_mcp_http_client(headers=headers, auth=auth)
+async def main(url: str, token: str | None, tool: str, auth=None, arguments=None, http=None) -> int:
+    """Initialize, then call `tool`; with `auth` (an httpx Auth) instead of a fixed token, or on
+    `http`, an httpx AsyncClient of the caller's (TLS settings, a client certificate)."""
+    if http is None:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        http = create_mcp_http_client(headers=headers, auth=auth)
     refusals: list[str] = []
 
     async def on_response(response) -> None:  # the SDK turns HTTP errors into JSON-RPC errors

@@ -485,3 +485,70 @@ async fn the_gateway_listens_over_tls() {
     task.await.unwrap().unwrap();
     daemon.stop().await;
 }
+
+/// Issue 13, done means, against the daemon's own TLS listener: a guard facing toolgate with
+/// an expired server certificate refuses to start, naming the cause; after a reload to a good
+/// certificate, it syncs over https and decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_refuses_a_toolgate_whose_certificate_has_expired() {
+    use toolgate::verify::{DecisionRequest, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let expired = ca.server(dir.path(), "server", true);
+    let d = Daemon::with(|c| {
+        c.dev = true;
+        c.tls = Some(files(&expired, &[], ClientAuth::Optional));
+    })
+    .await;
+    let guard = |url: String| {
+        let (clock, ca) = (d.clock.clone(), ca.pem.clone());
+        async move {
+            let clock: std::sync::Arc<dyn toolgate::clock::Clock> = clock;
+            toolgate::guard::Guard::builder(url, "https://mcp.example.com/tools/search")
+                .toolgate_ca(ca)
+                .public_url("https://mcp.example.com")
+                .clock(clock)
+                .connect()
+                .await
+        }
+    };
+    let url = format!("https://localhost:{}", d.url.rsplit(':').next().unwrap());
+    let err = guard(url.clone()).await.unwrap_err().to_string();
+    assert!(err.contains("the server certificate has expired"), "{err}");
+
+    let good = ca.server(dir.path(), "good", false);
+    std::fs::copy(&good.cert, &expired.cert).unwrap();
+    std::fs::copy(&good.key, &expired.key).unwrap();
+    d.reload_tls().unwrap();
+    let (status, _) = Https::connect(&addr(&d), client_config(&ca.pem, None))
+        .await
+        .unwrap()
+        .send(
+            Method::POST,
+            "/v1/tools",
+            &[],
+            Some(serde_json::json!({"tool_id": "search", "resource_uri": "https://mcp.example.com/tools/search"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let g = guard(url).await.unwrap();
+    let token = {
+        let mut c = Https::connect(&addr(&d), client_config(&ca.pem, None))
+            .await
+            .unwrap();
+        let body = super::harness::exchange_body(
+            &super::harness::stub(serde_json::json!({"sub": "alice", "namespace": "n"})),
+            "https://mcp.example.com/tools/search",
+        );
+        let (status, resp) = c
+            .send(Method::POST, "/v1/exchange/token", &[], Some(body))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{resp}");
+        resp["access_token"].as_str().unwrap().to_string()
+    };
+    let verdict = g.check(&DecisionRequest::new(&token, Target::Tool("search")));
+    assert!(verdict.is_ok(), "{:?}", verdict.err());
+    d.stop().await;
+}

@@ -538,8 +538,11 @@ impl<H> Connection<H> {
         // A failed or slow handshake just closes the connection: the client's TLS stack names
         // the cause, and a scanner cannot fill the log.
         if let Ok(Ok(stream)) = handshake.await {
-            let cert = crate::tls::peer_certificate(stream.get_ref().1);
-            self.http(stream, cert).await;
+            // A resumed session's certificate that no longer verifies closes the connection,
+            // as a full handshake with it would have failed.
+            if let Ok(cert) = acceptor.client_certificate(stream.get_ref().1) {
+                self.http(stream, cert).await;
+            }
         }
     }
 

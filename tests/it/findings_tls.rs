@@ -1,0 +1,120 @@
+//! Findings of the review of issue #13 (TLS, certificate-bound tokens): each test failed
+//! before its fix.
+
+use super::harness::{Daemon, ADMIN};
+use super::pki::{client_config, Ca, Https};
+use http::Method;
+use toolgate::credentials::Credential;
+use toolgate::tls::{ClientAuth, TlsFiles};
+
+const HEALTH: &str = "/v1/sys/health";
+
+async fn tls_daemon(tls: TlsFiles) -> Daemon {
+    Daemon::with(|c| {
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
+        c.tls = Some(tls);
+    })
+    .await
+}
+
+fn addr(d: &Daemon) -> String {
+    d.url.strip_prefix("https://").unwrap().to_string()
+}
+
+/// Finding: a resumed TLS session brought back the client certificate of the session's first
+/// handshake without checking it again. The session cache and ticket key outlive a reload, so
+/// a client CA removed from `--client-ca` (and `SIGHUP`) kept authenticating every client that
+/// held a ticket, and each resumption handed out fresh tickets: for as long as the client
+/// kept coming back.
+#[tokio::test]
+async fn a_resumed_session_does_not_keep_a_client_ca_removed_by_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let (old, new) = (Ca::new(dir.path(), "old"), Ca::new(dir.path(), "new"));
+    let server = ca.server(dir.path(), "server", false);
+    let agent = old.client(dir.path(), "agent", Some("spiffe://dev.local/ns/demo/sa/a"));
+    // The one client CA file the listener reads, first with the old CA in it.
+    let client_cas = dir.path().join("client-cas.pem");
+    std::fs::copy(&old.pem, &client_cas).unwrap();
+    let d = tls_daemon(TlsFiles {
+        cert: server.cert.clone(),
+        key: server.key.clone(),
+        client_cas: vec![client_cas.clone()],
+        client_auth: ClientAuth::Required,
+    })
+    .await;
+    let a = addr(&d);
+    let config = client_config(&ca.pem, Some(&agent));
+    let mut first = Https::connect(&a, config.clone()).await.unwrap();
+    assert_eq!(first.kind, Some(rustls::HandshakeKind::Full));
+    // TLS 1.3 tickets arrive after the handshake: read a response first.
+    assert_eq!(
+        first.send(Method::GET, HEALTH, &[], None).await.unwrap().0,
+        200
+    );
+
+    // The old CA is no longer trusted.
+    std::fs::copy(&new.pem, &client_cas).unwrap();
+    d.reload_tls().unwrap();
+    // A full handshake with its certificate is refused ...
+    let fresh = client_config(&ca.pem, Some(&agent));
+    let refused = match Https::connect(&a, fresh).await {
+        Err(_) => true,
+        Ok(mut c) => c.send(Method::GET, HEALTH, &[], None).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a full handshake with the removed CA's certificate"
+    );
+    // ... and so is the resumption of a session made with it.
+    let mut resumed = Https::connect(&a, config).await.unwrap();
+    assert_eq!(resumed.kind, Some(rustls::HandshakeKind::Resumed));
+    let answer = resumed.send(Method::GET, HEALTH, &[], None).await;
+    assert!(
+        answer.is_err(),
+        "a resumed session kept the removed CA's certificate: {answer:?}"
+    );
+    d.stop().await;
+}
+
+/// Finding: the same, with time: a client certificate that expired after the first handshake
+/// still came with every resumed session (a full handshake refuses it), so a certificate-bound
+/// token could be minted for, and used with, an expired certificate.
+#[tokio::test]
+async fn a_resumed_session_does_not_keep_an_expired_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "main");
+    let clients = Ca::new(dir.path(), "clients");
+    let server = ca.server(dir.path(), "server", false);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let short = clients.client_with(dir.path(), "short", |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(1970, 1, 1) + now + std::time::Duration::from_secs(2);
+    });
+    let d = tls_daemon(TlsFiles {
+        cert: server.cert.clone(),
+        key: server.key.clone(),
+        client_cas: vec![clients.pem.clone()],
+        client_auth: ClientAuth::Optional,
+    })
+    .await;
+    let a = addr(&d);
+    let config = client_config(&ca.pem, Some(&short));
+    let mut first = Https::connect(&a, config.clone()).await.unwrap();
+    assert_eq!(
+        first.send(Method::GET, HEALTH, &[], None).await.unwrap().0,
+        200
+    );
+
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut resumed = Https::connect(&a, config).await.unwrap();
+    assert_eq!(resumed.kind, Some(rustls::HandshakeKind::Resumed));
+    let answer = resumed.send(Method::GET, HEALTH, &[], None).await;
+    assert!(
+        answer.is_err(),
+        "a resumed session kept an expired client certificate: {answer:?}"
+    );
+    d.stop().await;
+}

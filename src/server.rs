@@ -395,7 +395,12 @@ impl Transport {
         };
         let mut values = req.headers().get_all(name).iter();
         let (first, second) = (values.next(), values.next());
-        if !self.trusted_proxies.contains(&peer) {
+        // On a dual-stack listener an IPv4 peer is `::ffff:a.b.c.d`: compare canonical forms.
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == peer.to_canonical());
+        if !trusted {
             return match first {
                 Some(_) => Err(format!(
                     "the {name} header is accepted only from a trusted proxy"

@@ -118,3 +118,30 @@ async fn a_resumed_session_does_not_keep_an_expired_client_certificate() {
     );
     d.stop().await;
 }
+
+/// Finding: on a dual-stack listener (`--listen [::]:8693`) an IPv4 proxy's connection comes
+/// from `::ffff:a.b.c.d`, which is not the `--trusted-proxy a.b.c.d` it was compared with: the
+/// proxy's header was refused, every request through it answered 400.
+#[tokio::test]
+async fn a_trusted_ipv4_proxy_is_trusted_on_a_dual_stack_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "clients");
+    let agent = ca.client(dir.path(), "agent", None);
+    let escaped = std::fs::read_to_string(&agent.cert)
+        .unwrap()
+        .replace('\n', "%0A")
+        .replace(' ', "%20");
+    let d = Daemon::with(|c| {
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
+        c.listen = "[::]:0".parse().unwrap();
+        c.client_cert_header = Some(http::HeaderName::from_static("x-client-cert"));
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let port = d.url.rsplit(':').next().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    let (status, body) =
+        super::harness::get_with_headers(&url, HEALTH, &[("x-client-cert", &escaped)]).await;
+    assert_eq!(status, 200, "{body}");
+    d.stop().await;
+}

@@ -322,6 +322,68 @@ fn exchange_binds_tokens_for_mtls_tools_and_takes_spiffe_credentials() {
     }
 }
 
+/// Finding (review of #13): a token minted from a SPIFFE X.509-SVID outlived the certificate.
+/// Every other credential caps the token's `exp` (a subject token's own `exp`); the
+/// certificate's notAfter did not, so an SVID a minute from expiry (SVIDs live an hour or less)
+/// became an unbound bearer token for a plain tool good for the full token lifetime.
+#[test]
+fn a_token_from_an_svid_expires_with_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = toolgate::clock::Clock::now(&toolgate::clock::SystemClock);
+    let key = SigningKey::generate().unwrap();
+    let verifier = verifier(&key, now);
+    let ca = Ca::new("prod CA");
+    let cas = [ca.trusted_for(dir.path(), "prod.example")];
+    let app = Exchanger {
+        issuer: ISS,
+        dev: false,
+        trust_domain: "dev.local",
+        token_ttl: 3600,
+        leeway: 0,
+        trusted_issuers: &[],
+        trusted_client_cas: &cas,
+        verifier: &verifier,
+        signing_key: &key,
+    };
+    let not_after = now + 60;
+    let short = ca.issue(&[AGENT], |p| {
+        p.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs(u64::try_from(not_after).unwrap());
+    });
+    for aud in [PLAIN, BOUND] {
+        let issued = exchange::exchange(
+            &app,
+            &ExchangeRequest {
+                grant_type: Some(GRANT.into()),
+                subject_token_type: Some(TYPE_MTLS.into()),
+                audience: Some(aud.into()),
+                client_cert: Some(short.clone()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        let exp = claims_of(&issued.access_token)["exp"].as_i64().unwrap();
+        assert_eq!(exp, not_after, "{aud}");
+    }
+    // A certificate of the far future does not lengthen the token.
+    let long = ca.client(&[AGENT]);
+    let issued = exchange::exchange(
+        &app,
+        &ExchangeRequest {
+            grant_type: Some(GRANT.into()),
+            subject_token_type: Some(TYPE_MTLS.into()),
+            audience: Some(PLAIN.into()),
+            client_cert: Some(long),
+            ..Default::default()
+        },
+        now,
+    )
+    .unwrap();
+    let exp = claims_of(&issued.access_token)["exp"].as_i64().unwrap();
+    assert_eq!(exp, now + 3600);
+}
+
 /// A production daemon whose signing key the test also holds, with a tool that takes only
 /// certificate-bound tokens (`deploy`) and one that does not (`search`).
 async fn daemon_with_key() -> (Daemon, SigningKey) {

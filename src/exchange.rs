@@ -377,6 +377,10 @@ fn certificate_subject(
     ))?;
     let id = crate::spiffe::workload(cert, app.trusted_client_cas, now)
         .map_err(|e| ExchangeError::InvalidGrant(e.description()))?;
+    // The token may not outlive the certificate that vouched for it.
+    let not_after = crate::spiffe::not_after(cert.leaf()).map_err(|_| {
+        ExchangeError::InvalidGrant(crate::spiffe::SvidError::Malformed.description())
+    })?;
     let mut source = Map::new();
     source.insert("sub".into(), json!(id.uri()));
     Ok(Subject {
@@ -384,7 +388,7 @@ fn certificate_subject(
         // A certificate says who, not what it may do: no capabilities beyond those requested.
         caps: Some(Vec::new()),
         blast_radius: None,
-        exp: None,
+        exp: Some(not_after),
         jti: None,
         source,
         is_agent_token: false,

@@ -188,8 +188,8 @@ fn percent_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// Arbitrary bytes as a client certificate's DER through the SAN reader and the SPIFFE ID
-/// grammar: must never panic; every URI read is a slice of the input, and a SPIFFE ID that
+/// Arbitrary bytes as a client certificate's DER through the SAN reader, the notAfter reader
+/// and the SPIFFE ID grammar: must never panic; every URI read is a slice of the input, and a SPIFFE ID that
 /// parses writes back as exactly its input (round-trip oracle).
 pub fn x509_san(data: &[u8]) {
     if let Ok(uris) = crate::spiffe::uri_sans(data) {
@@ -204,6 +204,8 @@ pub fn x509_san(data: &[u8]) {
         }
     }
     let _ = crate::spiffe::spiffe_id(data);
+    // The validity walk beside it (a minted token's cap) never panics either.
+    let _ = crate::spiffe::not_after(data);
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(id) = crate::spiffe::SpiffeId::parse(text) {
             assert_eq!(id.uri(), text);

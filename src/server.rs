@@ -395,7 +395,12 @@ impl Transport {
         };
         let mut values = req.headers().get_all(name).iter();
         let (first, second) = (values.next(), values.next());
-        if !self.trusted_proxies.contains(&peer) {
+        // On a dual-stack listener an IPv4 peer is `::ffff:a.b.c.d`: compare canonical forms.
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == peer.to_canonical());
+        if !trusted {
             return match first {
                 Some(_) => Err(format!(
                     "the {name} header is accepted only from a trusted proxy"
@@ -538,8 +543,11 @@ impl<H> Connection<H> {
         // A failed or slow handshake just closes the connection: the client's TLS stack names
         // the cause, and a scanner cannot fill the log.
         if let Ok(Ok(stream)) = handshake.await {
-            let cert = crate::tls::peer_certificate(stream.get_ref().1);
-            self.http(stream, cert).await;
+            // A resumed session's certificate that no longer verifies closes the connection,
+            // as a full handshake with it would have failed.
+            if let Ok(cert) = acceptor.client_certificate(stream.get_ref().1) {
+                self.http(stream, cert).await;
+            }
         }
     }
 

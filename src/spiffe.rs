@@ -150,6 +150,79 @@ pub fn workload(
     Ok(id)
 }
 
+/// The notAfter of a DER certificate, in Unix seconds: what a token minted from it may not
+/// outlive. `Err` for DER this reader cannot walk.
+pub fn not_after(der: &[u8]) -> Result<i64, DerError> {
+    const INTEGER: u8 = 0x02;
+    const VERSION: u8 = 0xa0;
+    let cert = Der::new(der).only(SEQUENCE)?;
+    let mut tbs = Der::new(Der::new(cert).expect(SEQUENCE)?);
+    let (mut tag, _) = tbs.tlv()?;
+    if tag == VERSION {
+        (tag, _) = tbs.tlv()?;
+    }
+    if tag != INTEGER {
+        return Err(DerError);
+    }
+    tbs.expect(SEQUENCE)?; // signature algorithm
+    tbs.expect(SEQUENCE)?; // issuer
+    let mut validity = Der::new(tbs.expect(SEQUENCE)?);
+    validity.tlv()?; // notBefore
+    let (tag, time) = validity.tlv()?;
+    if !validity.is_empty() {
+        return Err(DerError);
+    }
+    x509_time(tag, time)
+}
+
+/// An X.509 `Time` (RFC 5280 §4.1.2.5): UTCTime `YYMMDDHHMMSSZ` (years 1950-2049) or
+/// GeneralizedTime `YYYYMMDDHHMMSSZ`, as Unix seconds.
+fn x509_time(tag: u8, text: &[u8]) -> Result<i64, DerError> {
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+    let number = |from: usize, len: usize| -> Result<i64, DerError> {
+        let digits = text.get(from..from + len).ok_or(DerError)?;
+        digits.iter().try_fold(0i64, |acc, d| {
+            d.is_ascii_digit()
+                .then(|| acc * 10 + i64::from(d - b'0'))
+                .ok_or(DerError)
+        })
+    };
+    let (year, at) = match (tag, text.len()) {
+        (UTC_TIME, 13) => {
+            let yy = number(0, 2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        (GENERALIZED_TIME, 15) => (number(0, 4)?, 4),
+        _ => return Err(DerError),
+    };
+    if text.last() != Some(&b'Z') {
+        return Err(DerError);
+    }
+    let (month, day) = (number(at, 2)?, number(at + 2, 2)?);
+    let (hour, minute, second) = (number(at + 4, 2)?, number(at + 6, 2)?, number(at + 8, 2)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return Err(DerError);
+    }
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// The one SPIFFE ID among the URI SANs of a DER certificate.
 pub fn spiffe_id(der: &[u8]) -> Result<SpiffeId, SvidError> {
     let uris = uri_sans(der).map_err(|_| SvidError::Malformed)?;
@@ -332,6 +405,27 @@ mod tests {
         }
         let long = format!("spiffe://td/{}", "a".repeat(MAX_SPIFFE_ID));
         assert_eq!(SpiffeId::parse(&long), Err(SvidError::BadSpiffeId));
+    }
+
+    #[test]
+    fn x509_times_become_unix_seconds() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(x509_time(0x17, b"700101000000Z"), Ok(0));
+        assert_eq!(x509_time(0x17, b"491231235959Z"), Ok(2_524_607_999));
+        assert_eq!(x509_time(0x17, b"500101000000Z"), Ok(-631_152_000));
+        assert_eq!(x509_time(0x18, b"20500101000000Z"), Ok(2_524_608_000));
+        for bad in [
+            &b"700101000000"[..],
+            b"701301000000Z",
+            b"70010100000aZ",
+            b"700101240000Z",
+            b"7001010000000Z",
+        ] {
+            assert_eq!(x509_time(0x17, bad), Err(DerError), "{bad:?}");
+        }
+        assert_eq!(x509_time(0x04, b"700101000000Z"), Err(DerError));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use rustls::crypto::ring as provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
@@ -56,10 +57,57 @@ pub struct TlsFiles {
 /// A listener's TLS set-up: the current configuration, swapped whole by [`TlsServer::reload`].
 pub struct TlsServer {
     files: TlsFiles,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Current>,
     /// Kept across reloads so that sessions survive a certificate change.
     sessions: Arc<dyn StoresServerSessions>,
     tickets: Arc<dyn ProducesTickets>,
+}
+
+/// One loaded set-up: the configuration and the client-certificate verifier inside it.
+#[derive(Clone)]
+struct Current {
+    config: Arc<ServerConfig>,
+    /// `None` when no client certificate is asked for.
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// The set-up one connection is accepted with.
+pub struct Acceptor {
+    tls: tokio_rustls::TlsAcceptor,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Acceptor {
+    /// The TLS handshake.
+    pub fn accept<IO>(&self, stream: IO) -> tokio_rustls::Accept<IO>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.tls.accept(stream)
+    }
+
+    /// The client certificate of a finished handshake; `Err` closes the connection. A full
+    /// handshake verified it just now. A resumed session brings back the certificate of the
+    /// session's first handshake, which may have expired since, or come from a client CA a
+    /// reload removed (sessions and ticket keys outlive reloads): it is verified again, at the
+    /// current time against the current client CAs.
+    pub fn client_certificate(
+        &self,
+        conn: &rustls::ServerConnection,
+    ) -> Result<Option<ClientCertificate>, rustls::Error> {
+        let Some(chain) = conn.peer_certificates() else {
+            return Ok(None);
+        };
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            let no_longer = || rustls::Error::General("no client certificate is asked for".into());
+            let verifier = self.clients.as_ref().ok_or_else(no_longer)?;
+            let (leaf, intermediates) = chain.split_first().ok_or_else(no_longer)?;
+            verifier.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())?;
+        }
+        Ok(ClientCertificate::new(
+            chain.iter().map(|c| c.as_ref().to_vec()).collect(),
+        ))
+    }
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -76,10 +124,10 @@ impl TlsServer {
         let tickets = provider::Ticketer::new()
             .map_err(|e| format!("TLS: cannot make a session-ticket key: {e}"))?;
         let sessions = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-        let config = build(&files, sessions.clone(), tickets.clone())?;
+        let current = build(&files, sessions.clone(), tickets.clone())?;
         Ok(Arc::new(Self {
             files,
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(current),
             sessions,
             tickets,
         }))
@@ -93,26 +141,23 @@ impl TlsServer {
             .current
             .write()
             .map_err(|_| "TLS: the configuration lock is poisoned".to_string())?;
-        *current = Arc::new(config);
+        *current = config;
         Ok(())
     }
 
     /// The configuration new connections get.
-    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        let config = self.current.read().ok()?.clone();
-        Some(tokio_rustls::TlsAcceptor::from(config))
+    pub fn acceptor(&self) -> Option<Acceptor> {
+        let current = self.current.read().ok()?.clone();
+        Some(Acceptor {
+            tls: tokio_rustls::TlsAcceptor::from(current.config),
+            clients: current.clients,
+        })
     }
 
     /// Whether client certificates are asked for.
     pub fn asks_for_client_certificates(&self) -> bool {
         !self.files.client_cas.is_empty()
     }
-}
-
-/// The client certificate a finished handshake verified, if the client sent one.
-pub fn peer_certificate(conn: &rustls::ServerConnection) -> Option<ClientCertificate> {
-    let chain = conn.peer_certificates()?;
-    ClientCertificate::new(chain.iter().map(|c| c.as_ref().to_vec()).collect())
 }
 
 /// The client certificate a TLS-terminating proxy forwarded in a header: URL-encoded PEM (as
@@ -151,7 +196,7 @@ fn build(
     files: &TlsFiles,
     sessions: Arc<dyn StoresServerSessions>,
     tickets: Arc<dyn ProducesTickets>,
-) -> Result<ServerConfig, String> {
+) -> Result<Current, String> {
     let chain = load_certs(&files.cert, "--tls-cert")?;
     crate::secret_file::ensure_private(&files.key, "--tls-key").map_err(|e| format!("TLS: {e}"))?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
@@ -164,6 +209,7 @@ fn build(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS: {e}"))?;
+    let mut clients = None;
     let builder = if files.client_cas.is_empty() {
         builder.with_no_client_auth()
     } else {
@@ -180,7 +226,9 @@ fn build(
             ClientAuth::Optional => verifier.allow_unauthenticated(),
             ClientAuth::Required => verifier,
         };
-        builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("TLS: {e}"))?)
+        let verifier = verifier.build().map_err(|e| format!("TLS: {e}"))?;
+        clients = Some(verifier.clone());
+        builder.with_client_cert_verifier(verifier)
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| {
         format!(
@@ -194,7 +242,10 @@ fn build(
     config.session_storage = sessions;
     config.ticketer = tickets;
     config.send_tls13_tickets = 2;
-    Ok(config)
+    Ok(Current {
+        config: Arc::new(config),
+        clients,
+    })
 }
 
 /// Every certificate of a PEM file; at least one.

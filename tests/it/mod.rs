@@ -12,6 +12,7 @@ mod findings_edge;
 mod findings_gateway;
 mod findings_openapi;
 mod findings_revoke;
+mod findings_tls;
 mod findings_tokens;
 mod findings_tools;
 mod gateway;

@@ -322,6 +322,68 @@ fn exchange_binds_tokens_for_mtls_tools_and_takes_spiffe_credentials() {
     }
 }
 
+/// Finding (review of #13): a token minted from a SPIFFE X.509-SVID outlived the certificate.
+/// Every other credential caps the token's `exp` (a subject token's own `exp`); the
+/// certificate's notAfter did not, so an SVID a minute from expiry (SVIDs live an hour or less)
+/// became an unbound bearer token for a plain tool good for the full token lifetime.
+#[test]
+fn a_token_from_an_svid_expires_with_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = toolgate::clock::Clock::now(&toolgate::clock::SystemClock);
+    let key = SigningKey::generate().unwrap();
+    let verifier = verifier(&key, now);
+    let ca = Ca::new("prod CA");
+    let cas = [ca.trusted_for(dir.path(), "prod.example")];
+    let app = Exchanger {
+        issuer: ISS,
+        dev: false,
+        trust_domain: "dev.local",
+        token_ttl: 3600,
+        leeway: 0,
+        trusted_issuers: &[],
+        trusted_client_cas: &cas,
+        verifier: &verifier,
+        signing_key: &key,
+    };
+    let not_after = now + 60;
+    let short = ca.issue(&[AGENT], |p| {
+        p.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs(u64::try_from(not_after).unwrap());
+    });
+    for aud in [PLAIN, BOUND] {
+        let issued = exchange::exchange(
+            &app,
+            &ExchangeRequest {
+                grant_type: Some(GRANT.into()),
+                subject_token_type: Some(TYPE_MTLS.into()),
+                audience: Some(aud.into()),
+                client_cert: Some(short.clone()),
+                ..Default::default()
+            },
+            now,
+        )
+        .unwrap();
+        let exp = claims_of(&issued.access_token)["exp"].as_i64().unwrap();
+        assert_eq!(exp, not_after, "{aud}");
+    }
+    // A certificate of the far future does not lengthen the token.
+    let long = ca.client(&[AGENT]);
+    let issued = exchange::exchange(
+        &app,
+        &ExchangeRequest {
+            grant_type: Some(GRANT.into()),
+            subject_token_type: Some(TYPE_MTLS.into()),
+            audience: Some(PLAIN.into()),
+            client_cert: Some(long),
+            ..Default::default()
+        },
+        now,
+    )
+    .unwrap();
+    let exp = claims_of(&issued.access_token)["exp"].as_i64().unwrap();
+    assert_eq!(exp, now + 3600);
+}
+
 /// A production daemon whose signing key the test also holds, with a tool that takes only
 /// certificate-bound tokens (`deploy`) and one that does not (`search`).
 async fn daemon_with_key() -> (Daemon, SigningKey) {
@@ -1030,4 +1092,74 @@ async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() 
     }
     let _ = stop.send(());
     d.stop().await;
+}
+
+/// Review of #13, found sound: intermediate-CA tricks in the chain a client presents for a
+/// SPIFFE credential. A valid intermediate is accepted; an end-entity certificate used as an
+/// issuer, a path-length constraint broken, and a CA certificate as the SVID itself are not.
+#[test]
+fn svid_chains_with_intermediate_tricks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::new("root");
+    let cas = [root.trusted_for(dir.path(), "prod.example")];
+    let now = toolgate::clock::Clock::now(&toolgate::clock::SystemClock);
+    // A certificate signed by `issuer` with `tweak`, and its key (to sign with it in turn).
+    let sub = |issuer: &Ca, name: &str, tweak: &dyn Fn(&mut CertificateParams)| -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        tweak(&mut p);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer.cert, &issuer.key).unwrap();
+        Ca { cert, key }
+    };
+    let chain = |leaf: &ClientCertificate, above: &[&Ca]| {
+        let mut c = vec![leaf.leaf().to_vec()];
+        c.extend(above.iter().map(|ca| ca.cert.der().to_vec()));
+        ClientCertificate::new(c).unwrap()
+    };
+    let svid = |c: &ClientCertificate| spiffe::workload(c, &cas, now);
+
+    let good = sub(&root, "intermediate", &|p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+    });
+    assert!(svid(&chain(&good.client(&[AGENT]), &[&good])).is_ok());
+
+    // An end-entity certificate of the trusted CA, used as an issuer.
+    let leaf_as_ca = sub(&root, "not a CA", &|p| {
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    });
+    assert_eq!(
+        svid(&chain(&leaf_as_ca.client(&[AGENT]), &[&leaf_as_ca])),
+        Err(SvidError::Untrusted)
+    );
+    // An issuer without basicConstraints at all.
+    let no_bc = sub(&root, "no basic constraints", &|_| {});
+    assert_eq!(
+        svid(&chain(&no_bc.client(&[AGENT]), &[&no_bc])),
+        Err(SvidError::Untrusted)
+    );
+    // pathLenConstraint 0, and an intermediate under it.
+    let capped = sub(&root, "capped", &|p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0))
+    });
+    let below = sub(&capped, "below", &|p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+    });
+    assert!(svid(&chain(&capped.client(&[AGENT]), &[&capped])).is_ok());
+    assert_eq!(
+        svid(&chain(&below.client(&[AGENT]), &[&below, &capped])),
+        Err(SvidError::Untrusted)
+    );
+    // A CA certificate as the SVID.
+    let ca_svid = root.issue(&[AGENT], |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)
+    });
+    assert_eq!(svid(&ca_svid), Err(SvidError::Untrusted));
+    // Not yet valid at the exchange's clock.
+    let future = root.issue(&[AGENT], |p| {
+        p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+    });
+    assert_eq!(svid(&future), Err(SvidError::Untrusted));
 }

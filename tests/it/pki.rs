@@ -82,14 +82,26 @@ impl Ca {
 
     /// A client certificate (an X.509-SVID when `spiffe_id` is given, as its URI SAN).
     pub fn client(&self, dir: &Path, file: &str, spiffe_id: Option<&str>) -> Issued {
+        self.client_with(dir, file, |p| {
+            if let Some(id) = spiffe_id {
+                p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+            }
+        })
+    }
+
+    /// A client certificate, for client authentication, changed by `tweak`.
+    pub fn client_with(
+        &self,
+        dir: &Path,
+        file: &str,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
             .push(DnType::CommonName, file.to_string());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if let Some(id) = spiffe_id {
-            params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        }
+        tweak(&mut params);
         self.issue(dir, file, params)
     }
 }

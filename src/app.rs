@@ -33,7 +33,8 @@ pub struct App {
     pub hosts: crate::hosts::Allowed,
     pub trusted_issuers: Vec<TrustedIssuer>,
     /// CAs whose client certificates are SPIFFE credentials at exchange.
-    pub trusted_client_cas: Vec<crate::config::TrustedClientCa>,
+    /// Replaced whole by a reload (`SIGHUP`), together with the listener's client-CA roots.
+    trusted_client_cas: std::sync::RwLock<Arc<Vec<crate::config::TrustedClientCa>>>,
     /// The listener asks clients for certificates (mutual TLS), so the token endpoint can bind
     /// tokens: RFC 8414 metadata then names it in `mtls_endpoint_aliases`.
     pub client_auth: bool,
@@ -133,6 +134,22 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// The CAs trusted for SPIFFE credentials now (none, failing closed, if the lock is
+    /// poisoned).
+    pub fn trusted_client_cas(&self) -> Arc<Vec<crate::config::TrustedClientCa>> {
+        self.trusted_client_cas
+            .read()
+            .map(|cas| cas.clone())
+            .unwrap_or_default()
+    }
+
+    /// Swap in reloaded trust anchors (see `server::reload_daemon`).
+    pub(crate) fn set_trusted_client_cas(&self, cas: Vec<crate::config::TrustedClientCa>) {
+        if let Ok(mut current) = self.trusted_client_cas.write() {
+            *current = Arc::new(cas);
+        }
+    }
+
     /// Open the database and load everything a request needs. Blocking: run off the async
     /// workers. The returned thread handle is the database thread.
     pub fn open(
@@ -247,7 +264,7 @@ impl App {
             open_reads: config.dev || config.open_reads,
             hosts,
             trusted_issuers: config.trusted_issuers.clone(),
-            trusted_client_cas: config.trusted_client_cas.clone(),
+            trusted_client_cas: std::sync::RwLock::new(Arc::new(config.trusted_client_cas.clone())),
             // Trusted client CAs are among the listener's client-auth roots.
             client_auth: !config.trusted_client_cas.is_empty()
                 || config

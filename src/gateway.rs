@@ -716,9 +716,10 @@ pub async fn serve(
         let gw = gateway.clone();
         async move { Ok::<_, std::convert::Infallible>(gw.handle(req).await) }
     };
-    let reloader = tls
-        .clone()
-        .map(|tls| tokio::spawn(crate::server::reload_on_hangup(tls)));
+    let reloader = tls.clone().map(|tls| {
+        let reload: crate::server::Reload = Arc::new(move || tls.reload());
+        tokio::spawn(crate::server::reload_on_hangup(reload))
+    });
     let transport = crate::server::Transport {
         tls,
         client_cert_header: cfg.tls.client_cert_header.clone(),

@@ -47,8 +47,12 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
-    tls: Option<Arc<crate::tls::TlsServer>>,
+    reload: Option<Reload>,
 }
+
+/// What `SIGHUP` re-reads: the listener's TLS files and, with them, the CAs trusted for SPIFFE
+/// credentials (which are roots of the handshake too, so both change at once or neither does).
+pub type Reload = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Running {
     /// Ask for a graceful shutdown and wait until the database is closed.
@@ -61,8 +65,8 @@ impl Running {
 
     /// Re-read the TLS files now, as `SIGHUP` does; `Err` says why the old ones stay.
     pub fn reload_tls(&self) -> Result<(), String> {
-        match &self.tls {
-            Some(tls) => tls.reload(),
+        match &self.reload {
+            Some(reload) => reload(),
             None => Err("the listener has no TLS".into()),
         }
     }
@@ -107,7 +111,11 @@ pub async fn start(
         })?;
     let app = Arc::new(app);
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
-    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
+    let reload = tls.clone().map(|tls| {
+        let app = Arc::downgrade(&app);
+        Arc::new(move || reload_daemon(&tls, &app)) as Reload
+    });
+    let reloader = reload.clone().map(|r| tokio::spawn(reload_on_hangup(r)));
     let counter = tokio::spawn(flush_refusals(Arc::downgrade(&app)));
     // Held until the last counted refusals are written at shutdown.
     let last_flush = app.clone();
@@ -161,13 +169,30 @@ pub async fn start(
         addr,
         stop: Some(stop_tx),
         task,
-        tls,
+        reload,
     })
 }
 
-/// Reload the listener's TLS files on every `SIGHUP`, for as long as the listener lives. A
-/// file that does not load leaves the old set-up in place, and the log says why.
-pub async fn reload_on_hangup(tls: Arc<crate::tls::TlsServer>) {
+/// The daemon's reload: the SPIFFE trust anchors are read first (nothing changes if one does
+/// not load), then the listener's files; the anchors are swapped in only once those loaded.
+fn reload_daemon(tls: &crate::tls::TlsServer, app: &std::sync::Weak<App>) -> Result<(), String> {
+    let Some(app) = app.upgrade() else {
+        return Err("the daemon is stopping".into());
+    };
+    let anchors = app
+        .trusted_client_cas()
+        .iter()
+        .map(|ca| crate::config::TrustedClientCa::load(&ca.ca_file, &ca.trust_domain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.0)?;
+    tls.reload()?;
+    app.set_trusted_client_cas(anchors);
+    Ok(())
+}
+
+/// Reload on every `SIGHUP`, for as long as the listener lives. A file that does not load
+/// leaves the old set-up in place, and the log says why.
+pub async fn reload_on_hangup(reload: Reload) {
     #[cfg(unix)]
     {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -176,19 +201,16 @@ pub async fn reload_on_hangup(tls: Arc<crate::tls::TlsServer>) {
             return;
         };
         while hangup.recv().await.is_some() {
-            reload_tls(&tls);
+            match reload() {
+                Ok(()) => crate::log_info!("TLS: certificates reloaded"),
+                Err(why) => {
+                    crate::log_warn!("TLS: reload failed, the previous certificates stay: {why}")
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tls;
-}
-
-/// Reload now, logging the outcome.
-pub fn reload_tls(tls: &crate::tls::TlsServer) {
-    match tls.reload() {
-        Ok(()) => crate::log_info!("TLS: certificates reloaded"),
-        Err(why) => crate::log_warn!("TLS: reload failed, the previous certificates stay: {why}"),
-    }
+    let _ = reload;
 }
 
 /// Serve until `shutdown`; whether every connection finished within the grace period.

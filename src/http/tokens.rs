@@ -41,6 +41,7 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
             .inspect_err(|_| app.metrics.exchange("invalid_target", 0))?,
         Err(_) => (String::new(), true),
     };
+    let trusted_client_cas = app.trusted_client_cas();
     let exchanger = Exchanger {
         issuer: &app.issuer,
         dev: app.dev,
@@ -48,7 +49,7 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         token_ttl: app.token_ttl,
         leeway: app.leeway,
         trusted_issuers: &app.trusted_issuers,
-        trusted_client_cas: &app.trusted_client_cas,
+        trusted_client_cas: &trusted_client_cas,
         verifier: &app.verifier,
         signing_key: app.keys.active(),
     };

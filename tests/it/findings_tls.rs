@@ -146,15 +146,13 @@ async fn a_trusted_ipv4_proxy_is_trusted_on_a_dual_stack_listener() {
     d.stop().await;
 }
 
-/// Finding (not fixed): `SIGHUP` re-reads the `trusted_client_cas` files for the handshake (they
-/// are among its roots) but not for the SPIFFE check at exchange, whose anchors were loaded at
-/// start. After a CA rotation in such a file and a reload, the handshake accepts the new CA's
-/// SVIDs and exchange refuses them ("does not verify to the CA trusted for its trust domain")
-/// until a restart; the old CA's SVIDs, refused by the handshake, still pass the exchange's
-/// check when they arrive in a trusted proxy's header. Fixing it means the app's
-/// `trusted_client_cas` become reloadable beside the listener's TLS.
+/// Finding (fixed): `SIGHUP` re-read the `trusted_client_cas` files for the handshake (they are
+/// among its roots) but not for the SPIFFE check at exchange, whose anchors were loaded at
+/// start. After a CA rotation in such a file and a reload, the handshake accepted the new CA's
+/// SVIDs and exchange refused them until a restart; the old CA's SVIDs, refused by the
+/// handshake, still passed the exchange's check in a trusted proxy's header. A reload now
+/// re-reads both, and swaps the anchors in only when the listener's files loaded too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: SIGHUP reloads trusted_client_cas for the handshake but not for the SPIFFE check at exchange"]
 async fn a_reload_rotates_the_spiffe_trust_anchors_with_the_handshake_roots() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();

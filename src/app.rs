@@ -35,8 +35,9 @@ pub struct App {
     /// CAs whose client certificates are SPIFFE credentials at exchange.
     /// Replaced whole by a reload (`SIGHUP`), together with the listener's client-CA roots.
     trusted_client_cas: std::sync::RwLock<Arc<Vec<crate::config::TrustedClientCa>>>,
-    /// The listener asks clients for certificates (mutual TLS), so the token endpoint can bind
-    /// tokens: RFC 8414 metadata then names it in `mtls_endpoint_aliases`.
+    /// The daemon sees client certificates (a TLS listener asking for them, or a trusted
+    /// proxy's header), so the token endpoint can bind tokens: RFC 8414 metadata says so and
+    /// names it in `mtls_endpoint_aliases`.
     pub client_auth: bool,
     pub transmitters: Vec<Transmitter>,
     /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
@@ -267,6 +268,7 @@ impl App {
             trusted_client_cas: std::sync::RwLock::new(Arc::new(config.trusted_client_cas.clone())),
             // Trusted client CAs are among the listener's client-auth roots.
             client_auth: !config.trusted_client_cas.is_empty()
+                || config.client_cert_header.is_some()
                 || config
                     .tls
                     .as_ref()

@@ -39,8 +39,9 @@ pub(super) fn metadata(app: &App) -> Response {
             "response_types_supported": [],
             "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
             "authorization_response_iss_parameter_supported": false,
-            // RFC 8705 §3.3: tokens for a tool with sender_constraint mtls are certificate-bound.
-            "tls_client_certificate_bound_access_tokens": true,
+            // RFC 8705 §3.3: tokens for a tool with sender_constraint mtls are certificate-bound,
+            // which takes a listener that sees client certificates (or a proxy's header).
+            "tls_client_certificate_bound_access_tokens": app.client_auth,
     });
     // RFC 8705 §5: the endpoint that sees client certificates, only where one is asked for:
     // the same URL, since one TLS listener serves both.

@@ -616,8 +616,8 @@ async fn metadata_advertises_certificate_bound_tokens() {
     let (_, meta) = d
         .call(Method::GET, "/.well-known/oauth-authorization-server", None)
         .await;
-    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], true);
-    // Plain HTTP asks for no client certificate: no mTLS alias.
+    // Plain HTTP sees no client certificate: it cannot bind tokens, and has no mTLS alias.
+    assert_eq!(meta["tls_client_certificate_bound_access_tokens"], false);
     assert_eq!(meta.get("mtls_endpoint_aliases"), None);
     d.stop().await;
 

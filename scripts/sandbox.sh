@@ -137,10 +137,15 @@ mtls() {
   [ "$STATUS" = 403 ] && [ "$check" = mtls ] || { echo "FAIL: expected 403 (check mtls), got $STATUS: $BODY" >&2; exit 1; }
   echo "DENY deploy (check: $check) -- a stolen bound token is useless"
 
-  echo "== 5. exchange for deploy without a client certificate (expect 400)"
-  call POST /v1/exchange/token "{$grant,\"subject_token_type\":\"urn:starfly:token-type:mtls\",\"audience\":\"$res\"}"
+  echo "== 5. without a client certificate: a stub subject for deploy (expect 400), the certificate credential for any tool (expect 401)"
+  local stub
+  stub="$(b64url '{"alg":"none","typ":"JWT"}').$(b64url '{"sub":"sandbox-agent","namespace":"sandbox"}').stub"
+  call POST /v1/exchange/token "{$grant,\"subject_token\":\"$stub\",\"subject_token_type\":\"urn:ietf:params:oauth:token-type:jwt\",\"audience\":\"$res\"}"
   [ "$STATUS" = 400 ] || { echo "FAIL: expected 400 without a certificate, got $STATUS: $BODY" >&2; exit 1; }
-  echo "REFUSED: $(printf '%s' "$BODY" | json_field error)"
+  echo "REFUSED (stub subject, no certificate to bind to): $(printf '%s' "$BODY" | json_field error)"
+  call POST /v1/exchange/token "{$grant,\"subject_token_type\":\"urn:starfly:token-type:mtls\",\"audience\":\"https://mcp.example.com/tools/any\"}"
+  [ "$STATUS" = 401 ] || { echo "FAIL: expected 401 for the certificate credential without a certificate, got $STATUS: $BODY" >&2; exit 1; }
+  echo "REFUSED (certificate credential, no certificate): $(printf '%s' "$BODY" | json_field error)"
 }
 
 case "$scenario" in

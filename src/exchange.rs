@@ -372,8 +372,10 @@ fn certificate_subject(
     cert: Option<&ClientCertificate>,
     now: i64,
 ) -> Result<Subject, ExchangeError> {
-    let cert = cert.ok_or(ExchangeError::InvalidRequest(
-        "urn:starfly:token-type:mtls needs a client certificate on a mutual-TLS connection",
+    // The certificate is the client's authentication here: without one, none was included
+    // (RFC 6749 §5.2 invalid_client).
+    let cert = cert.ok_or(ExchangeError::InvalidClient(
+        "urn:starfly:token-type:mtls authenticates with the client certificate of a mutual-TLS connection, and none was presented",
     ))?;
     let id = crate::spiffe::workload(cert, app.trusted_client_cas, now)
         .map_err(|e| ExchangeError::InvalidGrant(e.description()))?;

@@ -331,7 +331,8 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
 
 /// Largest `client_cert` a tool server may report, in bytes of DER (a certificate with a long
 /// chain of extensions stays far below it).
-const MAX_CLIENT_CERT_DER: usize = 16 * 1024;
+/// Longest `client_cert`: the base64 of 16 KiB of DER (a chain's leaf is far smaller).
+const MAX_CLIENT_CERT_B64: usize = 16 * 1024 / 3 * 4 + 4;
 
 /// The `client_cert` of a verify request: the DER certificate the tool server's TLS handshake
 /// verified, as standard base64 (padding optional, no line breaks). Empty means absent.
@@ -342,19 +343,16 @@ fn reported_client_cert(b64: Option<&str>) -> Result<Option<ClientCertificate>> 
     };
     let invalid = || {
         ApiError::invalid_request(
-            "client_cert must be the standard base64 of one DER certificate (at most 16 KiB)",
+            "client_cert must be the standard base64 of one DER certificate (at most 21848 characters)",
         )
     };
-    if text.len() > MAX_CLIENT_CERT_DER.div_ceil(3) * 4 {
+    if text.len() > MAX_CLIENT_CERT_B64 {
         return Err(invalid());
     }
     let der = base64::engine::general_purpose::STANDARD
         .decode(text)
         .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
         .map_err(|_| invalid())?;
-    if der.len() > MAX_CLIENT_CERT_DER {
-        return Err(invalid());
-    }
     ClientCertificate::new(vec![der])
         .map(Some)
         .ok_or_else(invalid)

@@ -287,8 +287,8 @@ fn exchange_binds_tokens_for_mtls_tools_and_takes_spiffe_credentials() {
     let refused = |req: ExchangeRequest| exchange::exchange(&app, &req, now).unwrap_err();
     assert_eq!(
         refused(request(TYPE_MTLS, None, PLAIN, None)),
-        ExchangeError::InvalidRequest(
-            "urn:starfly:token-type:mtls needs a client certificate on a mutual-TLS connection"
+        ExchangeError::InvalidClient(
+            "urn:starfly:token-type:mtls authenticates with the client certificate of a mutual-TLS connection, and none was presented"
         )
     );
     assert!(matches!(
@@ -580,33 +580,36 @@ async fn exchange_without_a_client_certificate_is_refused_for_mtls() {
         .await;
     assert_eq!(status, 400, "{resp}");
     assert_eq!(resp["error"], "invalid_request");
-    // Nor is there a certificate to be the credential.
-    let body = json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": BOUND});
+    // Nor is there a certificate to be the credential: no client authentication, 401 (for a
+    // tool that does not require binding; for one that does, the 400 above comes first).
+    let body = json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": PLAIN});
     let (status, resp) = d.exchange(body).await;
-    assert_eq!(status, 400, "{resp}");
-    assert_eq!(resp["error"], "invalid_request");
+    assert_eq!(status, 401, "{resp}");
+    assert_eq!(resp["error"], "invalid_client");
     let body = json!({"grant_type": GRANT, "subject_token_type": TYPE_MTLS, "audience": BOUND,
                       "subject_token": stub(json!({"sub": "a"}))});
     let (status, resp) = d.exchange(body).await;
     assert_eq!(status, 400, "{resp}");
     // The refusals are audited as exchange refusals are.
     d.clock.advance(2);
-    eventually("the refused exchanges are audited", || async {
-        let (_, page) = d
-            .call(
-                Method::GET,
-                "/v1/audit?kind=exchange&check=invalid_request",
-                None,
-            )
-            .await;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        let count: i64 = events
-            .iter()
-            .map(|e| e["count"].as_i64().unwrap_or(0))
-            .sum();
-        (count >= 3).then_some(())
-    })
-    .await;
+    for (check, refusals) in [("invalid_request", 2), ("invalid_client", 1)] {
+        eventually("the refused exchanges are audited", || async {
+            let (_, page) = d
+                .call(
+                    Method::GET,
+                    &format!("/v1/audit?kind=exchange&check={check}"),
+                    None,
+                )
+                .await;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            let count: i64 = events
+                .iter()
+                .map(|e| e["count"].as_i64().unwrap_or(0))
+                .sum();
+            (count >= refusals).then_some(())
+        })
+        .await;
+    }
     d.stop().await;
 }
 

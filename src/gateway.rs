@@ -621,7 +621,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let tls = match &cfg.tls.tls {
-        Some(files) => Some(crate::tls::TlsServer::load(files.clone())?),
+        Some(files) => Some(crate::tls::TlsServer::load(
+            files.clone(),
+            Arc::new(SystemClock),
+        )?),
         None => None,
     };
     let upstream: Uri = cfg

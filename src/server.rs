@@ -93,7 +93,7 @@ pub async fn start(
                     files.client_cas.push(ca.ca_file.clone());
                 }
             }
-            Some(crate::tls::TlsServer::load(files).map_err(ServeError::Refused)?)
+            Some(crate::tls::TlsServer::load(files, clock.clone()).map_err(ServeError::Refused)?)
         }
         None => None,
     };

@@ -12,6 +12,7 @@ use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use toolgate_core::clock::Clock;
 use toolgate_core::mtls::ClientCertificate;
 
 /// TLS sessions a listener remembers for resumption by session id (TLS 1.2) or stateful
@@ -61,6 +62,7 @@ pub struct TlsServer {
     /// Kept across reloads so that sessions survive a certificate change.
     sessions: Arc<dyn StoresServerSessions>,
     tickets: Arc<dyn ProducesTickets>,
+    clock: Arc<dyn Clock>,
 }
 
 /// One loaded set-up: the configuration and the client-certificate verifier inside it.
@@ -75,6 +77,7 @@ struct Current {
 pub struct Acceptor {
     tls: tokio_rustls::TlsAcceptor,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Acceptor {
@@ -102,7 +105,12 @@ impl Acceptor {
             let no_longer = || rustls::Error::General("no client certificate is asked for".into());
             let verifier = self.clients.as_ref().ok_or_else(no_longer)?;
             let (leaf, intermediates) = chain.split_first().ok_or_else(no_longer)?;
-            verifier.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())?;
+            let now = std::time::Duration::from_secs(u64::try_from(self.clock.now()).unwrap_or(0));
+            verifier.verify_client_cert(
+                leaf,
+                intermediates,
+                rustls::pki_types::UnixTime::since_unix_epoch(now),
+            )?;
         }
         Ok(ClientCertificate::new(
             chain.iter().map(|c| c.as_ref().to_vec()).collect(),
@@ -119,8 +127,9 @@ impl std::fmt::Debug for TlsServer {
 }
 
 impl TlsServer {
-    /// Load the files; `Err` is one sentence naming the file and the problem.
-    pub fn load(files: TlsFiles) -> Result<Arc<Self>, String> {
+    /// Load the files; `Err` is one sentence naming the file and the problem. `clock` is the
+    /// time a resumed session's client certificate is checked at again.
+    pub fn load(files: TlsFiles, clock: Arc<dyn Clock>) -> Result<Arc<Self>, String> {
         let tickets = provider::Ticketer::new()
             .map_err(|e| format!("TLS: cannot make a session-ticket key: {e}"))?;
         let sessions = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
@@ -130,6 +139,7 @@ impl TlsServer {
             current: RwLock::new(current),
             sessions,
             tickets,
+            clock,
         }))
     }
 
@@ -151,6 +161,7 @@ impl TlsServer {
         Some(Acceptor {
             tls: tokio_rustls::TlsAcceptor::from(current.config),
             clients: current.clients,
+            clock: self.clock.clone(),
         })
     }
 
@@ -303,9 +314,14 @@ mod tests {
             client_cas: Vec::new(),
             client_auth: ClientAuth::Optional,
         };
-        let e = TlsServer::load(files(&dir.path().join("nope.pem"))).unwrap_err();
+        let e = TlsServer::load(
+            files(&dir.path().join("nope.pem")),
+            Arc::new(toolgate_core::clock::SystemClock),
+        )
+        .unwrap_err();
         assert!(e.contains("--tls-cert") && e.contains("nope.pem"), "{e}");
-        let e = TlsServer::load(files(&empty)).unwrap_err();
+        let e = TlsServer::load(files(&empty), Arc::new(toolgate_core::clock::SystemClock))
+            .unwrap_err();
         assert!(e.contains("no PEM certificate"), "{e}");
     }
 }

@@ -15,6 +15,8 @@ for t in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
   # A finding lands in fuzz/artifacts/$t: turn it into a regression test, then fix it.
   if ! cargo +nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
       -max_total_time="$secs" -max_len=20000 -timeout=10 >"$log" 2>&1; then
+    # The panic message first: the backtrace after it can push it out of a short tail.
+    grep -m 1 -A 4 'panicked at' "$log" || true
     tail -n 60 "$log"
     echo "FUZZ FAILURE in $t (see fuzz/artifacts/$t)"
     exit 1

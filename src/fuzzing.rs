@@ -101,8 +101,14 @@ pub fn exchange_request(data: &[u8]) {
 /// least one message, each of which got a decision target (no message is skipped).
 pub fn jsonrpc(data: &[u8]) {
     if let Ok(targets) = crate::gateway::jsonrpc_targets(data, usize::MAX) {
-        let messages = match serde_json::from_slice::<serde_json::Value>(data) {
-            Ok(serde_json::Value::Array(batch)) => batch.len(),
+        // Counted with `IgnoredAny`, not `serde_json::Value`: with serde_json's `raw_value`
+        // feature on (the guard uses it), `Value` reads an object whose only member is named
+        // `$serde_json::private::RawValue` as the JSON text of its string, so it is not an
+        // independent reader of the bytes (found by this target in CI).
+        let messages = match serde_json::from_slice::<serde::de::IgnoredAny>(data) {
+            Ok(_) if data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => {
+                serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(data).map_or(0, |b| b.len())
+            }
             Ok(_) => 1,
             Err(_) => 0,
         };
@@ -230,6 +236,22 @@ pub fn spki(data: &[u8]) {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// CI's finding: a member named like serde_json's raw-value marker is an ordinary name to
+    /// the strict reader (the tool is read from `params.name`, never from the marker's string),
+    /// and the oracle counts the message.
+    #[test]
+    fn the_raw_value_marker_is_an_ordinary_member_name() {
+        let crash = br#"[{"$serde_json::private::RawValue":"4.0","id":1,"melt":{}}]"#;
+        jsonrpc(crash);
+        assert_eq!(
+            crate::gateway::jsonrpc_targets(crash, 64).unwrap(),
+            vec![None]
+        );
+        let smuggled = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"$serde_json::private::RawValue":"{\"name\":\"search\"}"}}"#;
+        jsonrpc(smuggled);
+        assert!(crate::gateway::jsonrpc_targets(smuggled, 64).is_err());
+    }
 
     /// The seeds are certificates made by OpenSSL (not rcgen, which the integration tests use).
     #[test]

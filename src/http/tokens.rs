@@ -249,9 +249,9 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
     };
     let server_id = opt_string(&obj, "server_id")?.filter(|s| !s.is_empty());
     let request_body_hash = opt_string(&obj, "request_body_hash")?;
-    // Accepted for the fabric's clients; proof-of-possession is not supported yet, so a
-    // key-bound token is refused by the pipeline whatever proof comes with it.
-    opt_string(&obj, "dpop_proof")?;
+    // The DPoP proof the tool server received with the token (its `DPoP` header), with the
+    // method and URL of that request (`htm`, `htu`): the pipeline's check 11.
+    let dpop_proof = opt_string(&obj, "dpop_proof")?.filter(|s| !s.is_empty());
     let htm = opt_string(&obj, "htm")?;
     let htu = opt_string(&obj, "htu")?;
     let client_cert = reported_client_cert(opt_string(&obj, "client_cert")?.as_deref())?;
@@ -276,6 +276,7 @@ pub(crate) async fn verify(app: &App, req: Request<Incoming>, rid: &str) -> Resu
         url: htu.as_deref(),
         body_hash: request_body_hash.as_deref(),
         client_cert: client_cert.as_ref(),
+        dpop_proof: dpop_proof.as_deref(),
     };
     let verdict = app.verifier.decide(&request);
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);

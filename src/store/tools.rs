@@ -23,6 +23,7 @@ fn constraint_text(t: &ToolEntry) -> &'static str {
     match t.sender_constraint {
         None => "",
         Some(SenderConstraint::Mtls) => "mtls",
+        Some(SenderConstraint::Dpop) => "dpop",
     }
 }
 

@@ -88,6 +88,7 @@
 pub mod blast;
 pub mod claims;
 pub mod clock;
+pub mod dpop;
 pub mod ids;
 pub mod jose;
 pub mod mtls;

@@ -57,6 +57,9 @@ pub enum SenderConstraint {
     /// RFC 8705 §3: the token's `cnf.x5t#S256` must be the thumbprint of the client
     /// certificate of the caller's mutual-TLS connection.
     Mtls,
+    /// RFC 9449: the token's `cnf.jkt` must be the thumbprint of the key that signed the
+    /// request's DPoP proof.
+    Dpop,
 }
 
 impl SenderConstraint {
@@ -66,10 +69,8 @@ impl SenderConstraint {
         match value {
             None | Some("") => Ok(None),
             Some("mtls") => Ok(Some(Self::Mtls)),
-            Some("dpop") => {
-                Err("sender_constraint \"dpop\" is not supported yet; use \"mtls\" or null".into())
-            }
-            Some(_) => Err("sender_constraint must be \"mtls\" or null".into()),
+            Some("dpop") => Ok(Some(Self::Dpop)),
+            Some(_) => Err("sender_constraint must be \"mtls\", \"dpop\" or null".into()),
         }
     }
 }
@@ -78,6 +79,11 @@ impl ToolEntry {
     /// Does a token for this tool need to be bound to the caller's client certificate?
     pub fn requires_mtls(&self) -> bool {
         self.sender_constraint == Some(SenderConstraint::Mtls)
+    }
+
+    /// Does a token for this tool need to be DPoP-bound (RFC 9449)?
+    pub fn requires_dpop(&self) -> bool {
+        self.sender_constraint == Some(SenderConstraint::Dpop)
     }
 
     /// The audience a token for this tool must carry.
@@ -363,13 +369,11 @@ mod tests {
             assert_eq!(t.sender_constraint, None);
             assert!(!t.requires_mtls());
         }
-        assert_eq!(
-            input(r#"{"tool_id":"a","sender_constraint":"dpop"}"#).unwrap_err(),
-            "sender_constraint \"dpop\" is not supported yet; use \"mtls\" or null"
-        );
+        let dpop = input(r#"{"tool_id":"a","sender_constraint":"dpop"}"#).unwrap();
+        assert!(dpop.requires_dpop() && !dpop.requires_mtls());
         assert_eq!(
             input(r#"{"tool_id":"a","sender_constraint":"MTLS"}"#).unwrap_err(),
-            "sender_constraint must be \"mtls\" or null"
+            "sender_constraint must be \"mtls\", \"dpop\" or null"
         );
         assert!(input(r#"{"tool_id":"a","sender_constraint":1}"#).is_err());
         // A list from an older toolgate has no such member: no constraint.

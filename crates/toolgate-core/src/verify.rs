@@ -4,6 +4,7 @@
 use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::clock::Clock;
+use crate::dpop::{self, DpopPolicy, Nonces, Proof, ProofError};
 use crate::jose::{self, Header, JoseError, Jwk, TokenType};
 use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
@@ -49,8 +50,11 @@ pub enum Check {
     /// Check 10: the token, its subject (or upstream subject) or a reached tool is revoked, or
     /// the revocation index cannot be read.
     Revocation,
-    /// Check 11: the token is key-bound (`cnf` with a member other than `x5t#S256`), and
-    /// proof of possession with a key is not supported yet.
+    /// Check 11: proof of possession of a key (RFC 9449). The token is DPoP-bound
+    /// (`cnf.jkt`) and the request carries no valid, fresh, unused proof by that key for this
+    /// method, URL and token; or a reached tool requires DPoP (`sender_constraint: dpop`) and
+    /// the token is not bound; or a proof comes with an unbound token; or `cnf` names a
+    /// confirmation method toolgate does not know.
     Dpop,
     /// Check 12: certificate binding (RFC 8705 §3). A reached tool requires it
     /// (`sender_constraint: mtls`) and the token has no `cnf.x5t#S256`, or the token has one
@@ -314,6 +318,10 @@ pub struct DecisionRequest<'a> {
     /// The client certificate of the caller's mutual-TLS connection, as the listener that
     /// verified it (or, at the REST endpoint, the tool server) reports it.
     pub client_cert: Option<&'a ClientCertificate>,
+    /// The request's DPoP proof (the `DPoP` header's value, RFC 9449 §7.1), when the token was
+    /// presented with the `DPoP` scheme. `None` for a `Bearer` token: a DPoP-bound token
+    /// presented as a bearer token is refused.
+    pub dpop_proof: Option<&'a str>,
 }
 
 impl<'a> DecisionRequest<'a> {
@@ -327,7 +335,14 @@ impl<'a> DecisionRequest<'a> {
             url: None,
             body_hash: None,
             client_cert: None,
+            dpop_proof: None,
         }
+    }
+
+    /// Add the request's DPoP proof, which a DPoP-bound token's `cnf.jkt` must name.
+    pub fn with_dpop_proof(mut self, proof: Option<&'a str>) -> Self {
+        self.dpop_proof = proof;
+        self
     }
 
     /// Add the HTTP method and URL, which an execution-bound token's `htm`/`htu` must match.
@@ -503,6 +518,7 @@ pub struct Verifier {
     /// The revocations, shared with whoever fills the index (check 10).
     pub revocations: Arc<RevocationIndex>,
     nonces: NonceCache,
+    dpop: DpopPolicy,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
 }
 
@@ -539,8 +555,26 @@ impl Verifier {
             registry,
             revocations,
             nonces: NonceCache::new(NonceCache::DEFAULT_CAPACITY, started),
+            dpop: DpopPolicy::new(dpop::DEFAULT_WINDOW, None, started),
             cache: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Check DPoP proofs with `window` seconds of tolerance on `iat`, and require this
+    /// server's nonces when `nonces` is given (RFC 9449 §9). The default: 60 s, no nonces.
+    pub fn with_dpop(mut self, window: i64, nonces: Option<Nonces>) -> Self {
+        self.dpop = DpopPolicy::new(window, nonces, self.dpop_started());
+        self
+    }
+
+    fn dpop_started(&self) -> i64 {
+        self.nonces.not_before
+    }
+
+    /// How this verifier checks DPoP proofs (the token endpoint checks its proofs with the
+    /// same policy and replay cache).
+    pub fn dpop(&self) -> &DpopPolicy {
+        &self.dpop
     }
 
     /// The current time, from the configured clock (read once per decision).
@@ -767,28 +801,31 @@ impl Verifier {
                 ))
             }
         }
-        // 11. proof of possession with a key: not supported yet, so a key-bound token cannot pass
-        let bound_to = match claims.raw.get("cnf") {
-            None => None,
-            Some(Value::Object(cnf)) if cnf.len() == 1 && cnf.contains_key(X5T_S256) => {
-                cnf.get(X5T_S256)
-            }
-            Some(_) => {
-                return Err(deny(
-                    Check::Dpop,
-                    "token is key-bound and proof-of-possession is not supported",
-                ))
-            }
-        };
+        // 11. proof of possession of a key (DPoP): for every target once the token is bound,
+        // for every reached tool that requires it, and whenever a proof is presented
+        let (jkt, bound_to) = confirmation(claims)?;
+        let proof =
+            if jkt.is_some() || req.dpop_proof.is_some() || tools.iter().any(|t| t.requires_dpop())
+            {
+                Some(self.check_dpop(jkt, req, now)?)
+            } else {
+                None
+            };
         // 12. certificate binding, for every target once the token is bound (a stolen bound
         // token is no bearer token anywhere), and for every reached tool that requires it
         if bound_to.is_some() || tools.iter().any(|t| t.requires_mtls()) {
             check_certificate_binding(bound_to, req.client_cert)?;
         }
-        // 13. execution binding, the nonce spent last (only by a request that passed all else)
+        // 13. execution binding; the proof and then the nonce are spent last (only by a
+        // request that passed all else)
+        let spend_proof = |now| match &proof {
+            Some(p) => self.dpop.spend(p, now).map_err(dpop_denial),
+            None => Ok(()),
+        };
         match &tool {
             Some(t) if t.requires_execution => {
                 check_execution(claims, t, req)?;
+                spend_proof(now)?;
                 self.spend_nonce(claims, now)?;
             }
             // A token bound to one tool call is never a pass for the server as a whole.
@@ -801,9 +838,46 @@ impl Verifier {
                     "an execution-bound token is good for its one tool call only",
                 ));
             }
-            _ => {}
+            _ => spend_proof(now)?,
         }
         Ok(tool)
+    }
+
+    /// Check 11 for a request that needs a proof: the token bound by `cnf.jkt`, a proof for
+    /// this method, URL and token, fresh, with this server's nonce if required, by that key.
+    fn check_dpop(
+        &self,
+        jkt: Option<&str>,
+        req: &DecisionRequest<'_>,
+        now: i64,
+    ) -> Result<Proof, Denial> {
+        let jkt = jkt.ok_or(match req.dpop_proof {
+            Some(_) => deny(Check::Dpop, NOT_DPOP_BOUND),
+            None => deny(Check::Dpop, "tool requires a DPoP-bound token"),
+        })?;
+        let proof = req.dpop_proof.ok_or(deny(
+            Check::Dpop,
+            "token is DPoP-bound and was presented without a DPoP proof",
+        ))?;
+        let (Some(method), Some(url)) = (req.method, req.url) else {
+            return Err(deny(
+                Check::Dpop,
+                "the request's method and URL are needed to check its DPoP proof",
+            ));
+        };
+        let expected = dpop::Expected {
+            method,
+            url,
+            access_token: Some(req.token),
+        };
+        let proof = self
+            .dpop
+            .check(proof, &expected, now)
+            .map_err(dpop_denial)?;
+        if !proof.matches(jkt) {
+            return Err(dpop_denial(ProofError::KeyMismatch));
+        }
+        Ok(proof)
     }
 
     fn spend_nonce(&self, claims: &TokenClaims, now: i64) -> Result<(), Denial> {
@@ -838,6 +912,55 @@ impl Verifier {
 
 /// The `cnf` member of a certificate-bound token (RFC 8705 §3.1).
 pub const X5T_S256: &str = "x5t#S256";
+/// The `cnf` member of a DPoP-bound token (RFC 9449 §6.1).
+pub const JKT: &str = "jkt";
+
+/// The reason a proof presented with an unbound token is refused.
+const NOT_DPOP_BOUND: &str = "a DPoP proof was presented with a token that is not DPoP-bound";
+
+/// A token's confirmation (`cnf`, RFC 7800): the DPoP key thumbprint and the certificate
+/// thumbprint it names. Any other member, or a `jkt` that is not a thumbprint, is refused at
+/// check 11: a binding toolgate cannot check is never ignored.
+fn confirmation(claims: &TokenClaims) -> Result<(Option<&str>, Option<&Value>), Denial> {
+    let Some(cnf) = claims.raw.get("cnf") else {
+        return Ok((None, None));
+    };
+    let unknown = || deny(Check::Dpop, "token's confirmation method is not supported");
+    let cnf = cnf.as_object().ok_or_else(unknown)?;
+    if cnf.is_empty() || cnf.keys().any(|k| k != JKT && k != X5T_S256) {
+        return Err(unknown());
+    }
+    let jkt = match cnf.get(JKT) {
+        None => None,
+        Some(Value::String(s)) if s.len() == 43 => Some(s.as_str()),
+        Some(_) => return Err(deny(Check::Dpop, "token's DPoP binding is malformed")),
+    };
+    Ok((jkt, cnf.get(X5T_S256)))
+}
+
+/// A proof's refusal as a check-11 denial; a full replay cache is a retryable one.
+fn dpop_denial(e: ProofError) -> Denial {
+    Denial {
+        check: Check::Dpop,
+        reason: e.description(),
+        unavailable: e == ProofError::Full,
+    }
+}
+
+impl Denial {
+    /// The proof's fault when this denial is one (`invalid_dpop_proof`, `use_dpop_nonce`, or a
+    /// full replay cache): the resource server then answers with a `DPoP` challenge naming
+    /// it. `None` for every other denial, the token's own faults included (`invalid_token`).
+    pub fn dpop_error(&self) -> Option<ProofError> {
+        if self.check != Check::Dpop {
+            return None;
+        }
+        dpop::ALL_ERRORS
+            .iter()
+            .copied()
+            .find(|e| e.description() == self.reason)
+    }
+}
 
 /// Check 12: the token's `cnf.x5t#S256` against the presented certificate. The reasons never
 /// carry either thumbprint.
@@ -1050,7 +1173,7 @@ mod tests {
     }
 
     #[test]
-    fn other_confirmation_methods_stay_refused_by_dpop() {
+    fn unknown_or_malformed_confirmations_are_refused_by_dpop() {
         let (v, key) = setup();
         let mine = ClientCertificate::new(vec![b"my cert".to_vec()]).unwrap();
         for cnf in [
@@ -1072,6 +1195,123 @@ mod tests {
                 Some((Check::Mtls, "token's certificate binding is malformed"))
             );
         }
+    }
+
+    /// A proof by `key` for `POST https://t/dpop` going with `token`, made at `iat`.
+    fn proof(key: &SigningKey, token: &str, jti: &str, iat: i64) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key.public_jwk().to_json()});
+        let claims = json!({"jti": jti, "htm": "POST", "htu": "https://t/dpop", "iat": iat,
+                            "ath": dpop::token_hash(token)});
+        let input = format!(
+            "{}.{}",
+            jose::b64::encode(header.to_string().as_bytes()),
+            jose::b64::encode(claims.to_string().as_bytes())
+        );
+        let sig = key.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", jose::b64::encode(&sig))
+    }
+
+    #[test]
+    fn a_dpop_bound_token_needs_a_fresh_proof_by_its_key() {
+        let (v, key) = setup();
+        let v = {
+            let tool = serde_json::from_value::<ToolInput>(json!({"tool_id": "dpop",
+                "resource_uri": "https://t/dpop", "sender_constraint": "dpop"}))
+            .unwrap()
+            .validate("2027-01-01T00:00:00Z")
+            .unwrap();
+            v.registry.write().unwrap().insert(tool);
+            // Started at NOW: proofs must post-date the start plus the window.
+            v.with_dpop(60, None)
+        };
+        let holder = SigningKey::generate().unwrap();
+        let thief = SigningKey::generate().unwrap();
+        let jkt = holder.public_jwk().thumbprint();
+        let bound = mint(&key, "https://t/dpop", Some(json!({"jkt": jkt})));
+        let unbound = mint(&key, "https://t/dpop", None);
+        let at = NOW + 100;
+        let decide = |token: &str, proof: Option<&str>, method: &str| {
+            v.decide_at(
+                &DecisionRequest::new(token, Target::Tool("dpop"))
+                    .with_http(method, Some("https://t/dpop"))
+                    .with_dpop_proof(proof),
+                at,
+            )
+            .result
+            .err()
+            .map(|d| (d.check, d.reason))
+        };
+        assert_eq!(
+            decide(
+                &bound,
+                Some(&proof(&holder, &bound, "p0", NOW + 60)),
+                "POST"
+            ),
+            Some((Check::Dpop, "DPoP proof iat is too old"))
+        );
+        let fresh = proof(&holder, &bound, "p1", at);
+        assert_eq!(decide(&bound, Some(&fresh), "POST"), None);
+        let denied = |reason| Some((Check::Dpop, reason));
+        assert_eq!(
+            decide(&bound, Some(&fresh), "POST"),
+            denied("DPoP proof was already used")
+        );
+        assert_eq!(
+            decide(&bound, None, "POST"),
+            denied("token is DPoP-bound and was presented without a DPoP proof")
+        );
+        assert_eq!(
+            decide(&bound, Some(&proof(&thief, &bound, "p2", at)), "POST"),
+            denied("DPoP proof key does not match the token binding")
+        );
+        assert_eq!(
+            decide(&bound, Some(&proof(&holder, &bound, "p3", at)), "GET"),
+            denied("DPoP proof htm does not match the request method")
+        );
+        assert_eq!(
+            decide(&bound, Some(&proof(&holder, &unbound, "p4", at)), "POST"),
+            denied("DPoP proof ath does not match the access token")
+        );
+        assert_eq!(
+            decide(&bound, Some(&proof(&holder, &bound, "p5", at - 61)), "POST"),
+            denied("DPoP proof iat is too old")
+        );
+        assert_eq!(
+            decide(&unbound, None, "POST"),
+            denied("tool requires a DPoP-bound token")
+        );
+        assert_eq!(
+            decide(&unbound, Some(&proof(&holder, &unbound, "p6", at)), "POST"),
+            denied(NOT_DPOP_BOUND)
+        );
+        // The replay cache holds only proofs that passed everything: the refused ones above
+        // are still good once.
+        assert_eq!(
+            decide(&bound, Some(&proof(&holder, &bound, "p2", at)), "POST"),
+            None
+        );
+        assert_eq!(v.dpop().replay.len(), 2);
+        let no_url = v.decide_at(
+            &DecisionRequest::new(&bound, Target::Tool("dpop"))
+                .with_dpop_proof(Some(&proof(&holder, &bound, "p7", at))),
+            at,
+        );
+        assert_eq!(no_url.result.err().map(|d| d.check), Some(Check::Dpop));
+        let d = v
+            .decide_at(&DecisionRequest::new(&bound, Target::Tool("dpop")), at)
+            .result
+            .unwrap_err();
+        assert_eq!(d.dpop_error(), None);
+        let d = v
+            .decide_at(
+                &DecisionRequest::new(&bound, Target::Tool("dpop"))
+                    .with_http("POST", Some("https://t/dpop"))
+                    .with_dpop_proof(Some("x.y.z")),
+                at,
+            )
+            .result
+            .unwrap_err();
+        assert_eq!(d.dpop_error(), Some(ProofError::Malformed));
     }
 
     #[test]

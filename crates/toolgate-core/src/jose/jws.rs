@@ -234,6 +234,22 @@ pub fn fingerprint(token: &str) -> Result<[u8; 32], JoseError> {
         .map_err(|_| JoseError::Shape)
 }
 
+/// Parse a compact JWS whose header carries its own public key in `jwk`, as a DPoP proof does
+/// (RFC 9449 §4.2); every other forbidden header parameter stays forbidden. Does NOT verify
+/// the signature, and the key in `header.raw["jwk"]` is still unjudged.
+pub fn decode_with_embedded_key(token: &str) -> Result<Compact<'_>, JoseError> {
+    let s = segments_allowing(token, Some("jwk"))?;
+    let payload_bytes = b64::decode(s.payload_b64)?;
+    let signature = b64::decode(s.sig_b64)?;
+    let claims = json::parse_object(&payload_bytes)?;
+    Ok(Compact {
+        header: s.header,
+        claims,
+        signing_input: s.signing_input,
+        signature,
+    })
+}
+
 /// A compact JWS split in three, its header judged; the payload and signature still encoded.
 struct Segments<'a> {
     header: Header,
@@ -244,6 +260,14 @@ struct Segments<'a> {
 
 /// The first stage of [`decode`]: length, characters, three segments, the header.
 fn segments(token: &str) -> Result<Segments<'_>, JoseError> {
+    segments_allowing(token, None)
+}
+
+/// [`segments`], with one otherwise forbidden header parameter admitted.
+fn segments_allowing<'a>(
+    token: &'a str,
+    admitted: Option<&str>,
+) -> Result<Segments<'a>, JoseError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(JoseError::TooLarge);
     }
@@ -257,7 +281,7 @@ fn segments(token: &str) -> Result<Segments<'_>, JoseError> {
     }
     // The header is judged before the signature segment, so an unsecured JWT (`alg: none`,
     // empty signature) is refused for its algorithm.
-    let header = parse_header(json::parse_object(&b64::decode(header_b64)?)?)?;
+    let header = parse_header(json::parse_object(&b64::decode(header_b64)?)?, admitted)?;
     if sig_b64.is_empty() {
         return Err(JoseError::Shape);
     }
@@ -269,13 +293,16 @@ fn segments(token: &str) -> Result<Segments<'_>, JoseError> {
     })
 }
 
-fn parse_header(raw: Map<String, Value>) -> Result<Header, JoseError> {
+fn parse_header(raw: Map<String, Value>, admitted: Option<&str>) -> Result<Header, JoseError> {
     let alg = raw
         .get("alg")
         .and_then(Value::as_str)
         .and_then(Algorithm::from_name)
         .ok_or(JoseError::UnsupportedAlgorithm)?;
-    if FORBIDDEN_HEADERS.iter().any(|name| raw.contains_key(*name)) {
+    if FORBIDDEN_HEADERS
+        .iter()
+        .any(|name| Some(*name) != admitted && raw.contains_key(*name))
+    {
         return Err(JoseError::ForbiddenHeader);
     }
     let kid = optional_string(&raw, "kid")?;

@@ -69,6 +69,9 @@ struct DpopProof {
     /// the server's nonce, when it asked for one (its DPoP-Nonce header)
     #[argh(option)]
     nonce: Option<String>,
+    /// print this many proofs, one a line, each with its own jti (for load tests; default 1, at most 1000000)
+    #[argh(option, default = "1")]
+    count: u32,
 }
 
 /// Write a throw-away CA, a server certificate for localhost and 127.0.0.1, and a client SPIFFE
@@ -1448,18 +1451,27 @@ fn dpop_proof(p: DpopProof) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proof = dpop_key(&p.key).and_then(|key| {
-        sign_dpop(
-            &key,
-            &p.method,
-            &p.url,
-            token.as_deref(),
-            p.nonce.as_deref(),
-        )
+    if !(1..=1_000_000).contains(&p.count) {
+        return usage("--count must be between 1 and 1000000");
+    }
+    let proofs = dpop_key(&p.key).and_then(|key| {
+        let mut out = String::new();
+        for _ in 0..p.count {
+            out.push_str(&sign_dpop(
+                &key,
+                &p.method,
+                &p.url,
+                token.as_deref(),
+                p.nonce.as_deref(),
+            )?);
+            out.push('\n');
+        }
+        Ok(out)
     });
-    match proof {
-        Ok(proof) => {
-            say(&proof);
+    match proofs {
+        Ok(proofs) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(proofs.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {

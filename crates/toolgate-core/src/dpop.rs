@@ -445,6 +445,17 @@ impl ReplayCache {
     /// Record the proof `(jkt, jti)` until `until`; [`ProofError::Replayed`] if it is
     /// remembered and live, [`ProofError::Full`] if there is no room.
     pub fn spend(&self, jkt: &str, jti: &str, until: i64, now: i64) -> Result<(), ProofError> {
+        self.spend_with_receipt(jkt, jti, until, now).map(|_| ())
+    }
+
+    /// [`ReplayCache::spend`], handing back the receipt of the spend.
+    fn spend_with_receipt(
+        &self,
+        jkt: &str,
+        jti: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<SpentProof, ProofError> {
         let key = self.key(jkt, jti);
         let mut seen = self.seen.lock().map_err(|_| ProofError::Full)?;
         if seen.entries.get(&key).is_some_and(|exp| *exp >= now) {
@@ -461,8 +472,17 @@ impl ReplayCache {
             }
         }
         seen.entries.insert(key, until);
-        Ok(())
+        Ok(SpentProof { key })
     }
+}
+
+/// The receipt of a proof this server spent: proof that one request's proof went through the
+/// replay cache already, so that the other decisions of that same HTTP request (the targets of
+/// one MCP batch) do not refuse it as a replay. Only a spend makes one; it names one proof
+/// (its key and `jti`) in one cache (its salt), and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpentProof {
+    key: [u8; 16],
 }
 
 impl Default for ReplayCache {
@@ -531,6 +551,26 @@ impl DpopPolicy {
     pub fn spend(&self, proof: &Proof, now: i64) -> Result<(), ProofError> {
         let until = proof.iat.saturating_add(self.window);
         self.replay.spend(&proof.jkt, &proof.jti, until, now)
+    }
+
+    /// Record a proof once per HTTP request: a proof this request already spent (`spent`, the
+    /// receipt of that spend, names this very proof in this cache) is not spent again; any
+    /// other proof is spent as [`DpopPolicy::spend`] does. The receipt for the proof.
+    pub fn spend_once(
+        &self,
+        proof: &Proof,
+        now: i64,
+        spent: Option<&SpentProof>,
+    ) -> Result<SpentProof, ProofError> {
+        let receipt = SpentProof {
+            key: self.replay.key(&proof.jkt, &proof.jti),
+        };
+        if spent == Some(&receipt) {
+            return Ok(receipt);
+        }
+        let until = proof.iat.saturating_add(self.window);
+        self.replay
+            .spend_with_receipt(&proof.jkt, &proof.jti, until, now)
     }
 
     /// The nonce to send in `DPoP-Nonce`, when nonces are on.

@@ -102,6 +102,12 @@ struct GatewayCmd {
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
+    /// tolerance on a DPoP proof's iat, both sides, in seconds, 0-300 (default 60)
+    #[argh(option, default = "toolgate::dpop::DEFAULT_WINDOW")]
+    dpop_window: i64,
+    /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
+    #[argh(switch)]
+    dpop_nonce: bool,
     #[argh(
         option,
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
@@ -963,6 +969,12 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         Ok(a) => a,
         Err(_) => return usage("--listen must be IP:port"),
     };
+    if !(0..=toolgate::dpop::MAX_WINDOW).contains(&g.dpop_window) {
+        return usage(&format!(
+            "--dpop-window must be 0-{} seconds",
+            toolgate::dpop::MAX_WINDOW
+        ));
+    }
     let mut routes = Vec::new();
     for r in &g.route {
         match r.split_once('=') {
@@ -1024,6 +1036,8 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             poll_interval: std::time::Duration::from_millis(250),
             leeway: g.leeway,
             max_batch: g.max_batch,
+            dpop_window: g.dpop_window,
+            dpop_nonce: g.dpop_nonce,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {

@@ -12,7 +12,7 @@ pub(crate) use {log_error, log_info, log_warn};
 
 // The core and the guard, under the paths the daemon has always had.
 pub use toolgate_core::{
-    blast, claims, clock, ids, jose, mtls, oauth, registry, resource, revocation, verify,
+    blast, claims, clock, dpop, ids, jose, mtls, oauth, registry, resource, revocation, verify,
 };
 pub use toolgate_guard::{client, guard, log};
 

@@ -49,6 +49,10 @@ pub struct App {
     pub registry: Arc<RwLock<Registry>>,
     pub revocations: Arc<Revocations>,
     pub verifier: Verifier,
+    /// How the token endpoint checks DPoP proofs: the `iat` window, its own nonces when
+    /// `--dpop-nonce` is on, and the proofs it has seen (apart from the verifier's, whose
+    /// proofs are the tool servers' and never carry this daemon's nonces).
+    pub token_dpop: toolgate_core::dpop::DpopPolicy,
     pub audit: Arc<Audit>,
     /// Repeated refusals being counted into one row each.
     pub refusals: Refusals,
@@ -244,7 +248,20 @@ impl App {
             },
             registry.clone(),
             revocations.index().clone(),
-        );
+        )
+        .with_dpop(config.dpop_window, None);
+        let token_dpop =
+            toolgate_core::dpop::DpopPolicy::new(
+                config.dpop_window,
+                if config.dpop_nonce {
+                    Some(toolgate_core::dpop::Nonces::generate().map_err(|_| {
+                        OpenError::Refused("cannot draw the DPoP nonce secret".into())
+                    })?)
+                } else {
+                    None
+                },
+                now,
+            );
         let hosts = crate::hosts::Allowed::new(
             bound,
             &issuer,
@@ -282,6 +299,7 @@ impl App {
             registry,
             revocations,
             verifier,
+            token_dpop,
             audit: Arc::new(audit),
             refusals: Refusals::default(),
             events: Arc::new(Hub::new()),
@@ -294,6 +312,12 @@ impl App {
                 audit: audit_thread,
             },
         ))
+    }
+
+    /// The token endpoint's URL, from the issuer: what metadata names and DPoP proofs' `htu`
+    /// must be.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/v1/exchange/token", self.issuer.trim_end_matches('/'))
     }
 
     pub fn now(&self) -> i64 {

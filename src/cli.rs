@@ -426,6 +426,12 @@ struct ServeCmd {
     /// allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy on a trusted network)
     #[argh(switch)]
     insecure_plaintext: bool,
+    /// seconds a DPoP proof's iat may be off, both ways (default 60, at most 300)
+    #[argh(option)]
+    dpop_window: Option<i64>,
+    /// the token endpoint requires this daemon's DPoP nonces (answers use_dpop_nonce with a DPoP-Nonce header)
+    #[argh(switch)]
+    dpop_nonce: bool,
 }
 
 /// The TLS flags of a `serve` or `gateway` command line.
@@ -916,6 +922,8 @@ async fn serve(s: ServeCmd) -> ExitCode {
         allowed_origins: s.allowed_origin,
         config: s.config,
         tls: tls_flags!(s),
+        dpop_window: s.dpop_window,
+        dpop_nonce: s.dpop_nonce,
     };
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,

@@ -171,6 +171,10 @@ pub struct Config {
     pub client_cert_header: Option<http::HeaderName>,
     /// `--trusted-proxy` addresses.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Tolerance on a DPoP proof's `iat`, both sides (`--dpop-window`, `dpop_window_seconds`).
+    pub dpop_window: i64,
+    /// The token endpoint requires this daemon's DPoP nonces (`--dpop-nonce`, `dpop_nonce`).
+    pub dpop_nonce: bool,
 }
 
 /// The flags of `toolgate serve`, before validation.
@@ -190,6 +194,10 @@ pub struct ServeFlags {
     pub allowed_origins: Vec<String>,
     pub config: Option<PathBuf>,
     pub tls: TlsFlags,
+    /// `--dpop-window`: seconds of tolerance on a DPoP proof's `iat`.
+    pub dpop_window: Option<i64>,
+    /// `--dpop-nonce`: require server nonces in DPoP proofs at the token endpoint.
+    pub dpop_nonce: bool,
 }
 
 /// The TLS flags `toolgate serve` and `toolgate gateway` share, before validation.
@@ -299,6 +307,8 @@ struct FileConfig {
     token_ttl_seconds: Option<i64>,
     revocation_ttl_seconds: Option<i64>,
     leeway_seconds: Option<i64>,
+    dpop_window_seconds: Option<i64>,
+    dpop_nonce: Option<bool>,
     audit: Option<bool>,
     audit_retention_days: Option<u32>,
     audit_key_file: Option<PathBuf>,
@@ -374,6 +384,8 @@ impl Config {
             tls: None,
             client_cert_header: None,
             trusted_proxies: Vec::new(),
+            dpop_window: toolgate_core::dpop::DEFAULT_WINDOW,
+            dpop_nonce: false,
         }
     }
 
@@ -451,6 +463,10 @@ impl Config {
             cfg.read_token = Some(Credential::from_file(path, "--read-token-file").map_err(err)?);
         }
         cfg.open_reads |= flags.open_reads || cfg.dev;
+        if let Some(window) = flags.dpop_window {
+            cfg.dpop_window = dpop_window(window, "--dpop-window")?;
+        }
+        cfg.dpop_nonce |= flags.dpop_nonce;
         for host in &flags.allowed_hosts {
             cfg.allowed_hosts.push(validate_host_name(host)?);
         }
@@ -485,6 +501,12 @@ impl Config {
                 )));
             }
             self.leeway = leeway;
+        }
+        if let Some(window) = file.dpop_window_seconds {
+            self.dpop_window = dpop_window(window, "dpop_window_seconds")?;
+        }
+        if let Some(nonce) = file.dpop_nonce {
+            self.dpop_nonce = nonce;
         }
         if let Some(audit) = file.audit {
             self.audit = audit;
@@ -624,6 +646,16 @@ fn validate_trust_domain(td: &str) -> Result<(), ConfigError> {
         Err(err(format!(
             "trust domain {td:?} must be lower-case letters, digits, '.', '-' or '_'"
         )))
+    }
+}
+
+/// A DPoP `iat` window from `name`: 1 to 300 seconds.
+pub fn dpop_window(seconds: i64, name: &str) -> Result<i64, ConfigError> {
+    let max = toolgate_core::dpop::MAX_WINDOW;
+    if (1..=max).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(err(format!("{name} must be between 1 and {max} seconds")))
     }
 }
 

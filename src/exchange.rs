@@ -35,6 +35,10 @@ pub struct ExchangeRequest {
     /// read from the request's fields): what a certificate-bound token is bound to, and the
     /// credential of [`TYPE_MTLS`].
     pub client_cert: Option<ClientCertificate>,
+    /// The request's DPoP proof (RFC 9449 §5), already checked against the token endpoint's
+    /// URL by the HTTP layer: the minted token is bound to its key (`cnf.jkt`), and the proof
+    /// is spent once everything else passed.
+    pub dpop: Option<toolgate_core::dpop::Proof>,
 }
 
 /// Lifetime of an execution-bound token, in seconds.
@@ -145,6 +149,9 @@ pub enum ExchangeError {
     AccessDenied(&'static str),
     /// The answer depends on state that cannot be read now (fail closed).
     Unavailable(&'static str),
+    /// The DPoP proof is missing where the tool requires one, or was used before
+    /// (RFC 9449 §5: `invalid_dpop_proof`).
+    Dpop(toolgate_core::dpop::ProofError),
     /// Signing failed.
     Internal,
 }
@@ -158,6 +165,8 @@ pub struct Issued {
     pub subject: String,
     pub audience: String,
     pub jti: String,
+    /// Bound to a DPoP key (`token_type` `DPoP`).
+    pub dpop_bound: bool,
 }
 
 /// Who the subject token says the caller is, and what it may be granted.
@@ -187,6 +196,8 @@ pub struct Exchanger<'a> {
     pub trusted_client_cas: &'a [TrustedClientCa],
     pub verifier: &'a Verifier,
     pub signing_key: &'a SigningKey,
+    /// The token endpoint's DPoP policy, whose replay cache the proof is spent in.
+    pub dpop: &'a toolgate_core::dpop::DpopPolicy,
 }
 
 pub fn exchange(
@@ -230,6 +241,10 @@ pub fn exchange(
     } else {
         None
     };
+    // A tool that takes only DPoP-bound tokens gets them only with a proof.
+    if req.dpop.is_none() && requires_dpop(app, &audience)? {
+        return Err(Dpop(toolgate_core::dpop::ProofError::Missing));
+    }
 
     let subject = match token_type {
         TYPE_JWT | TYPE_ACCESS_TOKEN | TYPE_OIDC => external_subject(app, req, token, now)?,
@@ -338,8 +353,24 @@ pub fn exchange(
         }
         claims.insert("nonce".into(), json!(nonce));
     }
+    let mut cnf = Map::new();
     if let Some(cert) = bind_to {
-        claims.insert("cnf".into(), json!({ verify::X5T_S256: cert.thumbprint() }));
+        cnf.insert(verify::X5T_S256.into(), json!(cert.thumbprint()));
+    }
+    if let Some(proof) = &req.dpop {
+        cnf.insert(verify::JKT.into(), json!(proof.jkt));
+    }
+    if !cnf.is_empty() {
+        claims.insert("cnf".into(), Value::Object(cnf));
+    }
+    // The proof is spent last, by an exchange that passed everything else (RFC 9449 §11.1).
+    if let Some(proof) = &req.dpop {
+        app.dpop.spend(proof, now).map_err(|e| match e {
+            toolgate_core::dpop::ProofError::Full => {
+                Unavailable("DPoP proofs cannot be recorded right now")
+            }
+            other => Dpop(other),
+        })?;
     }
     let access_token =
         jose::jws::encode_signed(app.signing_key, typ, &claims).map_err(|_| Internal)?;
@@ -350,7 +381,20 @@ pub fn exchange(
         subject: subject.id,
         audience,
         jti,
+        dpop_bound: req.dpop.is_some(),
     })
+}
+
+/// Does any tool of `audience` require DPoP-bound tokens (`sender_constraint: dpop`)?
+fn requires_dpop(app: &Exchanger<'_>, audience: &str) -> Result<bool, ExchangeError> {
+    Ok(app
+        .verifier
+        .registry
+        .read()
+        .map_err(|_| ExchangeError::Unavailable("tool registry is unavailable"))?
+        .with_resource(audience)
+        .iter()
+        .any(|t| t.requires_dpop()))
 }
 
 /// Does any tool of `audience` require certificate-bound tokens (`sender_constraint: mtls`)?

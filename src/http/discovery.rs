@@ -29,7 +29,7 @@ pub(super) fn jwks(app: &App) -> Response {
 
 pub(super) fn metadata(app: &App) -> Response {
     let base = app.issuer.trim_end_matches('/');
-    let token_endpoint = format!("{base}/v1/exchange/token");
+    let token_endpoint = app.token_endpoint();
     let mut body = json!({
             "issuer": app.issuer,
             "token_endpoint": token_endpoint,
@@ -42,6 +42,8 @@ pub(super) fn metadata(app: &App) -> Response {
             // RFC 8705 §3.3: tokens for a tool with sender_constraint mtls are certificate-bound,
             // which takes a listener that sees client certificates (or a proxy's header).
             "tls_client_certificate_bound_access_tokens": app.client_auth,
+            // RFC 9449 §5.1: a DPoP header on the token request binds the token to its key.
+            "dpop_signing_alg_values_supported": toolgate_core::dpop::SIGNING_ALGS,
     });
     // RFC 8705 §5: the endpoint that sees client certificates, only where one is asked for:
     // the same URL, since one TLS listener serves both.

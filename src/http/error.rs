@@ -18,6 +18,8 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// Also carry RFC 8935's `err` / `description` members (SET push responses).
     pub rfc8935: bool,
+    /// A fresh DPoP nonce for the `DPoP-Nonce` header (RFC 9449 §8), with `use_dpop_nonce`.
+    pub dpop_nonce: Option<String>,
 }
 
 impl ApiError {
@@ -33,6 +35,21 @@ impl ApiError {
             check: None,
             allow: None,
             rfc8935: false,
+            dpop_nonce: None,
+        }
+    }
+
+    /// A refused DPoP proof at the token endpoint (RFC 9449 §5): 400 `invalid_dpop_proof`,
+    /// or `use_dpop_nonce` with the nonce to use; 503 when proofs cannot be recorded.
+    pub fn dpop(e: toolgate_core::dpop::ProofError, nonce: Option<String>) -> Self {
+        use toolgate_core::dpop::ProofError;
+        let status = match e {
+            ProofError::Full => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            dpop_nonce: nonce.filter(|_| e == ProofError::UseNonce),
+            ..Self::new(status, e.code(), e.description())
         }
     }
 
@@ -119,6 +136,9 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
+        if let Some(nonce) = self.dpop_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+            resp.headers_mut().insert("dpop-nonce", nonce);
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -165,6 +185,7 @@ impl From<ExchangeError> for ApiError {
             InvalidClient(d) => Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d),
             AccessDenied(d) => Self::new(StatusCode::FORBIDDEN, "access_denied", d),
             Unavailable(d) => Self::unavailable(d),
+            Dpop(e) => Self::dpop(e, None),
             Internal => {
                 crate::log_error!("exchange: signing failed");
                 Self::new(

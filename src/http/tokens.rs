@@ -21,6 +21,8 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let (parts, incoming) = req.into_parts();
     // Put there by the listener after the TLS handshake verified it; never from request data.
     let client_cert = parts.extensions.get::<ClientCertificate>().cloned();
+    let now = app.now();
+    let dpop = token_endpoint_proof(app, &parts.headers, now);
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
     let parsed = match media.as_str() {
@@ -41,6 +43,12 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
             .inspect_err(|_| app.metrics.exchange("invalid_target", 0))?,
         Err(_) => (String::new(), true),
     };
+    let parsed = parsed.and_then(|request| {
+        Ok(ExchangeRequest {
+            dpop: dpop?,
+            ..request
+        })
+    });
     let trusted_client_cas = app.trusted_client_cas();
     let exchanger = Exchanger {
         issuer: &app.issuer,
@@ -52,10 +60,10 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         trusted_client_cas: &trusted_client_cas,
         verifier: &app.verifier,
         signing_key: app.keys.active(),
+        dpop: &app.token_dpop,
     };
-    let outcome = parsed.and_then(|request| {
-        exchange::exchange(&exchanger, &request, app.now()).map_err(ApiError::from)
-    });
+    let outcome = parsed
+        .and_then(|request| exchange::exchange(&exchanger, &request, now).map_err(ApiError::from));
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let (row, result) = match &outcome {
         Ok(issued) => (
@@ -105,7 +113,8 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let mut body = json!({
         "access_token": issued.access_token,
         "issued_token_type": exchange::TYPE_JWT,
-        "token_type": "Bearer",
+        // RFC 9449 §5: a DPoP-bound token is of type DPoP, presented as `Authorization: DPoP`.
+        "token_type": if issued.dpop_bound { "DPoP" } else { "Bearer" },
         "expires_in": issued.expires_in,
     });
     if let (Some(scope), Some(obj)) = (&issued.scope, body.as_object_mut()) {
@@ -114,7 +123,47 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let mut resp = json_response(StatusCode::OK, &body);
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    // With nonces on, every DPoP answer carries the one to use next (RFC 9449 §8.2).
+    if let Some(nonce) = issued
+        .dpop_bound
+        .then(|| app.token_dpop.nonce(now))
+        .flatten()
+        .and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        resp.headers_mut().insert("dpop-nonce", nonce);
+    }
     Ok(resp)
+}
+
+/// The token request's DPoP proof (RFC 9449 §5): none, or exactly one `DPoP` header whose
+/// proof checks out for `POST` at this endpoint's URL, built from the issuer (never from the
+/// `Host` header), with this daemon's nonce when `--dpop-nonce` is on. Spent by the exchange
+/// once everything else passed.
+fn token_endpoint_proof(
+    app: &App,
+    headers: &http::HeaderMap,
+    now: i64,
+) -> Result<Option<toolgate_core::dpop::Proof>> {
+    let mut values = headers
+        .get_all("dpop")
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .peekable();
+    if values.peek().is_none() {
+        return Ok(None);
+    }
+    let refuse = |e| ApiError::dpop(e, app.token_dpop.nonce(now));
+    let proof = toolgate_core::dpop::one_header(values).map_err(refuse)?;
+    let url = app.token_endpoint();
+    let expected = toolgate_core::dpop::Expected {
+        method: "POST",
+        url: &url,
+        access_token: None,
+    };
+    app.token_dpop
+        .check(proof, &expected, now)
+        .map(Some)
+        .map_err(refuse)
 }
 
 /// The target an exchange's audit row names, and whether toolgate vouches for it (toolgate
@@ -168,6 +217,7 @@ fn request_from(
         actor_token: field("actor_token")?,
         actor_token_type: field("actor_token_type")?,
         client_cert: None,
+        dpop: None,
     })
 }
 

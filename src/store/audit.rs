@@ -111,6 +111,8 @@ pub const REFUSAL_CODES: &[&str] = &[
     "invalid_key",
     "invalid_audience",
     "temporarily_unavailable",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
 ];
 
 /// Whether rows can carry `check`: a verify check name, a refusal code, or (admin calls) an

@@ -225,6 +225,19 @@ async fn request_with_headers(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, Value) {
+    let (status, _, value) = request_full(method, url, path, headers, body).await;
+    (status, value)
+}
+
+/// A plain-HTTP request with the given headers (repeats allowed): the status, the response
+/// headers and the JSON body (`null` if it is not JSON).
+pub async fn request_full(
+    method: Method,
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, http::HeaderMap, Value) {
     use http_body_util::BodyExt;
     let authority = url.strip_prefix("http://").unwrap();
     let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
@@ -248,9 +261,11 @@ async fn request_with_headers(
         .await
         .unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (
         status,
+        headers,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
 }

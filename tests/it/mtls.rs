@@ -193,6 +193,7 @@ fn exchange_binds_tokens_for_mtls_tools_and_takes_spiffe_credentials() {
     let verifier = verifier(&key, now);
     let (ca, other_ca) = (Ca::new("prod CA"), Ca::new("other CA"));
     let cas = [ca.trusted_for(dir.path(), "prod.example")];
+    let dpop_policy = toolgate::dpop::DpopPolicy::new(60, None, 0);
     let app = Exchanger {
         issuer: ISS,
         dev: true,
@@ -203,6 +204,7 @@ fn exchange_binds_tokens_for_mtls_tools_and_takes_spiffe_credentials() {
         trusted_client_cas: &cas,
         verifier: &verifier,
         signing_key: &key,
+        dpop: &dpop_policy,
     };
     let mine = ca.client(&[AGENT]);
     let theirs = other_ca.client(&["spiffe://prod.example/ns/demo/sa/thief"]);
@@ -334,6 +336,7 @@ fn a_token_from_an_svid_expires_with_the_certificate() {
     let verifier = verifier(&key, now);
     let ca = Ca::new("prod CA");
     let cas = [ca.trusted_for(dir.path(), "prod.example")];
+    let dpop_policy = toolgate::dpop::DpopPolicy::new(60, None, 0);
     let app = Exchanger {
         issuer: ISS,
         dev: false,
@@ -344,6 +347,7 @@ fn a_token_from_an_svid_expires_with_the_certificate() {
         trusted_client_cas: &cas,
         verifier: &verifier,
         signing_key: &key,
+        dpop: &dpop_policy,
     };
     let not_after = now + 60;
     let short = ca.issue(&[AGENT], |p| {

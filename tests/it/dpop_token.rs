@@ -1,0 +1,250 @@
+//! DPoP at the token endpoint (RFC 9449 §5, issue #14 part 1 and 2): a `DPoP` header on
+//! `POST /v1/exchange/token` binds the minted token to the proof's key (`cnf.jkt`,
+//! `token_type: DPoP`); every proof check refuses with 400 `invalid_dpop_proof`; with
+//! `--dpop-nonce` the endpoint answers `use_dpop_nonce` and a `DPoP-Nonce` header.
+
+use super::harness::*;
+use http::Method;
+use serde_json::{json, Value};
+use toolgate::dpop::{sign_proof, ProofClaims};
+use toolgate::jose::SigningKey;
+
+const TOOL: &str = "https://mcp.example.com/tools/deploy";
+
+/// A dev daemon with one tool, its clock moved past the start plus the proof window (a proof
+/// must post-date it: proofs seen before a restart are not remembered).
+async fn daemon(tweak: impl FnOnce(&mut toolgate::config::Config)) -> Daemon {
+    let d = Daemon::with(|c| {
+        c.dev = true;
+        tweak(c);
+    })
+    .await;
+    d.clock.advance(61);
+    d
+}
+
+fn proof(d: &Daemon, key: &SigningKey, url: &str, nonce: Option<&str>) -> String {
+    sign_proof(
+        key,
+        &ProofClaims {
+            htm: "POST",
+            htu: url,
+            access_token: None,
+            nonce,
+            iat: d.clock_now(),
+        },
+    )
+    .unwrap()
+}
+
+/// POST an exchange for `TOOL` with these `DPoP` headers: status, headers, body.
+async fn exchange_with(d: &Daemon, proofs: &[&str]) -> (u16, http::HeaderMap, Value) {
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(proofs.iter().map(|p| ("dpop", *p)));
+    let body = exchange_body(&stub(json!({"sub": "agent-1"})), TOOL).to_string();
+    request_full(
+        Method::POST,
+        &d.url,
+        "/v1/exchange/token",
+        &headers,
+        body.into_bytes(),
+    )
+    .await
+}
+
+fn token_endpoint(d: &Daemon) -> String {
+    format!("{}/v1/exchange/token", d.url)
+}
+
+#[tokio::test]
+async fn a_proof_binds_the_token_to_its_key() {
+    let d = daemon(|_| {}).await;
+    d.register("deploy", TOOL).await;
+    let key = SigningKey::generate().unwrap();
+    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        claims_of(token)["cnf"],
+        json!({"jkt": key.public_jwk().thumbprint()})
+    );
+    // Without a proof: a bearer token, unbound.
+    let (status, _, body) = exchange_with(&d, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(claims_of(body["access_token"].as_str().unwrap())
+        .get("cnf")
+        .is_none());
+    // The metadata says which algorithms a proof may use.
+    let (_, meta) = d
+        .call(Method::GET, "/.well-known/oauth-authorization-server", None)
+        .await;
+    assert_eq!(
+        meta["dpop_signing_alg_values_supported"],
+        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+    );
+}
+
+#[tokio::test]
+async fn every_proof_fault_is_a_400_invalid_dpop_proof_and_nothing_is_minted() {
+    let d = daemon(|_| {}).await;
+    d.register("deploy", TOOL).await;
+    let key = SigningKey::generate().unwrap();
+    let url = token_endpoint(&d);
+    let now = d.clock_now();
+    let at = |iat: i64, htm: &str, htu: &str| {
+        sign_proof(
+            &key,
+            &ProofClaims {
+                htm,
+                htu,
+                access_token: None,
+                nonce: None,
+                iat,
+            },
+        )
+        .unwrap()
+    };
+    let replayed = at(now, "POST", &url);
+    assert_eq!(exchange_with(&d, &[&replayed]).await.0, 200);
+    // The Host header names the daemon as well; the URL compared is the issuer's.
+    let cases: Vec<(String, Vec<String>, &str)> = vec![
+        (
+            "replayed".into(),
+            vec![replayed.clone()],
+            "DPoP proof was already used",
+        ),
+        (
+            "another method".into(),
+            vec![at(now, "GET", &url)],
+            "DPoP proof htm does not match the request method",
+        ),
+        (
+            "another URL".into(),
+            vec![at(now, "POST", &format!("{}/v1/mcp/verify", d.url))],
+            "DPoP proof htu does not match the request URL",
+        ),
+        (
+            "iat in the future".into(),
+            vec![at(now + 61, "POST", &url)],
+            "DPoP proof iat is in the future",
+        ),
+        (
+            "iat too old".into(),
+            vec![at(now - 61, "POST", &url)],
+            "DPoP proof iat is too old",
+        ),
+        (
+            "two headers".into(),
+            vec![at(now, "POST", &url), at(now, "POST", &url)],
+            "more than one DPoP proof",
+        ),
+        (
+            "not a JWS".into(),
+            vec!["not-a-proof".into()],
+            "DPoP proof is not a compact JWS",
+        ),
+    ];
+    for (what, proofs, description) in cases {
+        let refs: Vec<&str> = proofs.iter().map(String::as_str).collect();
+        let (status, _, body) = exchange_with(&d, &refs).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"], "invalid_dpop_proof", "{what}");
+        assert_eq!(body["error_description"], description, "{what}");
+        assert!(body.get("access_token").is_none());
+    }
+    // The refusals are audited as exchange denials naming the error and the tool (repeats
+    // within a second are counted into one row).
+    let (_, audit) = d
+        .call(
+            Method::GET,
+            "/v1/audit?kind=exchange&check=invalid_dpop_proof&limit=50",
+            None,
+        )
+        .await;
+    let rows = audit["events"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{audit}");
+    assert!(rows
+        .iter()
+        .all(|r| r["check"] == "invalid_dpop_proof" && r["target"] == TOOL));
+}
+
+#[tokio::test]
+async fn a_tool_that_requires_dpop_gets_no_token_without_a_proof() {
+    let d = daemon(|_| {}).await;
+    let (status, _) = d
+        .call(
+            Method::POST,
+            "/v1/mcp/tools",
+            Some(json!({"tool_id": "deploy", "resource_uri": TOOL, "sender_constraint": "dpop"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _, body) = exchange_with(&d, &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof"))
+    );
+    assert_eq!(body["error_description"], "DPoP proof is missing");
+    let key = SigningKey::generate().unwrap();
+    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!((status, body["token_type"].as_str()), (200, Some("DPoP")));
+}
+
+#[tokio::test]
+async fn proofs_dated_before_the_start_plus_the_window_are_refused() {
+    // Right after a start, a proof could be one used before it: refused until it post-dates
+    // the start plus the window (no replay window across a restart).
+    let d = Daemon::dev().await;
+    d.register("deploy", TOOL).await;
+    let key = SigningKey::generate().unwrap();
+    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error_description"], "DPoP proof iat is too old");
+    d.clock.advance(61);
+    let (status, _, _) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn with_nonces_the_endpoint_hands_one_out_and_accepts_it() {
+    // Nonces: no start rule (a restart draws a new secret), so no clock move is needed.
+    let d = Daemon::with(|c| {
+        c.dev = true;
+        c.dpop_nonce = true;
+    })
+    .await;
+    d.register("deploy", TOOL).await;
+    let key = SigningKey::generate().unwrap();
+    let url = token_endpoint(&d);
+    let (status, headers, body) = exchange_with(&d, &[&proof(&d, &key, &url, None)]).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "use_dpop_nonce");
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_string();
+    let (status, headers, body) = exchange_with(&d, &[&proof(&d, &key, &url, Some(&nonce))]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers.contains_key("dpop-nonce"));
+    // A nonce of another server (or a stale one) is refused the same way.
+    let (status, _, body) = exchange_with(
+        &d,
+        &[&proof(
+            &d,
+            &key,
+            &url,
+            Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        )],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("use_dpop_nonce"))
+    );
+    // Ten minutes on, the nonce is stale.
+    d.clock.advance(600);
+    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &url, Some(&nonce))]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("use_dpop_nonce"))
+    );
+}

@@ -102,7 +102,7 @@ struct GatewayCmd {
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
-    /// tolerance on a DPoP proof's iat, both sides, in seconds, 0-300 (default 60)
+    /// tolerance on a DPoP proof's iat, both sides, in seconds, 1-300 (default 60)
     #[argh(option, default = "toolgate::dpop::DEFAULT_WINDOW")]
     dpop_window: i64,
     /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
@@ -977,11 +977,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         Ok(a) => a,
         Err(_) => return usage("--listen must be IP:port"),
     };
-    if !(0..=toolgate::dpop::MAX_WINDOW).contains(&g.dpop_window) {
-        return usage(&format!(
-            "--dpop-window must be 0-{} seconds",
-            toolgate::dpop::MAX_WINDOW
-        ));
+    // The daemon's rule for its own window: 1 to 300 seconds.
+    if let Err(e) = toolgate::config::dpop_window(g.dpop_window, "--dpop-window") {
+        return usage(&e.to_string());
     }
     let mut routes = Vec::new();
     for r in &g.route {

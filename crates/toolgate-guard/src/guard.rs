@@ -1357,3 +1357,123 @@ where
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_as_bearer_or_dpop_in_any_case() {
+        for (value, want) in [
+            ("Bearer abc", Some((Scheme::Bearer, "abc"))),
+            ("bearer  abc ", Some((Scheme::Bearer, "abc"))),
+            ("DPoP abc", Some((Scheme::Dpop, "abc"))),
+            ("dpop abc", Some((Scheme::Dpop, "abc"))),
+            ("DPOP abc", Some((Scheme::Dpop, "abc"))),
+            ("Basic abc", None),
+            ("DPoP ", None),
+            ("DPoPabc", None),
+        ] {
+            let h = headers(&[("authorization", value)]);
+            assert_eq!(access_token(&h), want, "{value}");
+        }
+        // `bearer` stays the Bearer token only.
+        assert_eq!(bearer(&headers(&[("authorization", "DPoP abc")])), None);
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc")])),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn a_dpop_request_carries_exactly_one_proof() {
+        assert_eq!(dpop_header(&headers(&[])), Err(ProofError::Missing));
+        assert_eq!(dpop_header(&headers(&[("dpop", "a.b.c")])), Ok("a.b.c"));
+        assert_eq!(
+            dpop_header(&headers(&[("dpop", "a.b.c"), ("DPoP", "d.e.f")])),
+            Err(ProofError::Several)
+        );
+    }
+
+    #[test]
+    fn challenges_put_the_error_on_the_scheme_it_concerns() {
+        let meta = "https://t/.well-known/oauth-protected-resource";
+        let algs = "algs=\"ES256 ES384 EdDSA RS256 PS256\"";
+        let bare_bearer = format!("Bearer resource_metadata=\"{meta}\"");
+        let bare_dpop = format!("DPoP {algs}, resource_metadata=\"{meta}\"");
+        // No token: both, bare, Bearer first.
+        assert_eq!(
+            Rejection::missing_token().challenges(meta),
+            vec![bare_bearer.clone(), bare_dpop.clone()]
+        );
+        // A proof's fault: on DPoP only, whatever else is offered.
+        let mut r = proof_rejection(ProofError::Replayed);
+        r.scheme = Some(Scheme::Dpop);
+        assert_eq!(
+            r.challenges(meta),
+            vec![
+                bare_bearer.clone(),
+                format!("DPoP error=\"invalid_dpop_proof\", error_description=\"DPoP proof was already used\", {algs}, resource_metadata=\"{meta}\"")
+            ]
+        );
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        // A token's fault presented as Bearer: on Bearer; where only DPoP is accepted, on DPoP.
+        let mut r = reject(crate::verify::deny(
+            Check::Dpop,
+            "tool requires a DPoP-bound token",
+        ));
+        r.scheme = Some(Scheme::Bearer);
+        assert_eq!(r.error, "invalid_token");
+        assert_eq!(
+            r.challenges(meta),
+            vec![
+                format!("Bearer error=\"invalid_token\", error_description=\"tool requires a DPoP-bound token\", resource_metadata=\"{meta}\""),
+                bare_dpop.clone()
+            ]
+        );
+        r.bearer_accepted = false;
+        assert_eq!(
+            r.challenges(meta),
+            vec![format!("DPoP error=\"invalid_token\", error_description=\"tool requires a DPoP-bound token\", {algs}, resource_metadata=\"{meta}\"")]
+        );
+        // A full replay cache: 503, retry later.
+        let r = proof_rejection(ProofError::Full);
+        assert_eq!(
+            (r.status, r.error),
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        );
+        assert_eq!(
+            proof_rejection(ProofError::UseNonce).error,
+            "use_dpop_nonce"
+        );
+    }
+
+    #[test]
+    fn the_response_carries_every_challenge_and_the_nonce() {
+        let mut r = proof_rejection(ProofError::UseNonce);
+        r.scheme = Some(Scheme::Dpop);
+        r.dpop_nonce = Some("n0nce".into());
+        let resp = rejection_response(&r, "https://t/m");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .count(),
+            2
+        );
+        assert_eq!(resp.headers().get(DPOP_NONCE).unwrap(), "n0nce");
+    }
+}

@@ -567,6 +567,13 @@ impl Verifier {
         self
     }
 
+    /// Check DPoP proofs with this policy (a server with durable storage gives one with a
+    /// horizon, see [`DpopPolicy::with_horizon`]).
+    pub fn with_dpop_policy(mut self, policy: DpopPolicy) -> Self {
+        self.dpop = policy;
+        self
+    }
+
     fn dpop_started(&self) -> i64 {
         self.nonces.not_before
     }
@@ -1274,7 +1281,7 @@ mod tests {
                 Some(&proof(&holder, &bound, "p0", NOW + 60)),
                 "POST"
             ),
-            Some((Check::Dpop, "DPoP proof iat is too old"))
+            Some((Check::Dpop, ProofError::Predates.description()))
         );
         let fresh = proof(&holder, &bound, "p1", at);
         assert_eq!(decide(&bound, Some(&fresh), "POST"), None);

@@ -453,10 +453,14 @@ async fn tools_carry_their_sender_constraint() {
         assert_eq!(status, 400, "{resp}");
         assert_eq!(resp["error_description"], description);
     }
-    // A restart reads it back from the database; a PUT can lift it.
+    let body = json!({"tool_id": "pop", "resource_uri": "https://x.example/pop", "sender_constraint": "dpop"});
+    assert_eq!(d.call(Method::POST, "/v1/tools", Some(body)).await.0, 201);
+    // A restart reads them back from the database; a PUT can lift one.
     let d = d.restart().await;
     let (_, deploy) = d.call(Method::GET, "/v1/tools/deploy", None).await;
     assert_eq!(deploy["sender_constraint"], "mtls");
+    let (_, pop) = d.call(Method::GET, "/v1/tools/pop", None).await;
+    assert_eq!(pop["sender_constraint"], "dpop");
     let (status, resp) = d
         .call(
             Method::PUT,

@@ -145,6 +145,12 @@ struct GatewayCmd {
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
+    /// tolerance on a DPoP proof's iat, both sides, in seconds, 1-300 (default 60)
+    #[argh(option, default = "toolgate::dpop::DEFAULT_WINDOW")]
+    dpop_window: i64,
+    /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
+    #[argh(switch)]
+    dpop_nonce: bool,
     #[argh(
         option,
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
@@ -1020,6 +1026,10 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         Ok(a) => a,
         Err(_) => return usage("--listen must be IP:port"),
     };
+    // The daemon's rule for its own window: 1 to 300 seconds.
+    if let Err(e) = toolgate::config::dpop_window(g.dpop_window, "--dpop-window") {
+        return usage(&e.to_string());
+    }
     let mut routes = Vec::new();
     for r in &g.route {
         match r.split_once('=') {
@@ -1081,6 +1091,8 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             poll_interval: std::time::Duration::from_millis(250),
             leeway: g.leeway,
             max_batch: g.max_batch,
+            dpop_window: g.dpop_window,
+            dpop_nonce: g.dpop_nonce,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {

@@ -862,6 +862,8 @@ mod over_tls {
                 poll_interval: Duration::from_secs(5),
                 leeway: 60,
                 max_batch: 64,
+                dpop_window: 60,
+                dpop_nonce: false,
             },
             mcp_path: "/mcp".into(),
             routes: vec![("/api/deploy".into(), "deploy".into())],
@@ -1008,6 +1010,8 @@ async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() 
             poll_interval: Duration::from_secs(5),
             leeway: 60,
             max_batch: 64,
+            dpop_window: 60,
+            dpop_nonce: false,
         },
         mcp_path: "/mcp".into(),
         routes: vec![

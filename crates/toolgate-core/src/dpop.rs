@@ -509,6 +509,17 @@ impl ReplayCache {
     /// Record the proof `(jkt, jti)` until `until`; [`ProofError::Replayed`] if it is
     /// remembered and live, [`ProofError::Full`] if there is no room.
     pub fn spend(&self, jkt: &str, jti: &str, until: i64, now: i64) -> Result<(), ProofError> {
+        self.spend_with_receipt(jkt, jti, until, now).map(|_| ())
+    }
+
+    /// [`ReplayCache::spend`], handing back the receipt of the spend.
+    fn spend_with_receipt(
+        &self,
+        jkt: &str,
+        jti: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<SpentProof, ProofError> {
         let key = self.key(jkt, jti);
         let mut seen = self.seen.lock().map_err(|_| ProofError::Full)?;
         if seen.entries.get(&key).is_some_and(|exp| *exp >= now) {
@@ -525,8 +536,17 @@ impl ReplayCache {
             }
         }
         seen.entries.insert(key, until);
-        Ok(())
+        Ok(SpentProof { key })
     }
+}
+
+/// The receipt of a proof this server spent: proof that one request's proof went through the
+/// replay cache already, so that the other decisions of that same HTTP request (the targets of
+/// one MCP batch) do not refuse it as a replay. Only a spend makes one; it names one proof
+/// (its key and `jti`) in one cache (its salt), and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpentProof {
+    key: [u8; 16],
 }
 
 impl Default for ReplayCache {
@@ -633,7 +653,25 @@ impl DpopPolicy {
     /// Record a proof that passed everything: remembered until its `iat` leaves the window
     /// (and, with a durable horizon, known to a restart before it is accepted).
     pub fn spend(&self, proof: &Proof, now: i64) -> Result<(), ProofError> {
+        self.spend_once(proof, now, None).map(|_| ())
+    }
+
+    /// Record a proof once per HTTP request: a proof this request already spent (`spent`, the
+    /// receipt of that spend, names this very proof in this cache) is not spent again; any
+    /// other proof is spent as [`DpopPolicy::spend`] says. The receipt for the proof.
+    pub fn spend_once(
+        &self,
+        proof: &Proof,
+        now: i64,
+        spent: Option<&SpentProof>,
+    ) -> Result<SpentProof, ProofError> {
         use std::sync::atomic::Ordering;
+        let receipt = SpentProof {
+            key: self.replay.key(&proof.jkt, &proof.jti),
+        };
+        if spent == Some(&receipt) {
+            return Ok(receipt);
+        }
         if let Some((store, last)) = &self.horizon {
             if proof.iat > last.load(Ordering::Acquire) {
                 let until = proof.iat.saturating_add(HORIZON_STEP);
@@ -644,7 +682,8 @@ impl DpopPolicy {
             }
         }
         let until = proof.iat.saturating_add(self.window);
-        self.replay.spend(&proof.jkt, &proof.jti, until, now)
+        self.replay
+            .spend_with_receipt(&proof.jkt, &proof.jti, until, now)
     }
 
     /// The nonce to send in `DPoP-Nonce`, when nonces are on.
@@ -931,6 +970,17 @@ mod tests {
             DpopPolicy::new(60, None, 0).with_horizon(None, Box::new(Stored(writes, false)));
         assert_eq!(broken.spend(&at(10), 10), Err(ProofError::Full));
         assert!(broken.replay.is_empty());
+        // The pipeline's spend (once per HTTP request) writes the horizon as well; a proof
+        // its request already spent does not spend again.
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let policy =
+            DpopPolicy::new(60, None, 0).with_horizon(None, Box::new(Stored(writes.clone(), true)));
+        let p = at(200);
+        let receipt = policy.spend_once(&p, 200, None).unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![210]);
+        assert_eq!(policy.spend_once(&p, 200, Some(&receipt)), Ok(receipt));
+        assert_eq!(policy.spend_once(&p, 200, None), Err(ProofError::Replayed));
+        assert_eq!(policy.replay.len(), 1);
     }
 
     #[test]

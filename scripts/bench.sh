@@ -28,6 +28,12 @@
 # /mcp tools/call through a gateway that listens with TLS · full and resumed TLS handshakes per
 # second (`openssl s_time -new`, TLS 1.3 / `-reuse -tls1_2`, no request sent) with the server CPU
 # per handshake.
+# DPoP cases (new binary only; a daemon whose tools take DPoP-bound tokens only, `--dpop-window
+# 300`, and a gateway with `--dpop-nonce`): verify of a DPoP-bound token with a new proof each
+# request, and POST /mcp tools/call through the gateway likewise (aim: the proof costs at most
+# 1.5 × one ES256 verification of server CPU beyond the same call with a bearer token). The
+# proofs come from `toolgate dpop proof --count`, made right before each run, one file for the
+# warm-up and one for the measured run, each proof used once.
 # Tokens are minted right before the run that uses them (they live 300 s). Each row gets
 # requests/s, p50, p99 and the server's CPU time per response (user + system of the server
 # process from /proc/PID/stat; gateway rows add the toolgate that the gateway reports its
@@ -336,12 +342,64 @@ wait_http "$TLS_GW/.well-known/oauth-protected-resource"
 http POST "$TLS_GW/mcp" 200 "$(token "${TG[new]}" bench-tool)" "$TMP/mcp-call.json" >/dev/null
 log "TLS: toolgate $TLS_TG, gateway $TLS_GW"
 
+# The DPoP side: the new binary, its tools DPoP-bound only; a 300 s proof window, since the
+# proofs of a run are made before it.
+start_server "$TMP/toolgate-dpop.log" "$NEW_BIN" serve --dev --listen 127.0.0.1:0 --db "$TMP/dpop.db" \
+    --dpop-window 300
+DPOP_TG="$STARTED_URL"
+DPOP_TG_PID="$STARTED_PID"
+wait_http "$DPOP_TG/v1/sys/health"
+http POST "$DPOP_TG/v1/mcp/tools" 201 "" \
+    <(printf '{"tool_id":"code-search","resource_uri":"%s","sender_constraint":"dpop"}' "$CS_RES") >/dev/null
+http POST "$DPOP_TG/v1/mcp/tools" 201 "" \
+    <(printf '{"tool_id":"bench-tool","resource_uri":"%s","server_id":"bench-server","sender_constraint":"dpop"}' "$GW_TOOL_RES") >/dev/null
+start_server "$TMP/gateway-dpop.log" "$NEW_BIN" gateway --toolgate "$DPOP_TG" --listen 127.0.0.1:0 \
+    --upstream "$BARE" --server-id bench-server --resource "$GW_RES" --dpop-nonce --dpop-window 300
+DPOP_GW="$STARTED_URL"
+DPOP_GW_PID="$STARTED_PID"
+wait_http "$DPOP_GW/.well-known/oauth-protected-resource"
+DPOP_KEY="$TMP/dpop-agent.key"
+# dpop_token AUDIENCE: a token bound to DPOP_KEY (made on first use).
+dpop_token() {
+    "$NEW_BIN" token exchange --url "$DPOP_TG" --dpop-key "$DPOP_KEY" --audience "$1" --subject-token "$STUB" \
+        || fail "no DPoP-bound token for $1"
+}
+# dpop_proofs URL TOKEN PER_SECOND [NONCE]: proof files for a run ($TMP/proofs.warmup and
+# $TMP/proofs.measure), each with room for PER_SECOND requests a second.
+dpop_proofs() {
+    local phase secs
+    for phase in warmup measure; do
+        secs="$WARMUP"
+        [[ $phase == warmup ]] || secs="$SECS"
+        "$NEW_BIN" dpop proof --key "$DPOP_KEY" --method POST --url "$1" --token "$2" ${4:+--nonce "$4"} \
+            --count "$(( $3 * secs ))" >"$TMP/proofs.$phase" || fail "toolgate dpop proof failed"
+    done
+}
+# dpop_nonce TOKEN: the gateway's nonce, from the DPoP-Nonce header of a 401 to a proof without one.
+dpop_nonce() {
+    local proof
+    proof="$("$NEW_BIN" dpop proof --key "$DPOP_KEY" --method POST --url "$DPOP_GW/mcp" --token "$1")"
+    curl -s -o /dev/null -D - -X POST -H 'Content-Type: application/json' -H "Authorization: DPoP $1" \
+        -H "DPoP: $proof" --data-binary "@$TMP/mcp-call.json" "$DPOP_GW/mcp" \
+        | tr -d '\r' | sed -n 's/^[Dd][Pp][Oo][Pp]-[Nn]once: //p'
+}
+tok="$(dpop_token "$GW_TOOL_RES")"
+nonce="$(dpop_nonce "$tok")"
+[[ -n $nonce ]] || fail "the DPoP gateway gave no nonce"
+proof="$("$NEW_BIN" dpop proof --key "$DPOP_KEY" --method POST --url "$DPOP_GW/mcp" --token "$tok" --nonce "$nonce")"
+answer="$(curl -s -w ' %{http_code}' -X POST -H 'Content-Type: application/json' -H "Authorization: DPoP $tok" \
+    -H "DPoP: $proof" --data-binary "@$TMP/mcp-call.json" "$DPOP_GW/mcp")"
+[[ $answer == *' 200' ]] || fail "the DPoP gateway refused a good proof: $answer"
+http POST "$DPOP_GW/mcp" 401 "$tok" "$TMP/mcp-call.json" >/dev/null
+log "DPoP: toolgate $DPOP_TG, gateway $DPOP_GW"
+
 # quiesce: wait until the audit queue of every toolgate is empty (GET /v1/stats), so that no
 # run pays for the last one's log and a run's CPU time includes writing its own rows.
 quiesce() {
     local side body i
-    for side in "${SIDES[@]}" tls; do
+    for side in "${SIDES[@]}" tls dpop; do
         local url="${TG[$side]:-$TLS_TG}"
+        [[ $side != dpop ]] || url="$DPOP_TG"
         for (( i = 0; ; i++ )); do
             body="$(http GET "$url/v1/stats" 200)"
             [[ $body =~ \"queue_depth\":([0-9]+) ]] || break # a toolgate without the figure
@@ -371,7 +429,7 @@ run() {
         quiesce
         # shellcheck disable=SC2086 # a list of pids
         cpu0="$(cpu_ms $pids)"
-        env "$@" BENCH_EXPECT="$expect" BENCH_THREADS="$THREADS" wrk "${args[@]}" -s "$LUA" "$url" >"$out" 2>&1 \
+        env "$@" BENCH_PHASE="$phase" BENCH_EXPECT="$expect" BENCH_THREADS="$THREADS" wrk "${args[@]}" -s "$LUA" "$url" >"$out" 2>&1 \
             || { cat "$out" >&2; fail "$case ($side): wrk failed ($phase)"; }
         quiesce
         # shellcheck disable=SC2086
@@ -489,6 +547,28 @@ tls_case() {
 }
 TLS_CASES=(tls_repeat tls_gw_post hs_full hs_resumed)
 
+# One DPoP case (new binary only): a bound token and a new proof each request.
+dpop_case() {
+    local tok nonce
+    case "$1" in
+        dpop_verify)
+            tok="$(dpop_token "$CS_RES")"
+            dpop_proofs "$CS_RES" "$tok" 20000
+            run dpop_verify new "$DPOP_TG/v1/mcp/verify" 200 "$DPOP_TG_PID" BENCH_DPOP_FILE="$TMP/proofs" \
+                BENCH_DPOP_TOKEN="$tok" BENCH_DPOP_AS=body BENCH_TOOL_ID=code-search BENCH_DPOP_HTU="$CS_RES"
+            ;;
+        dpop_gw_post)
+            tok="$(dpop_token "$GW_TOOL_RES")"
+            nonce="$(dpop_nonce "$tok")"
+            dpop_proofs "$DPOP_GW/mcp" "$tok" 20000 "$nonce"
+            run dpop_gw_post new "$DPOP_GW/mcp" 200 "$DPOP_GW_PID $DPOP_TG_PID" BENCH_DPOP_FILE="$TMP/proofs" \
+                BENCH_DPOP_TOKEN="$tok" BENCH_DPOP_AS=header BENCH_METHOD=POST BENCH_BODY_FILE="$TMP/mcp-call.json"
+            ;;
+        *) fail "unknown DPoP case $1" ;;
+    esac
+}
+DPOP_CASES=(dpop_verify dpop_gw_post)
+
 CASES=(bare repeat distinct exchange deny direct_get gw_get direct_post gw_post)
 declare -A LABEL=(
     [bare]="bare hyper GET / (ceiling)"
@@ -504,6 +584,8 @@ declare -A LABEL=(
     [tls_gw_post]="gateway over TLS: POST /mcp tools/call (200)"
     [hs_full]="full handshakes, TLS 1.3 (-new)"
     [hs_resumed]="resumed handshakes, TLS 1.2 (-reuse -tls1_2)"
+    [dpop_verify]="verify, DPoP-bound token, new proof each request (200)"
+    [dpop_gw_post]="gateway: POST /mcp tools/call, DPoP-bound token, new proof each request (200)"
 )
 declare -A tls_plain
 for (( r = 1; r <= ROUNDS; r++ )); do
@@ -520,8 +602,9 @@ for (( r = 1; r <= ROUNDS; r++ )); do
         esac
     done
     for case in "${TLS_CASES[@]}"; do tls_case "$case"; done
+    for case in "${DPOP_CASES[@]}"; do dpop_case "$case"; done
 done
-for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}" "$TLS_TG_PID" "$TLS_GW_PID"; do
+for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}" "$TLS_TG_PID" "$TLS_GW_PID" "$DPOP_TG_PID" "$DPOP_GW_PID"; do
     kill -0 "$pid" 2>/dev/null || fail "a server died during the run (pid $pid)"
 done
 WALL=$(( SECONDS - T_START ))
@@ -594,6 +677,18 @@ verdict() { if (( $1 )); then echo PASS; else echo FAIL; fi; }
     done
     tls_ratio="$(ratio "$(med RPS tls_repeat,new)" "$(med RPS repeat,new)")"
     AIMS+=("verify over TLS with keep-alive ÷ the same over plain HTTP: $tls_ratio — aim ≥ 0.80: $(verdict "$(( $(hundredths "$tls_ratio") >= 80 ))")")
+    printf '\n## DPoP (new binary only)\n\n'
+    printf '| case | req/s | ÷ the same with a bearer token | server CPU µs/response | p50 µs | p99 µs |\n'
+    printf '|---|---:|---:|---:|---:|---:|\n'
+    declare -A dpop_plain=([dpop_verify]=repeat [dpop_gw_post]=gw_post)
+    for case in "${DPOP_CASES[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$case]}" "$(med RPS "$case,new")" \
+            "$(ratio "$(med RPS "$case,new")" "$(med RPS "${dpop_plain[$case]},new")")" \
+            "$(med CPU "$case,new")" "$(med P50 "$case,new")" "$(med P99 "$case,new")"
+        extra=$(( $(med CPU "$case,new") - $(med CPU "${dpop_plain[$case]},new") ))
+        bound=$(( (15 * ES256_NS + 5000) / 10000 ))
+        AIMS+=("${LABEL[$case]}: the proof costs $extra µs CPU/response beyond the bearer case ≤ 1.5 × one ES256 verification = $bound µs: $(verdict "$(( extra <= bound ))")")
+    done
     printf '\n## Aims (measurements on a shared machine: printed, never enforced)\n\n'
     for a in "${AIMS[@]}"; do printf -- '- %s\n' "$a"; done
     for side in "${SIDES[@]}"; do

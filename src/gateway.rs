@@ -607,10 +607,23 @@ async fn check_reporting(client: &Client, source: &str) -> Result<(), String> {
 }
 
 /// Run the gateway on `cfg.listen` until `shutdown`.
-pub async fn run(cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    // A public URL left to its default names the listen address; on port 0 that is the port
+    // bound, which DPoP proofs (htu) and the metadata must name.
+    let scheme = if cfg.tls.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if cfg.listen.port() == 0 && cfg.guard.public_url == format!("{scheme}://{}", cfg.listen) {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        cfg.guard.public_url = format!("{scheme}://{bound}");
+    }
     run_on(listener, cfg, shutdown).await
 }
 

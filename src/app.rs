@@ -60,6 +60,21 @@ pub struct App {
     pub metrics: Metrics,
 }
 
+/// The DPoP horizon in the `meta` table. Written on the database thread and waited for, at
+/// most once per [`toolgate_core::dpop::HORIZON_STEP`] seconds of proofs.
+struct StoredHorizon(Store);
+
+impl toolgate_core::dpop::Horizon for StoredHorizon {
+    fn extend(&self, until: i64) -> bool {
+        self.0
+            .call_blocking(move |conn| {
+                crate::store::meta::raise_i64(conn, crate::store::meta::DPOP_HORIZON, until)
+            })
+            .inspect_err(|e| crate::log_error!("store: cannot record the DPoP horizon: {e}"))
+            .is_ok()
+    }
+}
+
 /// What the live stream shows of an audit row.
 struct LiveEvent {
     kind: &'static str,
@@ -248,20 +263,26 @@ impl App {
             },
             registry.clone(),
             revocations.index().clone(),
-        )
-        .with_dpop(config.dpop_window, None);
-        let token_dpop =
-            toolgate_core::dpop::DpopPolicy::new(
-                config.dpop_window,
-                if config.dpop_nonce {
-                    Some(toolgate_core::dpop::Nonces::generate().map_err(|_| {
-                        OpenError::Refused("cannot draw the DPoP nonce secret".into())
-                    })?)
-                } else {
-                    None
-                },
-                now,
-            );
+        );
+        // Both DPoP policies keep their horizon in the database, so a restart refuses only
+        // proofs that could have been seen before it.
+        let horizon = store.call_blocking(|conn| {
+            crate::store::meta::get_i64(conn, crate::store::meta::DPOP_HORIZON)
+        })?;
+        let verifier = verifier.with_dpop_policy(
+            toolgate_core::dpop::DpopPolicy::new(config.dpop_window, None, now)
+                .with_horizon(horizon, Box::new(StoredHorizon(store.clone()))),
+        );
+        let nonces = if config.dpop_nonce {
+            Some(
+                toolgate_core::dpop::Nonces::generate()
+                    .map_err(|_| OpenError::Refused("cannot draw the DPoP nonce secret".into()))?,
+            )
+        } else {
+            None
+        };
+        let token_dpop = toolgate_core::dpop::DpopPolicy::new(config.dpop_window, nonces, now)
+            .with_horizon(horizon, Box::new(StoredHorizon(store.clone())));
         let hosts = crate::hosts::Allowed::new(
             bound,
             &issuer,

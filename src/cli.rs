@@ -29,6 +29,49 @@ enum Command {
     Audit(AuditCmd),
     Gateway(GatewayCmd),
     DevCerts(DevCertsCmd),
+    Dpop(DpopCmd),
+}
+
+/// DPoP (RFC 9449) for shell scripts: make the proof a DPoP-bound token needs on each request.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dpop")]
+struct DpopCmd {
+    #[argh(subcommand)]
+    action: DpopAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum DpopAction {
+    Proof(DpopProof),
+}
+
+/// Print a fresh DPoP proof (a signed JWT, for the DPoP header) for one request.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "proof",
+    example = "curl -H \"Authorization: DPoP $TOKEN\" -H \"DPoP: $(toolgate dpop proof --key agent.key --method POST --url https://mcp.example.com/mcp --token \"$TOKEN\")\" ..."
+)]
+struct DpopProof {
+    /// the client's private key (PKCS#8 PEM, as `token exchange --dpop-key` writes it)
+    #[argh(option)]
+    key: PathBuf,
+    /// the request's HTTP method (htm)
+    #[argh(option)]
+    method: String,
+    /// the request's URL (htu; query and fragment are left out)
+    #[argh(option)]
+    url: String,
+    /// the access token sent with the request (its hash goes in ath); "-" reads it from standard input
+    #[argh(option)]
+    token: Option<String>,
+    /// the server's nonce, when it asked for one (its DPoP-Nonce header)
+    #[argh(option)]
+    nonce: Option<String>,
+    /// print this many proofs, one a line, each with its own jti (for load tests; default 1, at most 1000000)
+    #[argh(option, default = "1")]
+    count: u32,
 }
 
 /// Write a throw-away CA, a server certificate for localhost and 127.0.0.1, and a client SPIFFE
@@ -102,6 +145,12 @@ struct GatewayCmd {
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
+    /// tolerance on a DPoP proof's iat, both sides, in seconds, 1-300 (default 60)
+    #[argh(option, default = "toolgate::dpop::DEFAULT_WINDOW")]
+    dpop_window: i64,
+    /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
+    #[argh(switch)]
+    dpop_nonce: bool,
     #[argh(
         option,
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
@@ -486,7 +535,7 @@ struct ToolAdd {
     /// maximum blast radius, level[:scope]
     #[argh(option)]
     max_blast_radius: Option<String>,
-    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705)
+    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705); dpop: to the key of the exchange's DPoP proof (RFC 9449)
     #[argh(option)]
     sender_constraint: Option<String>,
     /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
@@ -540,7 +589,7 @@ struct ToolUpdate {
     /// maximum blast radius, level[:scope]
     #[argh(option)]
     max_blast_radius: Option<String>,
-    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705)
+    /// mtls: tokens for this tool must be bound to the client certificate of the exchange (RFC 8705); dpop: to the key of the exchange's DPoP proof (RFC 9449)
     #[argh(option)]
     sender_constraint: Option<String>,
     /// protocol spoken: mcp, http, a2a (repeatable; default mcp)
@@ -663,6 +712,9 @@ struct TokenExchange {
     /// print the whole JSON response
     #[argh(switch)]
     json: bool,
+    /// bind the token to this DPoP key (PKCS#8 PEM; a new P-256 key is written there, owner-only, if the file is missing): the token is then presented as "Authorization: DPoP" with a proof from `toolgate dpop proof`
+    #[argh(option)]
+    dpop_key: Option<PathBuf>,
     #[argh(
         option,
         description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
@@ -787,6 +839,9 @@ async fn run(command: Command) -> ExitCode {
         Command::Revoke(r) => revoke(r.what).await,
         Command::Gateway(g) => gateway(g).await,
         Command::DevCerts(d) => dev_certs(&d.dir, d.force),
+        Command::Dpop(d) => match d.action {
+            DpopAction::Proof(p) => dpop_proof(p),
+        },
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
@@ -971,6 +1026,10 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
         Ok(a) => a,
         Err(_) => return usage("--listen must be IP:port"),
     };
+    // The daemon's rule for its own window: 1 to 300 seconds.
+    if let Err(e) = toolgate::config::dpop_window(g.dpop_window, "--dpop-window") {
+        return usage(&e.to_string());
+    }
     let mut routes = Vec::new();
     for r in &g.route {
         match r.split_once('=') {
@@ -1032,6 +1091,8 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             poll_interval: std::time::Duration::from_millis(250),
             leeway: g.leeway,
             max_batch: g.max_batch,
+            dpop_window: g.dpop_window,
+            dpop_nonce: g.dpop_nonce,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {
@@ -1299,12 +1360,32 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
     let token_type = x
         .subject_token_type
         .unwrap_or_else(|| toolgate::exchange::TYPE_JWT.to_string());
-    let result = match prepared {
-        Ok((c, subject)) => {
+    let dpop_key = match x.dpop_key.as_deref().map(dpop_key_or_new).transpose() {
+        Ok(k) => k,
+        Err(e) => return usage(&e),
+    };
+    let result = match (prepared, dpop_key) {
+        (Ok((c, subject)), None) => {
             c.exchange(&subject, &token_type, &x.audience, x.scope.as_deref())
                 .await
         }
-        Err(e) => Err(e),
+        (Ok((c, subject)), Some(key)) => match c.token_endpoint().await {
+            Ok(url) => {
+                let proof = |nonce: Option<&str>| {
+                    sign_dpop(&key, "POST", &url, None, nonce).map_err(ClientError::Transport)
+                };
+                c.exchange_dpop(
+                    &subject,
+                    &token_type,
+                    &x.audience,
+                    x.scope.as_deref(),
+                    proof,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        (Err(e), _) => Err(e),
     };
     let json_out = x.json;
     report(result, |v| {
@@ -1317,6 +1398,99 @@ async fn token_exchange(x: TokenExchange) -> ExitCode {
                 .unwrap_or_default());
         }
     })
+}
+
+/// The DPoP key in `path`, or a new P-256 key written there (owner-only) if there is none.
+fn dpop_key_or_new(path: &std::path::Path) -> Result<toolgate::jose::SigningKey, String> {
+    if path.exists() {
+        return dpop_key(path);
+    }
+    let key = toolgate::jose::SigningKey::generate()
+        .map_err(|_| "cannot generate a DPoP key".to_string())?;
+    toolgate::secret_file::create_private(path, toolgate::keys::to_pem(key.pkcs8()).as_bytes())
+        .map_err(|e| format!("cannot write the DPoP key {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// The DPoP key in `path`: a PKCS#8 PEM private key, readable by its owner only.
+fn dpop_key(path: &std::path::Path) -> Result<toolgate::jose::SigningKey, String> {
+    toolgate::secret_file::ensure_private(path, "DPoP key file")?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the DPoP key {}: {e}", path.display()))?;
+    toolgate::keys::from_pem(&text)
+        .and_then(|der| toolgate::jose::SigningKey::from_pkcs8(&der).ok())
+        .ok_or_else(|| {
+            format!(
+                "{} is not a PKCS#8 PEM P-256 or Ed25519 private key",
+                path.display()
+            )
+        })
+}
+
+/// A DPoP proof by `key` for one request, dated now.
+fn sign_dpop(
+    key: &toolgate::jose::SigningKey,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<String, String> {
+    let iat = toolgate::clock::Clock::now(&toolgate::clock::SystemClock);
+    toolgate::dpop::sign_proof(
+        key,
+        &toolgate::dpop::ProofClaims {
+            htm: method,
+            htu: url,
+            access_token: token,
+            nonce,
+            iat,
+        },
+    )
+    .map_err(|_| "cannot sign the DPoP proof".to_string())
+}
+
+fn dpop_proof(p: DpopProof) -> ExitCode {
+    if toolgate::resource::normalize_http_url(&p.url).is_none() {
+        return usage("--url must be an absolute http:// or https:// URL");
+    }
+    if p.method.is_empty() || !p.method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return usage("--method must be an HTTP method in capitals (GET, POST, ...)");
+    }
+    let token = match p.token.map(secret_arg).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("toolgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(1..=1_000_000).contains(&p.count) {
+        return usage("--count must be between 1 and 1000000");
+    }
+    let proofs = dpop_key(&p.key).and_then(|key| {
+        let mut out = String::new();
+        for _ in 0..p.count {
+            out.push_str(&sign_dpop(
+                &key,
+                &p.method,
+                &p.url,
+                token.as_deref(),
+                p.nonce.as_deref(),
+            )?);
+            out.push('\n');
+        }
+        Ok(out)
+    });
+    match proofs {
+        Ok(proofs) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(proofs.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toolgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn verify(v: VerifyCmd) -> ExitCode {

@@ -232,6 +232,66 @@ pub fn spki(data: &[u8]) {
     assert_eq!(toolgate_guard::tls::pin_of(data).is_some(), found.is_some());
 }
 
+/// Arbitrary bytes as a DPoP proof (first byte even), or as the claims of a proof signed by a
+/// fixed Ed25519 key (first byte odd, so that the claim checks are reached past the
+/// signature): parsing never panics; a proof that parses has a 43-character thumbprint, and it
+/// checks out against its own method and URL at its own time exactly when its URL is an
+/// `http(s)` URL; the nonce reader takes any text.
+pub fn dpop_proof(data: &[u8]) {
+    use crate::dpop::{Expected, Nonces, Proof, ProofError};
+    use std::sync::OnceLock;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let proof = if mode % 2 == 0 {
+        text.to_string()
+    } else {
+        static KEY: OnceLock<Option<crate::jose::SigningKey>> = OnceLock::new();
+        let Some(key) = KEY
+            .get_or_init(|| crate::jose::SigningKey::generate_ed25519().ok())
+            .as_ref()
+        else {
+            return;
+        };
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA",
+                                        "jwk": key.public_jwk().to_json()});
+        let input = format!(
+            "{}.{}",
+            crate::jose::b64::encode(header.to_string().as_bytes()),
+            crate::jose::b64::encode(text.as_bytes())
+        );
+        let Ok(sig) = key.sign(input.as_bytes()) else {
+            return;
+        };
+        format!("{input}.{}", crate::jose::b64::encode(&sig))
+    };
+    if let Ok(p) = Proof::parse(&proof) {
+        assert_eq!(p.jkt.len(), 43);
+        let own = Expected {
+            method: &p.htm,
+            url: &p.htu,
+            access_token: None,
+        };
+        let verdict = p.check(&own, p.iat, 60, 0);
+        if crate::resource::normalize_http_url(&p.htu).is_some() {
+            assert_eq!(verdict, Ok(()));
+        } else {
+            assert_eq!(verdict, Err(ProofError::Url));
+        }
+        // One second past the window on either side is refused.
+        assert!(p.check(&own, p.iat.saturating_add(61), 60, 0).is_err());
+    }
+    let nonces = Nonces::with_secret(b"fuzz", 300);
+    assert!(
+        !nonces.accepts(text, 1_700_000_000)
+            || text == nonces.current(1_700_000_000)
+            || text == nonces.current(1_700_000_000 - 300)
+    );
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -251,6 +311,22 @@ mod tests {
         let smuggled = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"$serde_json::private::RawValue":"{\"name\":\"search\"}"}}"#;
         jsonrpc(smuggled);
         assert!(crate::gateway::jsonrpc_targets(smuggled, 64).is_err());
+    }
+
+    /// The proof oracle holds on the seeds (the RFC 9449 examples, and claims to sign).
+    #[test]
+    fn the_dpop_oracle_holds_on_the_seed_corpus() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/dpop_proof");
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            dpop_proof(&data);
+            for n in 0..data.len() {
+                dpop_proof(&data[..n]);
+            }
+            seeds += 1;
+        }
+        assert!(seeds >= 3);
     }
 
     /// The seeds are certificates made by OpenSSL (not rcgen, which the integration tests use).

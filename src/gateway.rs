@@ -5,6 +5,7 @@
 
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
+use crate::dpop::SpentProof;
 use crate::guard::{rejection_response, Guard, GuardConfig, Rejection};
 use crate::http::body::BodyError;
 use crate::verify::{Allowed, Target};
@@ -251,16 +252,20 @@ impl Gateway {
     }
 
     /// Decide one target with the guard and queue its report; the decision or the refusal
-    /// response.
+    /// response. `spent` is the request's: its DPoP proof is spent by the first allowed
+    /// decision only (see [`Guard::check_http_in_request`]).
     #[allow(clippy::result_large_err)] // the refusal is the response: built once, returned once
     fn decide(
         &self,
         parts: &http::request::Parts,
         target: Target<'_>,
         body_hash: Option<&str>,
+        spent: &mut Option<SpentProof>,
     ) -> Result<Allowed, http::Response<Body>> {
         let started = Instant::now();
-        let outcome = self.guard.check_http(parts, target, body_hash);
+        let outcome = self
+            .guard
+            .check_http_in_request(parts, target, body_hash, spent);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let label = match target {
             Target::Tool(t) => t,
@@ -357,12 +362,12 @@ impl Gateway {
                 Err(resp) => return resp,
             };
             let hash = crate::verify::body_hash(&bytes);
-            return match self.decide(&parts, target, Some(&hash)) {
+            return match self.decide(&parts, target, Some(&hash), &mut None) {
                 Ok(allowed) => self.forward(parts, full(bytes), &allowed.claims.sub).await,
                 Err(resp) => resp,
             };
         }
-        match self.decide(&parts, target, None) {
+        match self.decide(&parts, target, None, &mut None) {
             Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
             Err(resp) => resp,
         }
@@ -373,7 +378,7 @@ impl Gateway {
             Method::POST => {}
             Method::GET | Method::DELETE => {
                 let (parts, body) = req.into_parts();
-                return match self.decide(&parts, self.guard.server_target(), None) {
+                return match self.decide(&parts, self.guard.server_target(), None, &mut None) {
                     Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
                     Err(resp) => resp,
                 };
@@ -407,8 +412,8 @@ impl Gateway {
             }
         };
         // No token at all: the 401 challenge, before anything about the tools is revealed.
-        if crate::guard::bearer(&parts.headers).is_none() {
-            if let Err(resp) = self.decide(&parts, self.guard.server_target(), None) {
+        if crate::guard::access_token(&parts.headers).is_none() {
+            if let Err(resp) = self.decide(&parts, self.guard.server_target(), None, &mut None) {
                 return resp;
             }
         }
@@ -420,14 +425,16 @@ impl Gateway {
             .flatten()
             .any(|id| self.guard.needs_body(Target::Tool(id)))
             .then(|| crate::verify::body_hash(&bytes));
-        // Every message must pass; the first refusal refuses the whole request.
+        // Every message must pass; the first refusal refuses the whole request. The request's
+        // one DPoP proof is spent once, not once per message.
+        let mut spent = None;
         let mut subject = String::new();
         for tool_id in &tool_ids {
             let target = match tool_id {
                 Some(id) => Target::Tool(id),
                 None => self.guard.server_target(),
             };
-            match self.decide(&parts, target, hash.as_deref()) {
+            match self.decide(&parts, target, hash.as_deref(), &mut spent) {
                 Ok(allowed) => subject.clone_from(&allowed.claims.sub),
                 Err(resp) => return resp,
             }
@@ -435,14 +442,16 @@ impl Gateway {
         self.forward(parts, full(bytes), &subject).await
     }
 
-    /// Send to the upstream without the caller's token (no token passthrough), and stream the
-    /// answer back.
+    /// Send to the upstream without the caller's token or DPoP proof (no token passthrough),
+    /// and stream the answer back (with a fresh `DPoP-Nonce` for a DPoP request, when nonces
+    /// are on).
     async fn forward(
         &self,
         mut parts: http::request::Parts,
         body: Body,
         subject: &str,
     ) -> http::Response<Body> {
+        let nonce = self.guard.nonce_header(&parts.headers);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -467,6 +476,7 @@ impl Gateway {
             header::TRAILER,
             header::UPGRADE,
             header::PROXY_AUTHORIZATION,
+            HeaderName::from_static("dpop"),
             HeaderName::from_static("keep-alive"),
             HeaderName::from_static("proxy-connection"),
         ] {
@@ -489,6 +499,11 @@ impl Gateway {
                     HeaderName::from_static("keep-alive"),
                 ] {
                     parts.headers.remove(h);
+                }
+                // Only this gateway's nonce is the one its proofs must carry.
+                parts.headers.remove(crate::guard::DPOP_NONCE);
+                if let Some(n) = nonce {
+                    parts.headers.insert(crate::guard::DPOP_NONCE, n);
                 }
                 http::Response::from_parts(parts, body.boxed())
             }

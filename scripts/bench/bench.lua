@@ -6,6 +6,12 @@
 --   BENCH_TOKENS_FILE  one token per line: each request verifies the next one, as
 --                      {"token":<token>,"tool_id":BENCH_TOOL_ID}; each of the BENCH_THREADS
 --                      wrk threads starts at its own offset
+--   BENCH_DPOP_FILE    one DPoP proof per line, each used once, in order (each wrk thread takes
+--                      its own share): with BENCH_DPOP_TOKEN, every request carries the next
+--                      proof, in the verify body ({"token","tool_id":BENCH_TOOL_ID,"htm":"POST",
+--                      "htu":BENCH_DPOP_HTU,"dpop_proof"}) when BENCH_DPOP_AS=body, or as
+--                      "Authorization: DPoP <token>" and a DPoP header (BENCH_DPOP_AS=header,
+--                      with BENCH_BODY_FILE as the body)
 --   BENCH_EXPECT       the only acceptable status (default 200)
 -- done() prints "BENCH_RESULT responses=N unexpected=M first_unexpected=S"; bench.sh fails
 -- the run when M is not 0 or N is 0.
@@ -59,6 +65,46 @@ function init(args)
   nreqs = #reqs
   assert(nreqs > 0, "no tokens in " .. tokens_file)
   pos = math.floor(id * nreqs / tonumber(os.getenv("BENCH_THREADS") or "1"))
+end
+
+local dpop_file = os.getenv("BENCH_DPOP_FILE") or ""
+if dpop_file ~= "" then
+  local dpop_token = assert(os.getenv("BENCH_DPOP_TOKEN"), "BENCH_DPOP_TOKEN unset")
+  local as_body = os.getenv("BENCH_DPOP_AS") == "body"
+  local base_init = init
+  function init(args)
+    local proofs = {}
+    for line in io.lines(dpop_file) do
+      if line ~= "" then
+        proofs[#proofs + 1] = line
+      end
+    end
+    local n = tonumber(os.getenv("BENCH_THREADS") or "1")
+    local share = math.floor(#proofs / n)
+    reqs = {}
+    for i = id * share + 1, (id + 1) * share do
+      local proof = proofs[i]
+      if as_body then
+        reqs[#reqs + 1] = wrk.format("POST", wrk.path, { ["Content-Type"] = "application/json" },
+          '{"token":"' .. dpop_token .. '","tool_id":"' .. assert(os.getenv("BENCH_TOOL_ID")) ..
+          '","htm":"POST","htu":"' .. assert(os.getenv("BENCH_DPOP_HTU")) ..
+          '","dpop_proof":"' .. proof .. '"}')
+      else
+        reqs[#reqs + 1] = wrk.format(wrk.method, wrk.path,
+          { ["Content-Type"] = "application/json", ["Authorization"] = "DPoP " .. dpop_token,
+            ["DPoP"] = proof }, wrk.body)
+      end
+    end
+    nreqs = #reqs
+    assert(nreqs > 0, "no proofs in " .. dpop_file)
+    pos = 0
+  end
+  -- Each proof once: past the last one the requests repeat, and the replays are refused
+  -- (an unexpected status fails the run, so the file must outlast it).
+  function request()
+    pos = pos % nreqs + 1
+    return reqs[pos]
+  end
 end
 
 -- Defined only when cycling tokens; otherwise wrk sends its static request.

@@ -137,6 +137,8 @@ impl Env {
                 poll_interval: Duration::from_millis(200),
                 leeway: 60,
                 max_batch: 64,
+                dpop_window: 60,
+                dpop_nonce: false,
             },
             clock,
         )

@@ -11,16 +11,13 @@ use toolgate::jose::SigningKey;
 
 const TOOL: &str = "https://mcp.example.com/tools/deploy";
 
-/// A dev daemon with one tool, its clock moved past the start plus the proof window (a proof
-/// must post-date it: proofs seen before a restart are not remembered).
+/// A dev daemon.
 async fn daemon(tweak: impl FnOnce(&mut toolgate::config::Config)) -> Daemon {
-    let d = Daemon::with(|c| {
+    Daemon::with(|c| {
         c.dev = true;
         tweak(c);
     })
-    .await;
-    d.clock.advance(61);
-    d
+    .await
 }
 
 fn proof(d: &Daemon, key: &SigningKey, url: &str, nonce: Option<&str>) -> String {
@@ -193,18 +190,31 @@ async fn a_tool_that_requires_dpop_gets_no_token_without_a_proof() {
 }
 
 #[tokio::test]
-async fn proofs_dated_before_the_start_plus_the_window_are_refused() {
-    // Right after a start, a proof could be one used before it: refused until it post-dates
-    // the start plus the window (no replay window across a restart).
+async fn a_restart_refuses_only_proofs_that_could_have_been_seen_before_it() {
+    // A daemon that never accepted a proof refuses none right after its start.
     let d = Daemon::dev().await;
     d.register("deploy", TOOL).await;
     let key = SigningKey::generate().unwrap();
-    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
-    assert_eq!(status, 400);
-    assert_eq!(body["error_description"], "DPoP proof iat is too old");
-    d.clock.advance(61);
-    let (status, _, _) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    let first = proof(&d, &key, &token_endpoint(&d), None);
+    let (status, _, _) = exchange_with(&d, &[&first]).await;
     assert_eq!(status, 200);
+    // Restarted (the replay cache is gone): the proof used before, and any proof dated up to
+    // the horizon the database kept, could be replays and are refused.
+    let d = d.restart().await;
+    let (status, _, body) = exchange_with(&d, &[&first]).await;
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (
+            400,
+            Some(toolgate::dpop::ProofError::Predates.description())
+        )
+    );
+    let (status, _, _) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!(status, 400);
+    // Proofs dated after it are not.
+    d.clock.advance(toolgate::dpop::HORIZON_STEP + 1);
+    let (status, _, body) = exchange_with(&d, &[&proof(&d, &key, &token_endpoint(&d), None)]).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]

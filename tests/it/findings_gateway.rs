@@ -100,6 +100,8 @@ async fn config(
             poll_interval: Duration::from_millis(100),
             leeway: 60,
             max_batch: 64,
+            dpop_window: 60,
+            dpop_nonce: false,
         },
         mcp_path: "/mcp".into(),
         routes: Vec::new(),

@@ -61,6 +61,8 @@ async fn guard(d: &Daemon) -> Arc<Guard> {
             poll_interval: Duration::from_millis(50),
             leeway: 60,
             max_batch: 64,
+            dpop_window: 60,
+            dpop_nonce: false,
         },
         clock,
     )

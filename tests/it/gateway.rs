@@ -380,6 +380,8 @@ fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
         poll_interval: Duration::from_millis(100),
         leeway: 60,
         max_batch: 64,
+        dpop_window: 60,
+        dpop_nonce: false,
     }
 }
 

@@ -5,6 +5,7 @@ mod attacks;
 mod bad_input;
 mod cli;
 mod discovery;
+mod dpop;
 mod dpop_token;
 mod exchange;
 mod findings_audit;

@@ -437,12 +437,8 @@ async fn tools_carry_their_sender_constraint() {
     assert_eq!(search["sender_constraint"], Value::Null);
     for (value, description) in [
         (
-            json!("dpop"),
-            "sender_constraint \"dpop\" is not supported yet; use \"mtls\" or null",
-        ),
-        (
             json!("bearer"),
-            "sender_constraint must be \"mtls\" or null",
+            "sender_constraint must be \"mtls\", \"dpop\" or null",
         ),
         (json!(true), "sender_constraint has the wrong type"),
     ] {
@@ -451,10 +447,14 @@ async fn tools_carry_their_sender_constraint() {
         assert_eq!(status, 400, "{resp}");
         assert_eq!(resp["error_description"], description);
     }
-    // A restart reads it back from the database; a PUT can lift it.
+    let body = json!({"tool_id": "pop", "resource_uri": "https://x.example/pop", "sender_constraint": "dpop"});
+    assert_eq!(d.call(Method::POST, "/v1/tools", Some(body)).await.0, 201);
+    // A restart reads them back from the database; a PUT can lift one.
     let d = d.restart().await;
     let (_, deploy) = d.call(Method::GET, "/v1/tools/deploy", None).await;
     assert_eq!(deploy["sender_constraint"], "mtls");
+    let (_, pop) = d.call(Method::GET, "/v1/tools/pop", None).await;
+    assert_eq!(pop["sender_constraint"], "dpop");
     let (status, resp) = d
         .call(
             Method::PUT,
@@ -862,6 +862,8 @@ mod over_tls {
                 poll_interval: Duration::from_secs(5),
                 leeway: 60,
                 max_batch: 64,
+                dpop_window: 60,
+                dpop_nonce: false,
             },
             mcp_path: "/mcp".into(),
             routes: vec![("/api/deploy".into(), "deploy".into())],
@@ -1008,6 +1010,8 @@ async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() 
             poll_interval: Duration::from_secs(5),
             leeway: 60,
             max_batch: 64,
+            dpop_window: 60,
+            dpop_nonce: false,
         },
         mcp_path: "/mcp".into(),
         routes: vec![

@@ -448,6 +448,8 @@ async fn the_gateway_listens_over_tls() {
             poll_interval: std::time::Duration::from_millis(100),
             leeway: 60,
             max_batch: 64,
+            dpop_window: 60,
+            dpop_nonce: false,
         },
         mcp_path: "/mcp".into(),
         routes: Vec::new(),

@@ -57,8 +57,10 @@ pub enum ProofError {
     Method,
     /// `htu` is not the request's URL.
     Url,
-    /// `iat` is too far in the past (or before this server started, which could hide a replay).
+    /// `iat` is too far in the past.
     TooOld,
+    /// `iat` is not after this server's horizon: a proof it may have seen before a restart.
+    Predates,
     /// `iat` is too far in the future.
     Future,
     /// `ath` is missing or is not the hash of the presented access token.
@@ -74,7 +76,7 @@ pub enum ProofError {
 }
 
 /// Every proof error, for mapping a denial's reason back to its error.
-pub const ALL_ERRORS: [ProofError; 18] = [
+pub const ALL_ERRORS: [ProofError; 19] = [
     ProofError::Missing,
     ProofError::Several,
     ProofError::Malformed,
@@ -87,6 +89,7 @@ pub const ALL_ERRORS: [ProofError; 18] = [
     ProofError::Method,
     ProofError::Url,
     ProofError::TooOld,
+    ProofError::Predates,
     ProofError::Future,
     ProofError::TokenHash,
     ProofError::KeyMismatch,
@@ -111,6 +114,7 @@ impl ProofError {
             Self::Method => "DPoP proof htm does not match the request method",
             Self::Url => "DPoP proof htu does not match the request URL",
             Self::TooOld => "DPoP proof iat is too old",
+            Self::Predates => "DPoP proof is dated before this server restarted; make a new one",
             Self::Future => "DPoP proof iat is in the future",
             Self::TokenHash => "DPoP proof ath does not match the access token",
             Self::KeyMismatch => "DPoP proof key does not match the token binding",
@@ -257,8 +261,11 @@ impl Proof {
         if self.iat > now.saturating_add(window) {
             return Err(ProofError::Future);
         }
-        if self.iat < now.saturating_sub(window) || self.iat < not_before {
+        if self.iat < now.saturating_sub(window) {
             return Err(ProofError::TooOld);
+        }
+        if self.iat < not_before {
+            return Err(ProofError::Predates);
         }
         if let Some(token) = expected.access_token {
             let ath = self.ath.as_deref().ok_or(ProofError::TokenHash)?;
@@ -502,6 +509,17 @@ impl ReplayCache {
     /// Record the proof `(jkt, jti)` until `until`; [`ProofError::Replayed`] if it is
     /// remembered and live, [`ProofError::Full`] if there is no room.
     pub fn spend(&self, jkt: &str, jti: &str, until: i64, now: i64) -> Result<(), ProofError> {
+        self.spend_with_receipt(jkt, jti, until, now).map(|_| ())
+    }
+
+    /// [`ReplayCache::spend`], handing back the receipt of the spend.
+    fn spend_with_receipt(
+        &self,
+        jkt: &str,
+        jti: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<SpentProof, ProofError> {
         let key = self.key(jkt, jti);
         let mut seen = self.seen.lock().map_err(|_| ProofError::Full)?;
         if seen.entries.get(&key).is_some_and(|exp| *exp >= now) {
@@ -518,8 +536,17 @@ impl ReplayCache {
             }
         }
         seen.entries.insert(key, until);
-        Ok(())
+        Ok(SpentProof { key })
     }
+}
+
+/// The receipt of a proof this server spent: proof that one request's proof went through the
+/// replay cache already, so that the other decisions of that same HTTP request (the targets of
+/// one MCP batch) do not refuse it as a replay. Only a spend makes one; it names one proof
+/// (its key and `jti`) in one cache (its salt), and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpentProof {
+    key: [u8; 16],
 }
 
 impl Default for ReplayCache {
@@ -528,8 +555,21 @@ impl Default for ReplayCache {
     }
 }
 
+/// How far ahead a server records its horizon at a time: one durable write per this many
+/// seconds of proofs, at most.
+pub const HORIZON_STEP: i64 = 10;
+
+/// Where a server with durable storage keeps its horizon: the latest `iat` a proof it accepted
+/// may have. After a restart, proofs dated up to it could be replays of ones it saw; proofs
+/// dated after it cannot. A server that never accepted a proof has none, so a fresh start
+/// refuses nothing.
+pub trait Horizon: Send + Sync {
+    /// Durably record that proofs up to `until` may have been accepted (never lowering what is
+    /// stored); `false` if it could not be written, and the proof is then refused.
+    fn extend(&self, until: i64) -> bool;
+}
+
 /// How a server checks proofs: the `iat` window, nonces or none, and its replay cache.
-#[derive(Debug)]
 pub struct DpopPolicy {
     /// Tolerance on `iat`, both sides, clamped to `0..=MAX_WINDOW`.
     pub window: i64,
@@ -541,6 +581,18 @@ pub struct DpopPolicy {
     pub not_before: i64,
     /// The proofs used.
     pub replay: ReplayCache,
+    /// The durable horizon, and the value last written to it.
+    horizon: Option<(Box<dyn Horizon>, std::sync::atomic::AtomicI64)>,
+}
+
+impl std::fmt::Debug for DpopPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpopPolicy")
+            .field("window", &self.window)
+            .field("nonces", &self.nonces.is_some())
+            .field("not_before", &self.not_before)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DpopPolicy {
@@ -558,7 +610,21 @@ impl DpopPolicy {
             nonces,
             not_before,
             replay: ReplayCache::default(),
+            horizon: None,
         }
+    }
+
+    /// Keep the horizon in durable storage instead of refusing every proof dated before the
+    /// start plus the window: proofs up to `stored` (what storage held at start; `None` if
+    /// this server never accepted a proof) are refused, later ones are not. Without nonces
+    /// only; with them a restart changes the secret and neither rule is needed.
+    pub fn with_horizon(mut self, stored: Option<i64>, horizon: Box<dyn Horizon>) -> Self {
+        if self.nonces.is_none() {
+            self.not_before = stored.map_or(0, |h| h.saturating_add(1));
+            let last = std::sync::atomic::AtomicI64::new(stored.unwrap_or(i64::MIN));
+            self.horizon = Some((horizon, last));
+        }
+        self
     }
 
     /// Judge `proof` for the request `expected` at `now`: parse and signature, the
@@ -584,10 +650,40 @@ impl DpopPolicy {
         Ok(proof)
     }
 
-    /// Record a proof that passed everything: remembered until its `iat` leaves the window.
+    /// Record a proof that passed everything: remembered until its `iat` leaves the window
+    /// (and, with a durable horizon, known to a restart before it is accepted).
     pub fn spend(&self, proof: &Proof, now: i64) -> Result<(), ProofError> {
+        self.spend_once(proof, now, None).map(|_| ())
+    }
+
+    /// Record a proof once per HTTP request: a proof this request already spent (`spent`, the
+    /// receipt of that spend, names this very proof in this cache) is not spent again; any
+    /// other proof is spent as [`DpopPolicy::spend`] says. The receipt for the proof.
+    pub fn spend_once(
+        &self,
+        proof: &Proof,
+        now: i64,
+        spent: Option<&SpentProof>,
+    ) -> Result<SpentProof, ProofError> {
+        use std::sync::atomic::Ordering;
+        let receipt = SpentProof {
+            key: self.replay.key(&proof.jkt, &proof.jti),
+        };
+        if spent == Some(&receipt) {
+            return Ok(receipt);
+        }
+        if let Some((store, last)) = &self.horizon {
+            if proof.iat > last.load(Ordering::Acquire) {
+                let until = proof.iat.saturating_add(HORIZON_STEP);
+                if !store.extend(until) {
+                    return Err(ProofError::Full);
+                }
+                last.fetch_max(until, Ordering::AcqRel);
+            }
+        }
         let until = proof.iat.saturating_add(self.window);
-        self.replay.spend(&proof.jkt, &proof.jti, until, now)
+        self.replay
+            .spend_with_receipt(&proof.jkt, &proof.jti, until, now)
     }
 
     /// The nonce to send in `DPoP-Nonce`, when nonces are on.
@@ -666,7 +762,7 @@ mod tests {
         );
         assert_eq!(
             p.check(&req, 1_562_262_616, 60, 1_562_262_617),
-            Err(ProofError::TooOld)
+            Err(ProofError::Predates)
         );
     }
 
@@ -825,6 +921,69 @@ mod tests {
     }
 
     #[test]
+    fn a_durable_horizon_replaces_the_start_rule() {
+        use std::sync::{Arc, Mutex};
+        struct Stored(Arc<Mutex<Vec<i64>>>, bool);
+        impl Horizon for Stored {
+            fn extend(&self, until: i64) -> bool {
+                self.0.lock().unwrap().push(until);
+                self.1
+            }
+        }
+        let key = crate::jose::SigningKey::generate().unwrap();
+        let at = |iat| {
+            let made = sign_proof(
+                &key,
+                &ProofClaims {
+                    htm: "POST",
+                    htu: "https://t/x",
+                    access_token: None,
+                    nonce: None,
+                    iat,
+                },
+            )
+            .unwrap();
+            Proof::parse(&made).unwrap()
+        };
+        let req = Expected {
+            method: "POST",
+            url: "https://t/x",
+            access_token: None,
+        };
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        // Never accepted a proof: nothing is refused right after the start.
+        let fresh = DpopPolicy::new(60, None, 100)
+            .with_horizon(None, Box::new(Stored(writes.clone(), true)));
+        let p = at(100);
+        assert_eq!(p.check(&req, 100, fresh.window, fresh.not_before), Ok(()));
+        assert_eq!(fresh.spend(&p, 100), Ok(()));
+        assert_eq!(fresh.spend(&at(105), 105), Ok(()));
+        assert_eq!(fresh.spend(&at(111), 111), Ok(()));
+        // One write per step of proofs.
+        assert_eq!(*writes.lock().unwrap(), vec![110, 121]);
+        // Restarted with 121 stored: proofs up to it could be replays.
+        let restarted = DpopPolicy::new(60, None, 112)
+            .with_horizon(Some(121), Box::new(Stored(writes.clone(), true)));
+        assert_eq!(restarted.not_before, 122);
+        // A horizon that cannot be written refuses the proof.
+        let broken =
+            DpopPolicy::new(60, None, 0).with_horizon(None, Box::new(Stored(writes, false)));
+        assert_eq!(broken.spend(&at(10), 10), Err(ProofError::Full));
+        assert!(broken.replay.is_empty());
+        // The pipeline's spend (once per HTTP request) writes the horizon as well; a proof
+        // its request already spent does not spend again.
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let policy =
+            DpopPolicy::new(60, None, 0).with_horizon(None, Box::new(Stored(writes.clone(), true)));
+        let p = at(200);
+        let receipt = policy.spend_once(&p, 200, None).unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![210]);
+        assert_eq!(policy.spend_once(&p, 200, Some(&receipt)), Ok(receipt));
+        assert_eq!(policy.spend_once(&p, 200, None), Err(ProofError::Replayed));
+        assert_eq!(policy.replay.len(), 1);
+    }
+
+    #[test]
     fn one_header_exactly() {
         let one: [&[u8]; 1] = [b"a.b.c"];
         assert_eq!(one_header(one.into_iter()), Ok("a.b.c"));
@@ -889,7 +1048,7 @@ mod tests {
         let plain = DpopPolicy::new(60, None, 40);
         assert_eq!(
             plain.check(&with_nonce(None), &req, 100).err(),
-            Some(ProofError::TooOld)
+            Some(ProofError::Predates)
         );
         let plain = DpopPolicy::new(60, None, 0);
         let proof = plain.check(&with_nonce(None), &req, 100).unwrap();

@@ -4,7 +4,7 @@
 use crate::blast;
 use crate::claims::{self, Audience, Malformed};
 use crate::clock::Clock;
-use crate::dpop::{self, DpopPolicy, Nonces, Proof, ProofError};
+use crate::dpop::{self, DpopPolicy, Nonces, Proof, ProofError, SpentProof};
 use crate::jose::{self, Header, JoseError, Jwk, TokenType};
 use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
@@ -567,6 +567,13 @@ impl Verifier {
         self
     }
 
+    /// Check DPoP proofs with this policy (a server with durable storage gives one with a
+    /// horizon, see [`DpopPolicy::with_horizon`]).
+    pub fn with_dpop_policy(mut self, policy: DpopPolicy) -> Self {
+        self.dpop = policy;
+        self
+    }
+
     fn dpop_started(&self) -> i64 {
         self.nonces.not_before
     }
@@ -666,6 +673,21 @@ impl Verifier {
     /// verdict carries the token's claims whenever its signature checked out, so that a denial
     /// can still be attributed to a subject in the audit log.
     pub fn decide_at(&self, req: &DecisionRequest<'_>, now: i64) -> Verdict {
+        self.decide_in_request(req, now, &mut None)
+    }
+
+    /// The pipeline for one of several decisions taken for the same HTTP request (the targets
+    /// of one MCP batch, which share its one DPoP proof). Each decision checks the proof in
+    /// full; the first allowed one spends it and leaves its receipt in `spent`, and a later
+    /// one whose proof is the one that receipt names does not spend it again (so the request's
+    /// own proof is no replay of itself). Any other proof is spent as usual: start every HTTP
+    /// request with `None`, and never carry a receipt over to another request.
+    pub fn decide_in_request(
+        &self,
+        req: &DecisionRequest<'_>,
+        now: i64,
+        spent: &mut Option<SpentProof>,
+    ) -> Verdict {
         let expected = match req.target {
             Target::Audience(_) => TokenType::Agent,
             Target::Tool(_) | Target::Server { .. } => TokenType::AccessToken,
@@ -676,10 +698,12 @@ impl Verifier {
                 result: Err(denial),
             },
             Ok(claims) => Verdict {
-                result: self.check_target(&claims, req, now).map(|tool| Allowed {
-                    claims: claims.clone(),
-                    tool,
-                }),
+                result: self
+                    .check_target(&claims, req, now, spent)
+                    .map(|tool| Allowed {
+                        claims: claims.clone(),
+                        tool,
+                    }),
                 claims: Some(claims),
             },
         }
@@ -743,6 +767,7 @@ impl Verifier {
         claims: &Arc<TokenClaims>,
         req: &DecisionRequest<'_>,
         now: i64,
+        spent: &mut Option<SpentProof>,
     ) -> Result<Option<Arc<ToolEntry>>, Denial> {
         // 6. registration, 7. audience
         let (tools, tool) = self.resolve(claims, req.target)?;
@@ -818,9 +843,18 @@ impl Verifier {
         }
         // 13. execution binding; the proof and then the nonce are spent last (only by a
         // request that passed all else)
-        let spend_proof = |now| match &proof {
-            Some(p) => self.dpop.spend(p, now).map_err(dpop_denial),
-            None => Ok(()),
+        let mut spend_proof = |now| -> Result<(), Denial> {
+            match &proof {
+                Some(p) => {
+                    let receipt = self
+                        .dpop
+                        .spend_once(p, now, spent.as_ref())
+                        .map_err(dpop_denial)?;
+                    *spent = Some(receipt);
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         };
         match &tool {
             Some(t) if t.requires_execution => {
@@ -1247,7 +1281,7 @@ mod tests {
                 Some(&proof(&holder, &bound, "p0", NOW + 60)),
                 "POST"
             ),
-            Some((Check::Dpop, "DPoP proof iat is too old"))
+            Some((Check::Dpop, ProofError::Predates.description()))
         );
         let fresh = proof(&holder, &bound, "p1", at);
         assert_eq!(decide(&bound, Some(&fresh), "POST"), None);
@@ -1312,6 +1346,89 @@ mod tests {
             .result
             .unwrap_err();
         assert_eq!(d.dpop_error(), Some(ProofError::Malformed));
+    }
+
+    #[test]
+    fn one_http_request_spends_its_proof_once_across_its_decisions() {
+        let (v, key) = setup();
+        let v = {
+            for (id, server) in [("dpop", "s"), ("dpop2", "s")] {
+                let tool = serde_json::from_value::<ToolInput>(json!({"tool_id": id,
+                    "resource_uri": "https://t/dpop", "server_id": server,
+                    "sender_constraint": "dpop"}))
+                .unwrap()
+                .validate("2027-01-01T00:00:00Z")
+                .unwrap();
+                v.registry.write().unwrap().insert(tool);
+            }
+            v.with_dpop(60, None)
+        };
+        let holder = SigningKey::generate().unwrap();
+        let bound = mint(
+            &key,
+            "https://t/dpop",
+            Some(json!({"jkt": holder.public_jwk().thumbprint()})),
+        );
+        let at = NOW + 100;
+        let fresh = proof(&holder, &bound, "b1", at);
+        let req = |tool| {
+            DecisionRequest::new(&bound, Target::Tool(tool))
+                .with_http("POST", Some("https://t/dpop"))
+                .with_dpop_proof(Some(&fresh))
+        };
+        // One HTTP request, two decisions (a batch calling two tools): one spend.
+        let mut spent = None;
+        assert!(v
+            .decide_in_request(&req("dpop"), at, &mut spent)
+            .result
+            .is_ok());
+        assert!(spent.is_some());
+        assert!(v
+            .decide_in_request(&req("dpop2"), at, &mut spent)
+            .result
+            .is_ok());
+        assert_eq!(v.dpop().replay.len(), 1);
+        // The receipt still checks everything else: another method is refused.
+        let other = DecisionRequest::new(&bound, Target::Tool("dpop"))
+            .with_http("GET", Some("https://t/dpop"))
+            .with_dpop_proof(Some(&fresh));
+        assert_eq!(
+            v.decide_in_request(&other, at, &mut spent)
+                .result
+                .unwrap_err()
+                .dpop_error(),
+            Some(ProofError::Method)
+        );
+        // Another HTTP request (no receipt) with the same proof: a replay.
+        let d = v.decide_in_request(&req("dpop"), at, &mut None).result;
+        assert_eq!(d.unwrap_err().dpop_error(), Some(ProofError::Replayed));
+        // A receipt names one proof: with it, another proof is still spent, and once only.
+        let second = proof(&holder, &bound, "b2", at);
+        let req2 = DecisionRequest::new(&bound, Target::Tool("dpop"))
+            .with_http("POST", Some("https://t/dpop"))
+            .with_dpop_proof(Some(&second));
+        let mut old = spent;
+        assert!(v.decide_in_request(&req2, at, &mut old).result.is_ok());
+        assert_ne!(old, spent);
+        assert_eq!(v.dpop().replay.len(), 2);
+        let mut stale = spent;
+        let d = v.decide_in_request(&req2, at, &mut stale).result;
+        assert_eq!(d.unwrap_err().dpop_error(), Some(ProofError::Replayed));
+        // A receipt of another verifier's cache is no receipt here.
+        let (w, _) = setup();
+        let w = w.with_dpop(60, None);
+        let other_cache_receipt = w.dpop().spend_once(
+            &dpop::Proof::parse(&proof(&holder, &bound, "b3", at)).unwrap(),
+            at,
+            None,
+        );
+        let mut foreign = other_cache_receipt.ok();
+        let third = proof(&holder, &bound, "b3", at);
+        let req3 = DecisionRequest::new(&bound, Target::Tool("dpop"))
+            .with_http("POST", Some("https://t/dpop"))
+            .with_dpop_proof(Some(&third));
+        assert!(v.decide_in_request(&req3, at, &mut foreign).result.is_ok());
+        assert_eq!(v.dpop().replay.len(), 3);
     }
 
     #[test]

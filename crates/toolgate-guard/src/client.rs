@@ -131,7 +131,20 @@ impl Client {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Value), ClientError> {
-        tokio::time::timeout(TIMEOUT, self.send_inner(method, path, body))
+        self.send_with(method, path, body, &[])
+            .await
+            .map(|(status, _, value)| (status, value))
+    }
+
+    /// One request with extra headers; the status, the response headers and the JSON body.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, http::HeaderMap, Value), ClientError> {
+        tokio::time::timeout(TIMEOUT, self.send_inner(method, path, body, headers))
             .await
             .map_err(|_| ClientError::Transport("timed out".into()))?
     }
@@ -141,7 +154,8 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> Result<(StatusCode, Value), ClientError> {
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, http::HeaderMap, Value), ClientError> {
         let t = |e: &dyn std::fmt::Display| ClientError::Transport(e.to_string());
         let mut builder = Request::builder()
             .method(method)
@@ -152,6 +166,9 @@ impl Client {
             .header(header::ACCEPT, "application/json");
         if let Some(token) = &self.admin_token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let (content_type, bytes) = body.unwrap_or(("", Vec::new()));
         if !content_type.is_empty() {
@@ -172,6 +189,7 @@ impl Client {
             t(&root.to_string())
         })?;
         let status = resp.status();
+        let response_headers = resp.headers().clone();
         let bytes = resp
             .into_body()
             .collect()
@@ -184,7 +202,7 @@ impl Client {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
         };
-        Ok((status, value))
+        Ok((status, response_headers, value))
     }
 
     async fn json_call(
@@ -241,6 +259,83 @@ impl Client {
         }
         self.json_call(Method::POST, "/v1/exchange/token", Some(&body))
             .await
+    }
+
+    /// [`Client::exchange`] with a DPoP proof (RFC 9449 §5): `proof(nonce)` makes one for
+    /// `POST` at the token endpoint. A `use_dpop_nonce` answer is retried once with the nonce
+    /// it carries. The 200 body has `token_type` `DPoP` and the token is bound to the key.
+    pub async fn exchange_dpop(
+        &self,
+        subject_token: &str,
+        subject_token_type: &str,
+        audience: &str,
+        scope: Option<&str>,
+        proof: impl Fn(Option<&str>) -> Result<String, ClientError>,
+    ) -> Result<Value, ClientError> {
+        let mut body = json!({
+            "grant_type": crate::oauth::GRANT_TYPE,
+            "subject_token": subject_token,
+            "subject_token_type": subject_token_type,
+            "audience": audience,
+        });
+        if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
+            obj.insert("scope".into(), json!(scope));
+        }
+        let bytes = body.to_string().into_bytes();
+        let mut nonce: Option<String> = None;
+        for _ in 0..2 {
+            let dpop = proof(nonce.as_deref())?;
+            let (status, headers, value) = self
+                .send_with(
+                    Method::POST,
+                    "/v1/exchange/token",
+                    Some(("application/json", bytes.clone())),
+                    &[("dpop", &dpop)],
+                )
+                .await?;
+            if status.is_success() {
+                return Ok(value);
+            }
+            let fresh = headers
+                .get("dpop-nonce")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match fresh {
+                Some(n)
+                    if value.get("error").and_then(Value::as_str) == Some("use_dpop_nonce")
+                        && nonce.is_none() =>
+                {
+                    nonce = Some(n)
+                }
+                _ => {
+                    return Err(ClientError::Api {
+                        status,
+                        body: value,
+                    })
+                }
+            }
+        }
+        Err(ClientError::Transport(
+            "the token endpoint kept asking for a new DPoP nonce".into(),
+        ))
+    }
+
+    /// The token endpoint this toolgate names in its RFC 8414 metadata (what a DPoP proof's
+    /// `htu` must be), or its URL under the base URL when the metadata does not say.
+    pub async fn token_endpoint(&self) -> Result<String, ClientError> {
+        let meta = self
+            .json_call(Method::GET, "/.well-known/oauth-authorization-server", None)
+            .await?;
+        Ok(meta
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!(
+                    "{}://{}{}/v1/exchange/token",
+                    self.scheme, self.authority, self.prefix
+                )
+            }))
     }
 
     /// Verify a token for a tool: `Ok` with the 200 body, `Err(Api)` with the denial.

@@ -5,6 +5,7 @@
 
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
+use crate::dpop::{self, Nonces, ProofError, SpentProof};
 use crate::jose::{Jwk, JwkSet};
 use crate::mtls::ClientCertificate;
 use crate::registry::{Registry, ToolEntry};
@@ -47,6 +48,12 @@ pub struct GuardConfig {
     /// The most JSON-RPC messages one MCP batch may carry ([`Routing::Mcp`]); a longer batch
     /// is refused whole with `400 invalid_request`.
     pub max_batch: usize,
+    /// Tolerance on a DPoP proof's `iat`, both sides, in seconds (clamped to 0..=300).
+    pub dpop_window: i64,
+    /// Require this guard's own DPoP nonces in proofs (RFC 9449 §9): a proof without the
+    /// current one is answered `use_dpop_nonce` with a `DPoP-Nonce` header. Each guard draws
+    /// its own secret at connect.
+    pub dpop_nonce: bool,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -65,13 +72,16 @@ impl std::fmt::Debug for GuardConfig {
             .field("poll_interval", &self.poll_interval)
             .field("leeway", &self.leeway)
             .field("max_batch", &self.max_batch)
+            .field("dpop_window", &self.dpop_window)
+            .field("dpop_nonce", &self.dpop_nonce)
             .finish()
     }
 }
 
 impl GuardConfig {
     /// A configuration with the defaults: no admin token, every registered tool, staleness
-    /// 5 s, polling every 250 ms, 60 s leeway, public URL = the resource's origin.
+    /// 5 s, polling every 250 ms, 60 s leeway, public URL = the resource's origin, DPoP proofs
+    /// within 60 s and no DPoP nonces.
     pub fn new(toolgate: impl Into<String>, resource: impl Into<String>) -> Self {
         let resource = resource.into();
         let public_url = origin(&resource);
@@ -86,6 +96,8 @@ impl GuardConfig {
             poll_interval: Duration::from_millis(250),
             leeway: crate::verify::MAX_LEEWAY,
             max_batch: crate::mcp::DEFAULT_MAX_BATCH,
+            dpop_window: dpop::DEFAULT_WINDOW,
+            dpop_nonce: false,
         }
     }
 
@@ -144,6 +156,19 @@ impl GuardConfig {
     /// The most messages one MCP batch may carry (default 64).
     pub fn max_batch(mut self, messages: usize) -> Self {
         self.max_batch = messages;
+        self
+    }
+
+    /// The tolerance on a DPoP proof's `iat`, on both sides of now, in seconds (default 60,
+    /// clamped to 0..=300).
+    pub fn dpop_window(mut self, seconds: i64) -> Self {
+        self.dpop_window = seconds;
+        self
+    }
+
+    /// Require this guard's own DPoP nonces (RFC 9449 §9; default off).
+    pub fn dpop_nonce(mut self, on: bool) -> Self {
+        self.dpop_nonce = on;
         self
     }
 
@@ -241,6 +266,22 @@ impl GuardBuilder {
         self
     }
 
+    /// The tolerance on a DPoP proof's `iat`, in seconds (default 60, at most 300). Without
+    /// nonces, proofs dated before the guard's start plus this window are refused: the replay
+    /// cache of a restarted guard is empty.
+    pub fn dpop_window(mut self, seconds: i64) -> Self {
+        self.cfg = self.cfg.dpop_window(seconds);
+        self
+    }
+
+    /// Require this guard's own DPoP nonces in proofs (default off): a proof without the
+    /// current one is answered `401 use_dpop_nonce` with a `DPoP-Nonce` header, and every
+    /// answer to a DPoP request carries a fresh nonce. The secret is drawn at connect.
+    pub fn dpop_nonce(mut self, on: bool) -> Self {
+        self.cfg = self.cfg.dpop_nonce(on);
+        self
+    }
+
     /// The clock token times are checked against (default: the system clock).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -282,17 +323,42 @@ impl std::fmt::Display for GuardError {
 }
 impl std::error::Error for GuardError {}
 
-/// A refusal, as a resource server answers it (RFC 6750 §3, MCP authorization).
+/// How a request presented its access token (`Authorization: <scheme> <token>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750): the token alone.
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1): the token, and in the `DPoP` header a proof that the caller
+    /// holds the key the token is bound to.
+    Dpop,
+}
+
+/// The `DPoP-Nonce` response header (RFC 9449 §8): the nonce the next proof must carry.
+pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
+/// A refusal, as a resource server answers it (RFC 6750 §3, RFC 9449 §7.1, MCP
+/// authorization).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// `401`, `403`, or `503` while the guard cannot confirm its copies are current.
+    /// `401`, `403`, or `503` while the guard cannot confirm its copies are current (or cannot
+    /// record a DPoP proof).
     pub status: StatusCode,
-    /// `invalid_token`, `insufficient_scope`, or empty for a request with no token at all.
+    /// `invalid_token`, `insufficient_scope`, `invalid_dpop_proof`, `use_dpop_nonce`,
+    /// `temporarily_unavailable`, or empty for a request with no token at all.
     pub error: &'static str,
     /// The `error_description`: why, in a few words (never attacker-controlled text).
     pub description: &'static str,
     /// The pipeline check that failed, if one did.
     pub check: Option<Check>,
+    /// How the refused request presented its token (`None`: it had none). The challenge of
+    /// that scheme carries the error; a fault of the DPoP proof is always the `DPoP` one's.
+    pub scheme: Option<Scheme>,
+    /// Bearer tokens are accepted here as well as DPoP-bound ones: the answer offers both
+    /// challenges, `Bearer` first. `false` where a tool of this server requires DPoP.
+    pub bearer_accepted: bool,
+    /// The current DPoP nonce, sent as `DPoP-Nonce` (nonces on, and the request used the DPoP
+    /// scheme).
+    pub dpop_nonce: Option<String>,
 }
 
 impl Rejection {
@@ -317,19 +383,47 @@ impl Rejection {
             error,
             description,
             check,
+            scheme: None,
+            bearer_accepted: true,
+            dpop_nonce: None,
         }
     }
 
-    /// The `WWW-Authenticate` challenge naming this server's metadata.
-    pub fn challenge(&self, resource_metadata: &str) -> String {
-        if self.error.is_empty() {
-            format!("Bearer resource_metadata=\"{resource_metadata}\"")
+    /// Is this the fault of the request's DPoP proof (RFC 9449 §7.1), not of its token?
+    fn proof_fault(&self) -> bool {
+        self.error == ProofError::Malformed.code() || self.error == ProofError::UseNonce.code()
+    }
+
+    /// The `WWW-Authenticate` challenges, each naming this server's metadata: `Bearer` (where
+    /// bearer tokens are accepted), then `DPoP` with the proof algorithms accepted. The error
+    /// goes in the challenge of the scheme the token came with (in both when it came with
+    /// none); a proof's fault in the `DPoP` one.
+    pub fn challenges(&self, resource_metadata: &str) -> Vec<String> {
+        let error = if self.error.is_empty() {
+            String::new()
         } else {
             format!(
-                "Bearer error=\"{}\", error_description=\"{}\", resource_metadata=\"{resource_metadata}\"",
+                "error=\"{}\", error_description=\"{}\", ",
                 self.error, self.description
             )
+        };
+        let proof_fault = self.proof_fault();
+        let on_bearer = !proof_fault && self.scheme != Some(Scheme::Dpop);
+        let on_dpop = proof_fault || self.scheme != Some(Scheme::Bearer) || !self.bearer_accepted;
+        let pick = |on: bool| if on { error.as_str() } else { "" };
+        let mut out = Vec::with_capacity(2);
+        if self.bearer_accepted {
+            out.push(format!(
+                "Bearer {}resource_metadata=\"{resource_metadata}\"",
+                pick(on_bearer)
+            ));
         }
+        out.push(format!(
+            "DPoP {}algs=\"{}\", resource_metadata=\"{resource_metadata}\"",
+            pick(on_dpop),
+            dpop::SIGNING_ALGS.join(" ")
+        ));
+        out
     }
 
     /// The JSON body `{"error","error_description","check"?}`.
@@ -345,9 +439,14 @@ impl Rejection {
     }
 }
 
-/// Map a pipeline denial to the resource server's answer (RFC 6750 §3).
+/// Map a pipeline denial to the resource server's answer (RFC 6750 §3, RFC 9449 §7.1): a
+/// fault of the DPoP proof is [`proof_rejection`]'s; a token's own (a DPoP-bound token
+/// without a proof, an unbound one where DPoP is required) is `invalid_token`.
 pub fn reject(d: Denial) -> Rejection {
     use Check::*;
+    if let Some(e) = d.dpop_error() {
+        return proof_rejection(e);
+    }
     let status = |s| {
         if d.unavailable {
             StatusCode::SERVICE_UNAVAILABLE
@@ -388,6 +487,18 @@ pub fn reject(d: Denial) -> Rejection {
             Some(d.check),
         ),
     }
+}
+
+/// A refused DPoP proof (RFC 9449 §7.1, §9): `401 invalid_dpop_proof` with the error's fixed
+/// description, `401 use_dpop_nonce`, or `503 temporarily_unavailable` when the replay cache
+/// has no room (retry later).
+pub fn proof_rejection(e: ProofError) -> Rejection {
+    let status = if e == ProofError::Full {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    Rejection::new(status, e.code(), e.description(), Some(Check::Dpop))
 }
 
 /// toolgate's public keys as last fetched; an unknown `kid` asks for a refresh.
@@ -478,6 +589,14 @@ impl Guard {
             .ok_or_else(|| GuardError("--public-url must be an http(s) URL".into()))?
             .trim_end_matches('/')
             .to_string();
+        let nonces = if cfg.dpop_nonce {
+            Some(
+                Nonces::generate()
+                    .map_err(|_| GuardError("cannot draw a DPoP nonce secret".into()))?,
+            )
+        } else {
+            None
+        };
         let verifier = Verifier::new(
             VerifierConfig {
                 issuer,
@@ -487,7 +606,8 @@ impl Guard {
             },
             registry.clone(),
             revocations.clone(),
-        );
+        )
+        .with_dpop(cfg.dpop_window, nonces);
         let resource_metadata = cfg.resource_metadata();
         let guard = Arc::new(Guard {
             cfg: GuardConfig { resource, ..cfg },
@@ -555,7 +675,45 @@ impl Guard {
             "bearer_methods_supported": ["header"],
             "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
             "tls_client_certificate_bound_access_tokens": self.requires_mtls(),
+            "dpop_signing_alg_values_supported": dpop::SIGNING_ALGS,
+            "dpop_bound_access_tokens_required": self.requires_dpop(),
         })
+    }
+
+    /// Does a tool of this server take only DPoP-bound tokens (RFC 9449)? What its RFC 9728
+    /// metadata says as `dpop_bound_access_tokens_required`; refusals then offer only the
+    /// `DPoP` challenge.
+    pub fn requires_dpop(&self) -> bool {
+        self.registry
+            .read()
+            .map(|r| r.list(None).iter().any(|t| t.requires_dpop()))
+            .unwrap_or(false)
+    }
+
+    /// The nonce DPoP proofs must carry now, when this guard requires nonces.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.verifier.dpop().nonce(self.clock.now())
+    }
+
+    /// The `DPoP-Nonce` to send with the answer to a request: a fresh nonce when nonces are on
+    /// and the request presented its token with the DPoP scheme.
+    pub fn nonce_header(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        match access_token(headers) {
+            Some((Scheme::Dpop, _)) => self
+                .dpop_nonce()
+                .and_then(|n| HeaderValue::from_str(&n).ok()),
+            _ => None,
+        }
+    }
+
+    /// A refusal as this server words it: which challenges it offers, and the nonce to send.
+    fn answer(&self, mut r: Rejection, scheme: Option<Scheme>) -> Rejection {
+        r.scheme = scheme;
+        r.bearer_accepted = !self.requires_dpop();
+        if scheme == Some(Scheme::Dpop) || r.error == ProofError::UseNonce.code() {
+            r.dpop_nonce = self.dpop_nonce();
+        }
+        r
     }
 
     /// Does a tool of this server take only certificate-bound tokens (RFC 8705 §3)? What its
@@ -595,27 +753,86 @@ impl Guard {
     }
 
     /// Decide one request with the shared pipeline, after confirming the guard's copies are
-    /// current: `Ok` with the token's claims and the tool, or the refusal.
+    /// current: `Ok` with the token's claims and the tool, or the refusal. A request with a
+    /// DPoP proof is answered as one that used the DPoP scheme.
     pub fn check(&self, req: &DecisionRequest<'_>) -> Result<Allowed, Rejection> {
-        let now = self.clock.now();
-        if let Some(r) = self.stale(now) {
-            return Err(r);
-        }
-        self.verifier.decide_at(req, now).result.map_err(reject)
+        self.check_in_request(req, &mut None)
     }
 
-    /// Decide an HTTP request: the bearer token of its headers, its method, its URL (public
-    /// URL plus path), and the hash of its body when the caller read it.
+    /// [`Guard::check`] for one of several decisions of the same HTTP request (the targets of
+    /// one MCP batch, sharing its DPoP proof): the first allowed decision spends the proof and
+    /// leaves its receipt in `spent`, the others check the proof in full but do not spend it
+    /// again (see [`Verifier::decide_in_request`]). Start each HTTP request with `None`.
+    pub fn check_in_request(
+        &self,
+        req: &DecisionRequest<'_>,
+        spent: &mut Option<SpentProof>,
+    ) -> Result<Allowed, Rejection> {
+        let scheme = match req.dpop_proof {
+            Some(_) => Scheme::Dpop,
+            None => Scheme::Bearer,
+        };
+        self.decide(req, scheme, spent)
+    }
+
+    fn decide(
+        &self,
+        req: &DecisionRequest<'_>,
+        scheme: Scheme,
+        spent: &mut Option<SpentProof>,
+    ) -> Result<Allowed, Rejection> {
+        let now = self.clock.now();
+        if let Some(r) = self.stale(now) {
+            return Err(self.answer(r, Some(scheme)));
+        }
+        self.verifier
+            .decide_in_request(req, now, spent)
+            .result
+            .map_err(|d| self.answer(reject(d), Some(scheme)))
+    }
+
+    /// Decide an HTTP request: the access token of its headers (`Bearer`, or `DPoP` with the
+    /// one proof of its `DPoP` header), its method, its URL (public URL plus path), and the
+    /// hash of its body when the caller read it.
     pub fn check_http(
         &self,
         parts: &http::request::Parts,
         target: Target<'_>,
         body_hash: Option<&str>,
     ) -> Result<Allowed, Rejection> {
-        let Some(token) = bearer(&parts.headers) else {
-            return Err(self
+        self.check_http_in_request(parts, target, body_hash, &mut None)
+    }
+
+    /// [`Guard::check_http`] for one of several decisions of the same HTTP request (each
+    /// target of one MCP batch): its one DPoP proof is spent once, by the first allowed
+    /// decision, whose receipt `spent` carries to the others (see
+    /// [`Guard::check_in_request`]). Start each HTTP request with `None`.
+    pub fn check_http_in_request(
+        &self,
+        parts: &http::request::Parts,
+        target: Target<'_>,
+        body_hash: Option<&str>,
+        spent: &mut Option<SpentProof>,
+    ) -> Result<Allowed, Rejection> {
+        let Some((scheme, token)) = access_token(&parts.headers) else {
+            let r = self
                 .stale(self.clock.now())
-                .unwrap_or_else(Rejection::missing_token));
+                .unwrap_or_else(Rejection::missing_token);
+            return Err(self.answer(r, None));
+        };
+        // The DPoP scheme takes exactly one proof; a bearer token goes without one, so that a
+        // DPoP-bound token presented as a bearer token is refused by the pipeline.
+        let proof = match scheme {
+            Scheme::Bearer => None,
+            Scheme::Dpop => match dpop_header(&parts.headers) {
+                Ok(proof) => Some(proof),
+                Err(e) => {
+                    let r = self
+                        .stale(self.clock.now())
+                        .unwrap_or_else(|| proof_rejection(e));
+                    return Err(self.answer(r, Some(scheme)));
+                }
+            },
         };
         let url = self.request_url(parts.uri.path());
         // The listener puts the client certificate its TLS handshake verified in the request's
@@ -623,8 +840,9 @@ impl Guard {
         let req = DecisionRequest::new(token, target)
             .with_http(parts.method.as_str(), url.as_deref())
             .with_body_hash(body_hash)
-            .with_client_cert(parts.extensions.get::<ClientCertificate>());
-        self.check(&req)
+            .with_client_cert(parts.extensions.get::<ClientCertificate>())
+            .with_dpop_proof(proof);
+        self.decide(&req, scheme, spent)
     }
 
     /// The `tool_id` an MCP tool name refers to (its id, or a tool's display name); an
@@ -757,12 +975,35 @@ impl Guard {
     }
 }
 
-/// The Bearer token of the `Authorization` header (scheme case-insensitive).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The access token of the `Authorization` header and its scheme, `Bearer` or `DPoP` (scheme
+/// case-insensitive); `None` for no token, or one of another scheme.
+pub fn access_token(headers: &HeaderMap) -> Option<(Scheme, &str)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    if token.is_empty() {
+        return None;
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Some((Scheme::Bearer, token))
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Some((Scheme::Dpop, token))
+    } else {
+        None
+    }
+}
+
+/// The Bearer token of the `Authorization` header (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    match access_token(headers)? {
+        (Scheme::Bearer, token) => Some(token),
+        (Scheme::Dpop, _) => None,
+    }
+}
+
+/// The one DPoP proof of a request (its `DPoP` header): none, or several, is refused.
+pub fn dpop_header(headers: &HeaderMap) -> Result<&str, ProofError> {
+    dpop::one_header(headers.get_all("dpop").iter().map(HeaderValue::as_bytes))
 }
 
 /// Keep the guard's copies current: revocations every poll, tools every second, keys when an
@@ -883,7 +1124,8 @@ impl<S> Protected<S> {
     }
 }
 
-/// A rejection as an HTTP response, with the challenge header.
+/// A rejection as an HTTP response: its status, its challenges (one `WWW-Authenticate` value
+/// each), its `DPoP-Nonce` if any, and the JSON body. The one place a refusal meets the wire.
 pub fn rejection_response(r: &Rejection, resource_metadata: &str) -> http::Response<Full<Bytes>> {
     let mut resp = http::Response::new(Full::new(Bytes::from(r.body().to_string())));
     *resp.status_mut() = r.status;
@@ -892,8 +1134,28 @@ pub fn rejection_response(r: &Rejection, resource_metadata: &str) -> http::Respo
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = HeaderValue::from_str(&r.challenge(resource_metadata)) {
-        h.insert(header::WWW_AUTHENTICATE, v);
+    for challenge in r.challenges(resource_metadata) {
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            h.append(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if let Some(v) = r
+        .dpop_nonce
+        .as_deref()
+        .and_then(|n| HeaderValue::from_str(n).ok())
+    {
+        h.insert(DPOP_NONCE, v);
+    }
+    resp
+}
+
+/// An answer with the `DPoP-Nonce` the guard gives it (see [`Guard::nonce_header`]).
+pub(crate) fn with_nonce<R>(
+    mut resp: http::Response<R>,
+    nonce: Option<HeaderValue>,
+) -> http::Response<R> {
+    if let Some(v) = nonce {
+        resp.headers_mut().insert(DPOP_NONCE, v);
     }
     resp
 }
@@ -1029,7 +1291,7 @@ fn admit_jsonrpc(
         json_response(StatusCode::BAD_REQUEST, &body)
     })?;
     // No token at all: the bare challenge, before anything about the tools is revealed.
-    if bearer(&parts.headers).is_none() {
+    if access_token(&parts.headers).is_none() {
         guard
             .check_http(parts, guard.server_target(), None)
             .map_err(refuse)?;
@@ -1043,12 +1305,14 @@ fn admit_jsonrpc(
         .flatten()
         .any(|id| guard.needs_body(Target::Tool(id)))
         .then(|| crate::verify::body_hash(bytes));
+    // One HTTP request, one DPoP proof: spent by the first decision, not again by the others.
+    let mut spent = None;
     let mut last = None;
     for id in &tool_ids {
         let target = id.as_deref().map_or(guard.server_target(), Target::Tool);
         last = Some(
             guard
-                .check_http(parts, target, hash.as_deref())
+                .check_http_in_request(parts, target, hash.as_deref(), &mut spent)
                 .map_err(refuse)?,
         );
     }
@@ -1084,11 +1348,132 @@ where
         Box::pin(async move {
             match admit(&guard, routing, &mut parts, body).await {
                 Ok(body) => {
+                    let nonce = guard.nonce_header(&parts.headers);
                     let resp = inner.call(http::Request::from_parts(parts, body)).await?;
-                    Ok(resp.map(Either::Left))
+                    Ok(with_nonce(resp.map(Either::Left), nonce))
                 }
                 Err(answer) => Ok(answer.map(Either::Right)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_as_bearer_or_dpop_in_any_case() {
+        for (value, want) in [
+            ("Bearer abc", Some((Scheme::Bearer, "abc"))),
+            ("bearer  abc ", Some((Scheme::Bearer, "abc"))),
+            ("DPoP abc", Some((Scheme::Dpop, "abc"))),
+            ("dpop abc", Some((Scheme::Dpop, "abc"))),
+            ("DPOP abc", Some((Scheme::Dpop, "abc"))),
+            ("Basic abc", None),
+            ("DPoP ", None),
+            ("DPoPabc", None),
+        ] {
+            let h = headers(&[("authorization", value)]);
+            assert_eq!(access_token(&h), want, "{value}");
+        }
+        // `bearer` stays the Bearer token only.
+        assert_eq!(bearer(&headers(&[("authorization", "DPoP abc")])), None);
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer abc")])),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn a_dpop_request_carries_exactly_one_proof() {
+        assert_eq!(dpop_header(&headers(&[])), Err(ProofError::Missing));
+        assert_eq!(dpop_header(&headers(&[("dpop", "a.b.c")])), Ok("a.b.c"));
+        assert_eq!(
+            dpop_header(&headers(&[("dpop", "a.b.c"), ("DPoP", "d.e.f")])),
+            Err(ProofError::Several)
+        );
+    }
+
+    #[test]
+    fn challenges_put_the_error_on_the_scheme_it_concerns() {
+        let meta = "https://t/.well-known/oauth-protected-resource";
+        let algs = "algs=\"ES256 ES384 EdDSA RS256 PS256\"";
+        let bare_bearer = format!("Bearer resource_metadata=\"{meta}\"");
+        let bare_dpop = format!("DPoP {algs}, resource_metadata=\"{meta}\"");
+        // No token: both, bare, Bearer first.
+        assert_eq!(
+            Rejection::missing_token().challenges(meta),
+            vec![bare_bearer.clone(), bare_dpop.clone()]
+        );
+        // A proof's fault: on DPoP only, whatever else is offered.
+        let mut r = proof_rejection(ProofError::Replayed);
+        r.scheme = Some(Scheme::Dpop);
+        assert_eq!(
+            r.challenges(meta),
+            vec![
+                bare_bearer.clone(),
+                format!("DPoP error=\"invalid_dpop_proof\", error_description=\"DPoP proof was already used\", {algs}, resource_metadata=\"{meta}\"")
+            ]
+        );
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        // A token's fault presented as Bearer: on Bearer; where only DPoP is accepted, on DPoP.
+        let mut r = reject(crate::verify::deny(
+            Check::Dpop,
+            "tool requires a DPoP-bound token",
+        ));
+        r.scheme = Some(Scheme::Bearer);
+        assert_eq!(r.error, "invalid_token");
+        assert_eq!(
+            r.challenges(meta),
+            vec![
+                format!("Bearer error=\"invalid_token\", error_description=\"tool requires a DPoP-bound token\", resource_metadata=\"{meta}\""),
+                bare_dpop.clone()
+            ]
+        );
+        r.bearer_accepted = false;
+        assert_eq!(
+            r.challenges(meta),
+            vec![format!("DPoP error=\"invalid_token\", error_description=\"tool requires a DPoP-bound token\", {algs}, resource_metadata=\"{meta}\"")]
+        );
+        // A full replay cache: 503, retry later.
+        let r = proof_rejection(ProofError::Full);
+        assert_eq!(
+            (r.status, r.error),
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        );
+        assert_eq!(
+            proof_rejection(ProofError::UseNonce).error,
+            "use_dpop_nonce"
+        );
+    }
+
+    #[test]
+    fn the_response_carries_every_challenge_and_the_nonce() {
+        let mut r = proof_rejection(ProofError::UseNonce);
+        r.scheme = Some(Scheme::Dpop);
+        r.dpop_nonce = Some("n0nce".into());
+        let resp = rejection_response(&r, "https://t/m");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .count(),
+            2
+        );
+        assert_eq!(resp.headers().get(DPOP_NONCE).unwrap(), "n0nce");
     }
 }

@@ -1,7 +1,7 @@
 //! The guard as a [`tower_layer::Layer`], for servers built on tower (axum, tonic, rmcp's
 //! Streamable HTTP service): the same decision as [`Protected`](crate::guard::Protected).
 
-use crate::guard::{admit, BoxFuture, Guard, GuardedBody, Routing};
+use crate::guard::{admit, with_nonce, BoxFuture, Guard, GuardedBody, Routing};
 use http_body_util::{Either, Full};
 use hyper::body::Bytes;
 use std::sync::Arc;
@@ -87,8 +87,9 @@ where
             let (mut parts, body) = req.into_parts();
             match admit(&guard, routing, &mut parts, body).await {
                 Ok(body) => {
+                    let nonce = guard.nonce_header(&parts.headers);
                     let resp = inner.call(http::Request::from_parts(parts, body)).await?;
-                    Ok(resp.map(Either::Left))
+                    Ok(with_nonce(resp.map(Either::Left), nonce))
                 }
                 Err(answer) => Ok(answer.map(Either::Right)),
             }

@@ -75,4 +75,4 @@ pub use guard::{Guard, GuardBuilder, GuardConfig, GuardedBody, Protected, Routin
 #[cfg(feature = "tower")]
 pub use layer::{GuardLayer, GuardService};
 pub use tls::ClientTls;
-pub use toolgate_core::{clock, jose, mtls, oauth, registry, resource, revocation, verify};
+pub use toolgate_core::{clock, dpop, jose, mtls, oauth, registry, resource, revocation, verify};

@@ -349,6 +349,7 @@ fn the_builder_starts_from_the_defaults() {
     assert_eq!(cfg.poll_interval, std::time::Duration::from_millis(250));
     assert_eq!(cfg.leeway, 60);
     assert_eq!(cfg.max_batch, 64);
+    assert_eq!((cfg.dpop_window, cfg.dpop_nonce), (60, false));
 }
 
 #[tokio::test]
@@ -435,4 +436,64 @@ async fn a_certificate_bound_token_needs_the_connections_certificate() {
     )
     .await;
     assert_eq!(r.json()["tls_client_certificate_bound_access_tokens"], true);
+}
+
+#[tokio::test]
+async fn a_dpop_request_through_the_layer_gets_the_guards_nonce() {
+    use toolgate_guard::dpop::{sign_proof, ProofClaims};
+    let key = SigningKey::generate().unwrap();
+    let toolgate = stand_in_toolgate(&key).await;
+    let guard = Guard::builder(toolgate, SERVER)
+        .server_id("search")
+        .public_url(PUBLIC)
+        .dpop_nonce(true)
+        .dpop_window(30)
+        .connect()
+        .await
+        .unwrap();
+    let mut svc = GuardLayer::mcp(guard.clone()).layer(Handler::default());
+    let holder = SigningKey::generate().unwrap();
+    let token = token_with(
+        &key,
+        &format!("{SERVER}/tools/search"),
+        Some(json!({"jkt": holder.public_jwk().thumbprint()})),
+    );
+    let proof = |nonce: Option<&str>| {
+        sign_proof(
+            &holder,
+            &ProofClaims {
+                htm: "POST",
+                htu: &format!("{PUBLIC}/mcp"),
+                access_token: Some(&token),
+                nonce,
+                iat: SystemClock.now(),
+            },
+        )
+        .unwrap()
+    };
+    let send = |proof: String| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/mcp")
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body(Full::new(Bytes::from(call("search"))))
+            .unwrap()
+    };
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let resp = svc.call(send(proof(None))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let nonce = resp.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    assert_eq!(guard.dpop_nonce().as_deref(), Some(nonce.as_str()));
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    let resp = svc.call(send(proof(Some(&nonce)))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("dpop-nonce"));
+    // The metadata: DPoP accepted, not required on this server.
+    let meta = guard.metadata();
+    assert_eq!(meta["dpop_bound_access_tokens_required"], false);
+    assert_eq!(
+        meta["dpop_signing_alg_values_supported"],
+        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+    );
 }

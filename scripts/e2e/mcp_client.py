@@ -46,12 +46,14 @@ async def main(url: str, token: str | None, tool: str, auth=None, arguments=None
 
     async def on_response(response) -> None:  # the SDK turns HTTP errors into JSON-RPC errors
         if response.status_code >= 400 and response.url.path == httpx_path(url):
+            challenge = response.headers.get("www-authenticate", "")
+            if 'error="use_dpop_nonce"' in challenge and "dpop-nonce" in response.headers:
+                return  # not a refusal: a DPoP auth flow retries it with the nonce (RFC 9449 §9)
             await response.aread()
             try:
                 check = response.json().get("check", "")
             except ValueError:
                 check = ""
-            challenge = response.headers.get("www-authenticate", "")
             refusals.append(" ".join(p for p in (str(response.status_code), check, challenge) if p))
 
     http.event_hooks.setdefault("response", []).append(on_response)

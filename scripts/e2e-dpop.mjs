@@ -10,7 +10,7 @@
 // Prints PASS/FAIL lines; exits 1 if any expectation fails.
 //   1. the exchange of SUBJECT_TOKEN for AUDIENCE with a proof (htm POST, htu the token_endpoint
 //      of toolgate's RFC 8414 metadata) gives token_type DPoP and cnf.jkt = the key's RFC 7638
-//      thumbprint (also with RS256 and PS256 keys); without a proof it is refused;
+//      thumbprint (also with RS256, PS256 and Ed25519 keys; the last signed alg Ed25519, RFC 9864); without a proof it is refused;
 //   2. initialize, then tools/call TOOL through the gateway with `Authorization: DPoP` and a
 //      fresh proof carrying ath for every request: 200 and the tool's answer;
 //   3. the same tools/call with its proof replayed, the token sent as Bearer, and a fresh proof
@@ -103,7 +103,7 @@ let spentAtExchange;
 
 const key = await generateKeyPair('ES256');
 const token = await exchange(key, 'ES256');
-for (const alg of ['RS256', 'PS256']) await exchange(await generateKeyPair(alg), alg);
+for (const alg of ['RS256', 'PS256', 'Ed25519']) await exchange(await generateKeyPair(alg), alg);
 {
   const resp = await postToken(spentAtExchange);
   const body = await resp.json();

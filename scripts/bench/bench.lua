@@ -74,7 +74,13 @@ if dpop_file ~= "" then
   local base_init = init
   function init(args)
     local proofs = {}
-    for line in io.lines(dpop_file) do
+    -- One file per phase (warm-up, measured run): a proof is good once.
+    local phase = os.getenv("BENCH_PHASE") or ""
+    local file = dpop_file
+    if phase ~= "" then
+      file = dpop_file .. "." .. phase
+    end
+    for line in io.lines(file) do
       if line ~= "" then
         proofs[#proofs + 1] = line
       end

@@ -31,7 +31,7 @@ const PLAIN_SERVER: &str = "https://mcp.example.com/servers/p";
 const SEARCH: &str = "https://mcp.example.com/servers/p/tools/search";
 /// The in-process guard's public URL: proofs name it plus the path.
 const PUBLIC: &str = "https://tools.example.com";
-const ALGS: &str = "ES256 ES384 EdDSA RS256 PS256";
+const ALGS: &str = "ES256 ES384 EdDSA Ed25519 RS256 PS256";
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// The public URL the gateway binary is told it has.
 const GATEWAY_PUBLIC: &str = "http://gateway.test";
@@ -883,7 +883,7 @@ async fn the_gateway_metadata_states_dpop() {
         assert_eq!(m["resource"], resource);
         assert_eq!(
             m["dpop_signing_alg_values_supported"],
-            json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+            json!(["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"])
         );
         assert_eq!(
             m["dpop_bound_access_tokens_required"], required,

@@ -79,7 +79,7 @@ async fn a_proof_binds_the_token_to_its_key() {
         .await;
     assert_eq!(
         meta["dpop_signing_alg_values_supported"],
-        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+        json!(["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"])
     );
 }
 

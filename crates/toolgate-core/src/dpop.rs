@@ -20,7 +20,7 @@ use crate::resource;
 pub const TYP_DPOP: &str = "dpop+jwt";
 /// The algorithms a proof may be signed with, as `dpop_signing_alg_values_supported` lists them:
 /// asymmetric only (no `none`, no HMAC).
-pub const SIGNING_ALGS: [&str; 5] = ["ES256", "ES384", "EdDSA", "RS256", "PS256"];
+pub const SIGNING_ALGS: [&str; 6] = ["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"];
 /// The default tolerance on a proof's `iat`, on both sides of now (seconds).
 pub const DEFAULT_WINDOW: i64 = 60;
 /// The widest `iat` window a deployment may configure.
@@ -981,6 +981,16 @@ mod tests {
         assert_eq!(policy.spend_once(&p, 200, Some(&receipt)), Ok(receipt));
         assert_eq!(policy.spend_once(&p, 200, None), Err(ProofError::Replayed));
         assert_eq!(policy.replay.len(), 1);
+    }
+
+    /// RFC 9864's `Ed25519` names the same algorithm as `EdDSA` (panva's client uses it).
+    #[test]
+    fn the_fully_specified_ed25519_name_is_accepted() {
+        let key = crate::jose::SigningKey::generate_ed25519().unwrap();
+        let header = serde_json::json!({"typ": TYP_DPOP, "alg": "Ed25519",
+                                        "jwk": key.public_jwk().to_json()});
+        let proof = sign(header, claims(), &key);
+        assert_eq!(Proof::parse(&proof).unwrap().alg, Algorithm::EdDSA);
     }
 
     #[test]

@@ -1410,7 +1410,7 @@ mod tests {
     #[test]
     fn challenges_put_the_error_on_the_scheme_it_concerns() {
         let meta = "https://t/.well-known/oauth-protected-resource";
-        let algs = "algs=\"ES256 ES384 EdDSA RS256 PS256\"";
+        let algs = "algs=\"ES256 ES384 EdDSA Ed25519 RS256 PS256\"";
         let bare_bearer = format!("Bearer resource_metadata=\"{meta}\"");
         let bare_dpop = format!("DPoP {algs}, resource_metadata=\"{meta}\"");
         // No token: both, bare, Bearer first.

@@ -494,6 +494,6 @@ async fn a_dpop_request_through_the_layer_gets_the_guards_nonce() {
     assert_eq!(meta["dpop_bound_access_tokens_required"], false);
     assert_eq!(
         meta["dpop_signing_alg_values_supported"],
-        json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+        json!(["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"])
     );
 }

@@ -37,12 +37,14 @@ impl Algorithm {
         }
     }
 
-    /// Exact, case-sensitive lookup of a JWA name.
+    /// Exact, case-sensitive lookup of a JWA name. `Ed25519`, RFC 9864's fully-specified name,
+    /// is the same algorithm as toolgate's `EdDSA` (which is Ed25519 only): panva's DPoP
+    /// client signs with it.
     pub fn from_name(s: &str) -> Option<Algorithm> {
         match s {
             "ES256" => Some(Algorithm::ES256),
             "ES384" => Some(Algorithm::ES384),
-            "EdDSA" => Some(Algorithm::EdDSA),
+            "EdDSA" | "Ed25519" => Some(Algorithm::EdDSA),
             "RS256" => Some(Algorithm::RS256),
             "PS256" => Some(Algorithm::PS256),
             _ => None,

@@ -182,6 +182,9 @@ struct Subject {
     source: Map<String, Value>,
     /// A toolgate agent token: may be exchanged for tool tokens only.
     is_agent_token: bool,
+    /// The subject token was bound to this exchange's client certificate (`cnf.x5t#S256`): the
+    /// minted token is bound to it as well.
+    certificate_bound: bool,
 }
 
 /// What an exchange consults: the daemon's settings, its verifier (for its own tokens, the
@@ -252,6 +255,11 @@ pub fn exchange(
         TYPE_MTLS => certificate_subject(app, req.client_cert.as_ref(), now)?,
         _ => return Err(InvalidRequest("unsupported subject_token_type")),
     };
+    // A certificate-bound subject token's holder gets a token bound to the same certificate.
+    let bind_to = bind_to.or(req
+        .client_cert
+        .as_ref()
+        .filter(|_| subject.certificate_bound));
     let is_agent_audience = audience == app.issuer;
     if is_agent_audience && subject.is_agent_token {
         return Err(AccessDenied(
@@ -438,6 +446,7 @@ fn certificate_subject(
         jti: None,
         source,
         is_agent_token: false,
+        certificate_bound: false,
     })
 }
 
@@ -520,6 +529,7 @@ fn external_subject(
             }
             let mut subject = subject_from(&claims, app.trust_domain, true)?;
             subject.exp = exp;
+            subject.certificate_bound = holder_binding(&claims, req)?;
             return Ok(subject);
         }
     }
@@ -561,7 +571,57 @@ fn external_subject(
     }
     let mut subject = subject_from(&raw, &trusted.trust_domain, false)?;
     subject.exp = Some(times.exp);
+    subject.certificate_bound = holder_binding(&raw, req)?;
     Ok(subject)
+}
+
+/// A subject token bound to its holder (RFC 7800 `cnf`: identity providers issue DPoP- and
+/// certificate-bound access tokens) is exchanged only by that holder: the request's DPoP proof
+/// must be by the key `cnf.jkt` names (the minted token is then bound to the same key), its
+/// client certificate the one `cnf.x5t#S256` names (`true`: the minted token is bound to it
+/// too). Any other confirmation method is refused: a binding toolgate cannot check is never
+/// dropped.
+fn holder_binding(
+    claims: &Map<String, Value>,
+    req: &ExchangeRequest,
+) -> Result<bool, ExchangeError> {
+    use ExchangeError::*;
+    let Some(cnf) = claims.get("cnf") else {
+        return Ok(false);
+    };
+    let cnf = cnf
+        .as_object()
+        .filter(|c| !c.is_empty() && c.keys().all(|k| k == verify::JKT || k == verify::X5T_S256))
+        .ok_or(InvalidClient(
+            "subject token's confirmation method is not supported",
+        ))?;
+    let member = |name| {
+        cnf.get(name)
+            .map(|v| {
+                v.as_str()
+                    .ok_or(InvalidClient("subject token's confirmation is malformed"))
+            })
+            .transpose()
+    };
+    if let Some(jkt) = member(verify::JKT)? {
+        let proof = req
+            .dpop
+            .as_ref()
+            .ok_or(Dpop(toolgate_core::dpop::ProofError::Missing))?;
+        if !proof.matches(jkt) {
+            return Err(Dpop(toolgate_core::dpop::ProofError::KeyMismatch));
+        }
+    }
+    let Some(x5t) = member(verify::X5T_S256)? else {
+        return Ok(false);
+    };
+    let cert = req.client_cert.as_ref().ok_or(InvalidClient(
+        "subject token is certificate-bound and no client certificate was presented",
+    ))?;
+    if x5t.as_bytes() != cert.thumbprint().as_bytes() {
+        return Err(InvalidClient("subject token certificate binding mismatch"));
+    }
+    Ok(true)
 }
 
 /// The header `typ` of a subject token from an identity provider: none, `JWT` (Keycloak, Entra)
@@ -615,6 +675,7 @@ fn agent_subject(
             .cloned()
             .unwrap_or_default(),
         is_agent_token: true,
+        certificate_bound: false,
     })
 }
 
@@ -750,5 +811,6 @@ fn subject_from(
             })
             .collect(),
         is_agent_token: false,
+        certificate_bound: false,
     })
 }

@@ -21,10 +21,11 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
     let (parts, incoming) = req.into_parts();
     // Put there by the listener after the TLS handshake verified it; never from request data.
     let client_cert = parts.extensions.get::<ClientCertificate>().cloned();
-    let now = app.now();
-    let dpop = token_endpoint_proof(app, &parts.headers, now);
     let media = media_type(&parts.headers);
     let bytes = body::read(&parts.headers, incoming).await?;
+    // Read once the body is in: the exchange is judged at the time it is complete.
+    let now = app.now();
+    let dpop = token_endpoint_proof(app, &parts.headers, now);
     let parsed = match media.as_str() {
         "application/x-www-form-urlencoded" => from_form(&bytes),
         "application/json" => from_json(&bytes),

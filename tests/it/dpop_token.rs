@@ -153,18 +153,88 @@ async fn every_proof_fault_is_a_400_invalid_dpop_proof_and_nothing_is_minted() {
     }
     // The refusals are audited as exchange denials naming the error and the tool (repeats
     // within a second are counted into one row).
-    let (_, audit) = d
-        .call(
-            Method::GET,
-            "/v1/audit?kind=exchange&check=invalid_dpop_proof&limit=50",
-            None,
-        )
-        .await;
-    let rows = audit["events"].as_array().unwrap();
-    assert!(!rows.is_empty(), "{audit}");
+    // The audit writer commits in the background: wait for the rows.
+    let rows = eventually("the refusals are audited", || async {
+        let (_, audit) = d
+            .call(
+                Method::GET,
+                "/v1/audit?kind=exchange&check=invalid_dpop_proof&limit=50",
+                None,
+            )
+            .await;
+        audit["events"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .cloned()
+    })
+    .await;
     assert!(rows
         .iter()
         .all(|r| r["check"] == "invalid_dpop_proof" && r["target"] == TOOL));
+}
+
+/// Intruder review: an identity provider's DPoP-bound access token (`cnf.jkt`), stolen, was
+/// exchanged without its key — for a bearer token, or one bound to the thief's key.
+#[tokio::test]
+async fn a_bound_subject_token_is_exchanged_only_by_its_holder() {
+    let d = daemon(|_| {}).await;
+    d.register("deploy", TOOL).await;
+    let holder = SigningKey::generate().unwrap();
+    let thief = SigningKey::generate().unwrap();
+    let url = token_endpoint(&d);
+    let bound = stub(json!({"sub": "agent-1", "cnf": {"jkt": holder.public_jwk().thumbprint()}}));
+    let exchange = |proof: Option<String>| {
+        let body = exchange_body(&bound, TOOL).to_string();
+        let d = &d;
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(p) = &proof {
+                headers.push(("dpop", p.as_str()));
+            }
+            request_full(
+                Method::POST,
+                &d.url,
+                "/v1/exchange/token",
+                &headers,
+                body.into_bytes(),
+            )
+            .await
+        }
+    };
+    let (status, _, body) = exchange(None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_dpop_proof")),
+        "{body}"
+    );
+    let (status, _, body) = exchange(Some(proof(&d, &thief, &url, None))).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error_description"],
+        "DPoP proof key does not match the token binding"
+    );
+    let (status, _, body) = exchange(Some(proof(&d, &holder, &url, None))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims_of(body["access_token"].as_str().unwrap())["cnf"],
+        json!({"jkt": holder.public_jwk().thumbprint()})
+    );
+    // A confirmation method toolgate cannot check is refused, never dropped; so is a
+    // certificate binding without the certificate.
+    for cnf in [
+        json!({"kid": "k"}),
+        json!({}),
+        json!("jkt"),
+        json!({"x5t#S256": "abc"}),
+    ] {
+        let token = stub(json!({"sub": "agent-1", "cnf": cnf}));
+        let (status, body) = d.exchange(exchange_body(&token, TOOL)).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client")),
+            "{cnf}"
+        );
+    }
 }
 
 #[tokio::test]

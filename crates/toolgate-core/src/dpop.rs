@@ -303,6 +303,15 @@ fn embedded_key(header: &Map<String, Value>, alg: Algorithm) -> Result<Jwk, Proo
     {
         jwk.insert("alg".into(), alg.name().into());
     }
+    // A proof is checked before its sender is authenticated: an RSA key may cost at most what
+    // a 4096-bit key with the usual exponent does (an 8192-bit one with a 33-bit exponent
+    // costs eight ES256 checks).
+    if jwk.get("kty").and_then(Value::as_str) == Some("RSA") {
+        let n = jwk.get("n").and_then(Value::as_str).map_or(0, str::len);
+        if n > 683 || jwk.get("e").and_then(Value::as_str) != Some("AQAB") {
+            return Err(ProofError::Key);
+        }
+    }
     // The proof's `kid`, if any, names nothing here: the key is the one in the header.
     jwk.remove("kid");
     let key = Jwk::from_json(&Value::Object(jwk)).map_err(|_| ProofError::Key)?;
@@ -620,7 +629,10 @@ impl DpopPolicy {
     /// only; with them a restart changes the secret and neither rule is needed.
     pub fn with_horizon(mut self, stored: Option<i64>, horizon: Box<dyn Horizon>) -> Self {
         if self.nonces.is_none() {
-            self.not_before = stored.map_or(0, |h| h.saturating_add(1));
+            // Proofs accepted before the start are dated at most the start plus the window,
+            // so that bound stands whatever was stored (a proof dated ahead, or a clock that
+            // jumped, cannot push the refusal further).
+            self.not_before = stored.map_or(0, |h| h.saturating_add(1).min(self.not_before));
             let last = std::sync::atomic::AtomicI64::new(stored.unwrap_or(i64::MIN));
             self.horizon = Some((horizon, last));
         }
@@ -981,6 +993,43 @@ mod tests {
         assert_eq!(policy.spend_once(&p, 200, Some(&receipt)), Ok(receipt));
         assert_eq!(policy.spend_once(&p, 200, None), Err(ProofError::Replayed));
         assert_eq!(policy.replay.len(), 1);
+    }
+
+    /// Intruder review: the Ed25519 identity as the proof's key, with R = identity and S = 0,
+    /// "verified" over any message: a bound token anyone could use. And an RSA key dearer
+    /// than 4096 bits with e = 65537 is refused before its signature is checked.
+    #[test]
+    fn keyless_and_costly_proof_keys_are_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let header = serde_json::json!({"typ": TYP_DPOP, "alg": "EdDSA",
+            "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64::encode(&identity)}});
+        let mut sig = identity.to_vec();
+        sig.extend_from_slice(&[0u8; 32]);
+        let proof = format!(
+            "{}.{}.{}",
+            b64::encode(header.to_string().as_bytes()),
+            b64::encode(claims().to_string().as_bytes()),
+            b64::encode(&sig)
+        );
+        assert_eq!(Proof::parse(&proof).err(), Some(ProofError::Key));
+        let rsa = |n_bytes: usize, e: &str| {
+            let mut n = vec![0xffu8; n_bytes];
+            n[n_bytes - 1] = 0xfd;
+            let header = serde_json::json!({"typ": TYP_DPOP, "alg": "RS256",
+                "jwk": {"kty": "RSA", "n": b64::encode(&n), "e": e}});
+            let proof = format!(
+                "{}.{}.{}",
+                b64::encode(header.to_string().as_bytes()),
+                b64::encode(claims().to_string().as_bytes()),
+                b64::encode(&vec![1u8; n_bytes])
+            );
+            Proof::parse(&proof).err()
+        };
+        assert_eq!(rsa(1024, "AQAB"), Some(ProofError::Key));
+        assert_eq!(rsa(512, "AQAD"), Some(ProofError::Key));
+        // A 4096-bit key with e = 65537 is a key: only its (made-up) signature fails.
+        assert_eq!(rsa(512, "AQAB"), Some(ProofError::Signature));
     }
 
     /// RFC 9864's `Ed25519` names the same algorithm as `EdDSA` (panva's client uses it).

@@ -100,6 +100,50 @@ fn fixed_member(obj: &Map<String, Value>, name: &str, len: usize) -> Result<Vec<
     }
 }
 
+/// The `y` coordinates (little-endian, sign bit clear) of the Ed25519 points of small order:
+/// 0, 1, p - 1 and the two of order 8 (as libsodium lists them). A public key among them (in
+/// either sign) verifies signatures nobody made — `R` = the identity, `S` = 0 verifies over
+/// any message — so it is no key at all.
+const ED25519_SMALL_ORDER_Y: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+];
+
+/// An Ed25519 public key that is a canonical encoding (`y` < p) of a point not of small
+/// order. ring checks neither.
+fn ed25519_point_is_sound(x: &[u8]) -> bool {
+    let Ok(mut y) = <[u8; 32]>::try_from(x) else {
+        return false;
+    };
+    if let Some(last) = y.last_mut() {
+        *last &= 0x7f;
+    }
+    // p = 2^255 - 19: y >= p is `ed ff … ff 7f` or above, little-endian.
+    let mut p = [0xffu8; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    let at_least_p = y.iter().rev().cmp(p.iter().rev()) != std::cmp::Ordering::Less;
+    !at_least_p && !ED25519_SMALL_ORDER_Y.contains(&y)
+}
+
 /// RFC 7518 §6.3.1: minimal big-endian unsigned integers, 2048..=8192-bit modulus,
 /// odd exponent in 3..2^33 (ring's bounds).
 fn check_rsa(n: &[u8], e: &[u8]) -> Result<(), JoseError> {
@@ -159,6 +203,9 @@ impl Jwk {
                     return Err(JoseError::InvalidKey);
                 }
                 let x = fixed_member(obj, "x", 32)?;
+                if !ed25519_point_is_sound(&x) {
+                    return Err(JoseError::InvalidKey);
+                }
                 (KeyMaterial::Okp { x }, Algorithm::EdDSA)
             }
             "RSA" => {
@@ -706,5 +753,36 @@ mod tests {
         for bad in [&b"{}"[..], br#"{"keys":{}}"#, b"[]", b"not json"] {
             assert_eq!(JwkSet::from_json_bytes(bad).err(), Some(JoseError::Json));
         }
+    }
+
+    /// Found by an intruder review: the identity point with R = identity, S = 0 verified
+    /// a "proof" over any message. Small-order and non-canonical keys are no keys.
+    #[test]
+    fn small_order_and_non_canonical_ed25519_keys_are_refused() {
+        let okp = |x: &[u8]| {
+            Jwk::from_json(&serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+                                               "x": b64::encode(x)}))
+        };
+        let mut keys: Vec<[u8; 32]> = ED25519_SMALL_ORDER_Y.to_vec();
+        for y in ED25519_SMALL_ORDER_Y {
+            let mut signed = y;
+            signed[31] |= 0x80;
+            keys.push(signed);
+        }
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        keys.push(p);
+        let mut p1 = p;
+        p1[0] = 0xee;
+        keys.push(p1);
+        for x in keys {
+            assert_eq!(okp(&x).err(), Some(JoseError::InvalidKey), "{x:02x?}");
+        }
+        let identity = okp(&ED25519_SMALL_ORDER_Y[1]);
+        assert!(identity.is_err());
+        // A real key is still one (RFC 8037 A.2).
+        let real = b64::decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo").unwrap();
+        assert!(okp(&real).is_ok());
     }
 }

@@ -6,6 +6,7 @@ use crate::config::{TrustedClientCa, TrustedIssuer};
 use crate::ids::random_id;
 use crate::jose::{self, b64, json, SigningKey, TokenType};
 use crate::mtls::ClientCertificate;
+use crate::registry::ToolEntry;
 use crate::resource;
 use crate::revocation::Identity;
 use crate::verify::{self, Check, DecisionRequest, Target, TimeClaims, Verifier};
@@ -395,18 +396,20 @@ pub fn exchange(
 
 /// Does any tool of `audience` require DPoP-bound tokens (`sender_constraint: dpop`)?
 fn requires_dpop(app: &Exchanger<'_>, audience: &str) -> Result<bool, ExchangeError> {
-    Ok(app
-        .verifier
-        .registry
-        .read()
-        .map_err(|_| ExchangeError::Unavailable("tool registry is unavailable"))?
-        .with_resource(audience)
-        .iter()
-        .any(|t| t.requires_dpop()))
+    any_tool_of(app, audience, ToolEntry::requires_dpop)
 }
 
 /// Does any tool of `audience` require certificate-bound tokens (`sender_constraint: mtls`)?
 fn requires_mtls(app: &Exchanger<'_>, audience: &str) -> Result<bool, ExchangeError> {
+    any_tool_of(app, audience, ToolEntry::requires_mtls)
+}
+
+/// Does any tool of `audience` satisfy `rule`?
+fn any_tool_of(
+    app: &Exchanger<'_>,
+    audience: &str,
+    rule: fn(&ToolEntry) -> bool,
+) -> Result<bool, ExchangeError> {
     Ok(app
         .verifier
         .registry
@@ -414,7 +417,7 @@ fn requires_mtls(app: &Exchanger<'_>, audience: &str) -> Result<bool, ExchangeEr
         .map_err(|_| ExchangeError::Unavailable("tool registry is unavailable"))?
         .with_resource(audience)
         .iter()
-        .any(|t| t.requires_mtls()))
+        .any(|t| rule(t)))
 }
 
 /// The workload a SPIFFE X.509-SVID names: its SPIFFE ID as a `wimse://` subject, once the

@@ -69,6 +69,25 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// An RFC 8693 token-exchange request body.
+fn exchange_body(
+    subject_token: &str,
+    subject_token_type: &str,
+    audience: &str,
+    scope: Option<&str>,
+) -> Value {
+    let mut body = json!({
+        "grant_type": crate::oauth::GRANT_TYPE,
+        "subject_token": subject_token,
+        "subject_token_type": subject_token_type,
+        "audience": audience,
+    });
+    if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
+        obj.insert("scope".into(), json!(scope));
+    }
+    body
+}
+
 impl Client {
     /// `base` is `http://host:port` or `https://host:port` (then the server is checked against
     /// the system's roots; see [`Client::with_tls`]).
@@ -248,15 +267,7 @@ impl Client {
         audience: &str,
         scope: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut body = json!({
-            "grant_type": crate::oauth::GRANT_TYPE,
-            "subject_token": subject_token,
-            "subject_token_type": subject_token_type,
-            "audience": audience,
-        });
-        if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
-            obj.insert("scope".into(), json!(scope));
-        }
+        let body = exchange_body(subject_token, subject_token_type, audience, scope);
         self.json_call(Method::POST, "/v1/exchange/token", Some(&body))
             .await
     }
@@ -272,16 +283,9 @@ impl Client {
         scope: Option<&str>,
         proof: impl Fn(Option<&str>) -> Result<String, ClientError>,
     ) -> Result<Value, ClientError> {
-        let mut body = json!({
-            "grant_type": crate::oauth::GRANT_TYPE,
-            "subject_token": subject_token,
-            "subject_token_type": subject_token_type,
-            "audience": audience,
-        });
-        if let (Some(scope), Some(obj)) = (scope, body.as_object_mut()) {
-            obj.insert("scope".into(), json!(scope));
-        }
-        let bytes = body.to_string().into_bytes();
+        let bytes = exchange_body(subject_token, subject_token_type, audience, scope)
+            .to_string()
+            .into_bytes();
         let mut nonce: Option<String> = None;
         for _ in 0..2 {
             let dpop = proof(nonce.as_deref())?;

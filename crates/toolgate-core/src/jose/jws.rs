@@ -205,7 +205,11 @@ fn low_s(signature: &[u8], order: &[u8]) -> Option<Vec<u8>> {
 /// segments, the header (strict base64url, JSON, `alg`, forbidden parameters,
 /// `kid`/`typ` types), a non-empty signature, then the payload JSON object.
 pub fn decode(token: &str) -> Result<Compact<'_>, JoseError> {
-    let s = segments(token)?;
+    decode_segments(segments(token)?)
+}
+
+/// The rest of [`decode`] once the header is judged: the signature and the payload.
+fn decode_segments(s: Segments<'_>) -> Result<Compact<'_>, JoseError> {
     let payload_bytes = b64::decode(s.payload_b64)?;
     let signature = b64::decode(s.sig_b64)?;
     let claims = json::parse_object(&payload_bytes)?;
@@ -240,16 +244,7 @@ pub fn fingerprint(token: &str) -> Result<[u8; 32], JoseError> {
 /// (RFC 9449 §4.2); every other forbidden header parameter stays forbidden. Does NOT verify
 /// the signature, and the key in `header.raw["jwk"]` is still unjudged.
 pub fn decode_with_embedded_key(token: &str) -> Result<Compact<'_>, JoseError> {
-    let s = segments_allowing(token, Some("jwk"))?;
-    let payload_bytes = b64::decode(s.payload_b64)?;
-    let signature = b64::decode(s.sig_b64)?;
-    let claims = json::parse_object(&payload_bytes)?;
-    Ok(Compact {
-        header: s.header,
-        claims,
-        signing_input: s.signing_input,
-        signature,
-    })
+    decode_segments(segments_allowing(token, Some("jwk"))?)
 }
 
 /// A compact JWS split in three, its header judged; the payload and signature still encoded.

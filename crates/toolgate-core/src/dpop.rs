@@ -469,11 +469,17 @@ pub struct ReplayCache {
     seen: Mutex<Seen>,
     capacity: usize,
     salt: [u8; 16],
+    /// Hashes a proof's key thumbprint for the per-key count.
+    keys: std::collections::hash_map::RandomState,
 }
 
 #[derive(Debug, Default)]
 struct Seen {
-    entries: HashMap<[u8; 16], i64>,
+    /// Each live proof: until when, and (hashed) the key that signed it.
+    entries: HashMap<[u8; 16], (i64, u64)>,
+    /// Live proofs per key: one key may hold at most an eighth of the cache, so one token
+    /// holder sending as fast as it can does not lock every other client out.
+    per_key: HashMap<u64, u32>,
     /// When expired entries were last swept out (a full cache sweeps at most once a second).
     swept_at: i64,
 }
@@ -491,7 +497,13 @@ impl ReplayCache {
             seen: Mutex::new(Seen::default()),
             capacity: capacity.max(1),
             salt,
+            keys: std::collections::hash_map::RandomState::new(),
         }
+    }
+
+    /// The most live proofs one key may hold.
+    fn per_key_limit(&self) -> u32 {
+        u32::try_from((self.capacity / 8).max(1)).unwrap_or(u32::MAX)
     }
 
     /// How many proofs are remembered.
@@ -529,23 +541,49 @@ impl ReplayCache {
         until: i64,
         now: i64,
     ) -> Result<SpentProof, ProofError> {
+        use std::hash::BuildHasher;
         let key = self.key(jkt, jti);
+        let signer = self.keys.hash_one(jkt);
         let mut seen = self.seen.lock().map_err(|_| ProofError::Full)?;
-        if seen.entries.get(&key).is_some_and(|exp| *exp >= now) {
+        if seen.entries.get(&key).is_some_and(|(exp, _)| *exp >= now) {
             return Err(ProofError::Replayed);
         }
-        if seen.entries.len() >= self.capacity && !seen.entries.contains_key(&key) {
+        let known = seen.entries.contains_key(&key);
+        let crowded = |seen: &Seen| {
+            (seen.entries.len() >= self.capacity && !known)
+                || seen.per_key.get(&signer).copied().unwrap_or(0) >= self.per_key_limit()
+        };
+        if crowded(&seen) {
             if seen.swept_at == now {
                 return Err(ProofError::Full);
             }
             seen.swept_at = now;
-            seen.entries.retain(|_, exp| *exp >= now);
-            if seen.entries.len() >= self.capacity {
+            seen.sweep(now);
+            if crowded(&seen) {
                 return Err(ProofError::Full);
             }
         }
-        seen.entries.insert(key, until);
+        if seen.entries.insert(key, (until, signer)).is_none() {
+            *seen.per_key.entry(signer).or_insert(0) += 1;
+        }
         Ok(SpentProof { key })
+    }
+}
+
+impl Seen {
+    /// Forget the proofs whose time is over.
+    fn sweep(&mut self, now: i64) {
+        let per_key = &mut self.per_key;
+        self.entries.retain(|_, (exp, signer)| {
+            let live = *exp >= now;
+            if !live {
+                if let Some(n) = per_key.get_mut(signer) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            live
+        });
+        per_key.retain(|_, n| *n > 0);
     }
 }
 
@@ -1069,6 +1107,19 @@ mod tests {
         assert!(!n.accepts(&b64::encode(&forged), 1000));
     }
 
+    /// Intruder review: one key may not fill the cache for everyone.
+    #[test]
+    fn one_key_holds_at_most_an_eighth_of_the_cache() {
+        let cache = ReplayCache::new(16);
+        assert_eq!(cache.spend("greedy", "1", 160, 100), Ok(()));
+        assert_eq!(cache.spend("greedy", "2", 160, 100), Ok(()));
+        assert_eq!(cache.spend("greedy", "3", 160, 100), Err(ProofError::Full));
+        assert_eq!(cache.spend("other", "1", 160, 100), Ok(()));
+        // Once its proofs leave the window, the key has room again.
+        assert_eq!(cache.spend("greedy", "3", 230, 170), Ok(()));
+        assert_eq!(cache.len(), 1);
+    }
+
     #[test]
     fn a_proof_is_accepted_once_and_a_full_cache_refuses() {
         let cache = ReplayCache::new(2);
@@ -1076,9 +1127,9 @@ mod tests {
         assert_eq!(cache.spend("k", "1", 160, 101), Err(ProofError::Replayed));
         // The same jti under another key is another proof.
         assert_eq!(cache.spend("k2", "1", 160, 101), Ok(()));
-        assert_eq!(cache.spend("k", "2", 160, 102), Err(ProofError::Full));
+        assert_eq!(cache.spend("k3", "1", 160, 102), Err(ProofError::Full));
         // Once the first two leave the window there is room again.
-        assert_eq!(cache.spend("k", "2", 230, 170), Ok(()));
+        assert_eq!(cache.spend("k3", "1", 230, 170), Ok(()));
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.spend("k", "1", 240, 171), Ok(()));
     }

@@ -94,7 +94,10 @@ json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).g
 
 # ------------------------------------------------------------------------------------------
 echo "== hyper_tool (Protected), with curl"
-MISMATCH="Bearer error=\"invalid_token\", error_description=\"audience mismatch\", resource_metadata=\"$HYPER/.well-known/oauth-protected-resource\""
+# Bearer and DPoP tokens are both accepted here: the error goes on the Bearer challenge, and the
+# DPoP one (RFC 9449 §7.1) follows it with the proof algorithms.
+ALGS='algs="ES256 ES384 EdDSA Ed25519 RS256 PS256"'
+MISMATCH="Bearer error=\"invalid_token\", error_description=\"audience mismatch\", resource_metadata=\"$HYPER/.well-known/oauth-protected-resource\""$'\n'"DPoP $ALGS, resource_metadata=\"$HYPER/.well-known/oauth-protected-resource\""
 
 status=$(curl -s --max-time 5 -o "$tmp/body" -w '%{http_code}' "$HYPER/.well-known/oauth-protected-resource")
 if [ "$status" = 200 ] && [ "$(json_field resource)" = "$BASE/guard-hyper" ]; then
@@ -118,7 +121,7 @@ else flunk "hyper: whoami ($status): $(head -c 300 "$tmp/body")"; fi
 
 # ------------------------------------------------------------------------------------------
 echo "== rmcp_tool (GuardLayer::mcp), with the official MCP Python SDK"
-RMCP_MISMATCH="401 audience Bearer error=\"invalid_token\", error_description=\"audience mismatch\", resource_metadata=\"$RMCP/.well-known/oauth-protected-resource\""
+RMCP_MISMATCH="401 audience Bearer error=\"invalid_token\", error_description=\"audience mismatch\", resource_metadata=\"$RMCP/.well-known/oauth-protected-resource\", DPoP $ALGS, resource_metadata=\"$RMCP/.well-known/oauth-protected-resource\""
 # Sets $rc (the client's exit status) and $out (its one line).
 mcp() { rc=0; out=$(timeout 60 "$PY" scripts/e2e/mcp_client.py "$RMCP/mcp" "$1" "$2") || rc=$?; }
 

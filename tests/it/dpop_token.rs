@@ -34,11 +34,16 @@ fn proof(d: &Daemon, key: &SigningKey, url: &str, nonce: Option<&str>) -> String
     .unwrap()
 }
 
-/// POST an exchange for `TOOL` with these `DPoP` headers: status, headers, body.
+/// POST an exchange of a plain stub for `TOOL` with these `DPoP` headers: status, headers, body.
 async fn exchange_with(d: &Daemon, proofs: &[&str]) -> (u16, http::HeaderMap, Value) {
+    exchange_as(d, &stub(json!({"sub": "agent-1"})), proofs).await
+}
+
+/// POST an exchange of `subject` for `TOOL` with these `DPoP` headers: status, headers, body.
+async fn exchange_as(d: &Daemon, subject: &str, proofs: &[&str]) -> (u16, http::HeaderMap, Value) {
     let mut headers = vec![("content-type", "application/json")];
     headers.extend(proofs.iter().map(|p| ("dpop", *p)));
-    let body = exchange_body(&stub(json!({"sub": "agent-1"})), TOOL).to_string();
+    let body = exchange_body(subject, TOOL).to_string();
     request_full(
         Method::POST,
         &d.url,
@@ -184,21 +189,11 @@ async fn a_bound_subject_token_is_exchanged_only_by_its_holder() {
     let url = token_endpoint(&d);
     let bound = stub(json!({"sub": "agent-1", "cnf": {"jkt": holder.public_jwk().thumbprint()}}));
     let exchange = |proof: Option<String>| {
-        let body = exchange_body(&bound, TOOL).to_string();
+        let bound = &bound;
         let d = &d;
         async move {
-            let mut headers = vec![("content-type", "application/json")];
-            if let Some(p) = &proof {
-                headers.push(("dpop", p.as_str()));
-            }
-            request_full(
-                Method::POST,
-                &d.url,
-                "/v1/exchange/token",
-                &headers,
-                body.into_bytes(),
-            )
-            .await
+            let proofs: Vec<&str> = proof.iter().map(String::as_str).collect();
+            exchange_as(d, bound, &proofs).await
         }
     };
     let (status, _, body) = exchange(None).await;

@@ -482,6 +482,10 @@ struct Seen {
     per_key: HashMap<u64, u32>,
     /// When expired entries were last swept out (a full cache sweeps at most once a second).
     swept_at: i64,
+    /// The latest `now` any spend was made at: a sweep at that time may have forgotten proofs
+    /// that expired before it, so a spend whose proof expires earlier is refused (a request
+    /// that read an earlier clock must not replay a proof swept out meanwhile).
+    latest: i64,
 }
 
 impl ReplayCache {
@@ -545,6 +549,10 @@ impl ReplayCache {
         let key = self.key(jkt, jti);
         let signer = self.keys.hash_one(jkt);
         let mut seen = self.seen.lock().map_err(|_| ProofError::Full)?;
+        seen.latest = seen.latest.max(now);
+        if until < seen.latest {
+            return Err(ProofError::TooOld);
+        }
         if seen.entries.get(&key).is_some_and(|(exp, _)| *exp >= now) {
             return Err(ProofError::Replayed);
         }
@@ -1105,6 +1113,18 @@ mod tests {
         let mut forged = b64::decode(&first).unwrap();
         forged[20] ^= 1;
         assert!(!n.accepts(&b64::encode(&forged), 1000));
+    }
+
+    /// Second intruder review: a request that read its clock before a sweep (made by a later
+    /// request) must not spend a proof that sweep may have forgotten.
+    #[test]
+    fn a_proof_expired_by_a_later_clock_is_not_spent() {
+        let cache = ReplayCache::new(16);
+        assert_eq!(cache.spend("k", "1", 160, 100), Ok(()));
+        // A later request sweeps at 161: the entry (until 160) may be gone.
+        assert_eq!(cache.spend("k2", "1", 220, 161), Ok(()));
+        // The earlier request, still at 160, replays the first proof: refused.
+        assert_eq!(cache.spend("k", "1", 160, 160), Err(ProofError::TooOld));
     }
 
     /// Intruder review: one key may not fill the cache for everyone.

@@ -6,8 +6,18 @@
 #                                        with curl --cert/--key/--cacert, against a dev daemon
 #                                        serving TLS with the certificates of `toolgate dev-certs`
 #                                        (README, "Certificate-bound tokens")
+#   bash scripts/sandbox.sh idp          a real identity provider: panva's oidc-provider
+#                                        (scripts/idp/) on loopback HTTPS and a production-mode
+#                                        toolgate that trusts it by discovery; the provider's
+#                                        client_credentials JWT exchanged for a tool token and
+#                                        verified, then the provider's signing key rotated and
+#                                        the next exchanges still 200. Starts both itself, on
+#                                        ports of its own (needs node and npm; TOOLGATE_BIN, else
+#                                        cargo build --release); IDP_TRUST=jwks_uri names the JWKS
+#                                        instead of discovering it.
 # TOOLGATE_URL overrides http://127.0.0.1:8693 (https://localhost:8443 for mtls); TOOLGATE_CERTS
-# the dev-certs directory (./certs). Exits non-zero if an expectation fails.
+# the dev-certs directory (./certs). Exits non-zero if an expectation fails. Nothing prints a
+# token or a secret: claims, key ids and status codes only.
 set -euo pipefail
 scenario="${1:-mcp}"
 CERTS="${TOOLGATE_CERTS:-./certs}"
@@ -148,9 +158,173 @@ mtls() {
   echo "REFUSED (certificate credential, no certificate): $(printf '%s' "$BODY" | json_field error)"
 }
 
+# The claims (or, with 0, the header) of a JWT on stdin, as compact JSON: never the token.
+jwt_json() { python3 -c 'import base64,json,sys; s=sys.stdin.read().strip().split(".")[int(sys.argv[1])]; print(json.dumps(json.loads(base64.urlsafe_b64decode(s+"="*(-len(s)%4))),sort_keys=True,separators=(",",":")))' "${1:-1}"; }
+jwt_member() { jwt_json "$1" | json_field "$2"; }   # PART MEMBER, the JWT on stdin
+# Compact JSON of a JSON document on stdin, passed through a Python expression over `v`.
+json_pick() { python3 -c 'import json,sys; v=json.load(sys.stdin); print(json.dumps(eval(sys.argv[1]),sort_keys=True,separators=(",",":")))' "$1"; }
+
+IDP_PIDS=()
+idp_cleanup() {
+  for p in "${IDP_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${IDP_TMP:-}" ]; then rm -rf "$IDP_TMP"; fi
+}
+# wait_up NAME PID URL: poll until URL answers over the sandbox's CA, at most 10 s.
+wait_up() {
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null --cacert "$IDP_TMP/certs/ca.pem" "$3" && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "FAIL: $1 did not come up at $3" >&2; tail -n 20 "$IDP_TMP/$1.log" >&2; exit 1
+}
+# idp_token RESOURCE: the client_credentials grant at the provider -> sets AT (never printed).
+idp_token() {
+  local out status body
+  out=$(curl -sS --cacert "$IDP_TMP/certs/ca.pem" -H @"$IDP_TMP/client.header" "$IDP/token" \
+    -d grant_type=client_credentials --data-urlencode "resource=$1" -d scope=code:search -w '\n%{http_code}')
+  status="${out##*$'\n'}"
+  body="${out%$'\n'*}"
+  [ "$status" = 200 ] || { echo "FAIL: the provider's token endpoint answered $status: $body" >&2; exit 1; }
+  AT=$(printf '%s' "$body" | json_field access_token)
+  echo "IdP token: header $(printf '%s' "$AT" | jwt_json 0)"
+  echo "  claims $(printf '%s' "$AT" | jwt_json 1 | json_pick '{**{k: x for k, x in v.items() if k not in ("jti", "iat", "exp")}, "exp-iat": v["exp"] - v["iat"]}')"
+}
+# idp_exchange SUBJECT_TOKEN AUDIENCE WANT: RFC 8693 with an access-token subject -> TOKEN.
+IDP_ISSUED=0
+idp_exchange() {
+  call POST /v1/exchange/token "{\"grant_type\":\"urn:ietf:params:oauth:grant-type:token-exchange\",\"subject_token\":\"$1\",\"subject_token_type\":\"urn:ietf:params:oauth:token-type:access_token\",\"audience\":\"$2\"}"
+  [ "$STATUS" = "$3" ] || { echo "FAIL: exchange answered $STATUS, expected $3: $BODY" >&2; exit 1; }
+  if [ "$STATUS" = 200 ]; then
+    IDP_ISSUED=$((IDP_ISSUED + 1))
+    TOKEN=$(printf '%s' "$BODY" | json_field access_token)
+    echo "exchange: HTTP 200, tool token $(printf '%s' "$TOKEN" | jwt_json 1 | json_pick '{k: v[k] for k in ("sub", "aud", "caps", "src") if k in v}')"
+  else
+    echo "exchange: HTTP $STATUS $BODY"
+  fi
+}
+# idp_verify TOOL_ID WANT [CHECK]: the decision on $TOKEN, its claims cut to sub and caps.
+idp_verify() {
+  call POST /v1/mcp/verify "{\"token\":\"$TOKEN\",\"tool_id\":\"$1\"}"
+  local check
+  check=$(printf '%s' "$BODY" | json_field check)
+  [ "$STATUS" = "$2" ] && [ "$check" = "${3:-}" ] \
+    || { echo "FAIL: verify on $1 answered $STATUS, expected $2 ${3:-}: $BODY" >&2; exit 1; }
+  echo "verify $1: HTTP $STATUS $(printf '%s' "$BODY" | json_pick '{**{k: x for k, x in v.items() if k != "claims"}, **({"sub": v["claims"]["sub"], "caps": v["claims"].get("caps", [])} if "claims" in v else {})}')"
+}
+jwks_kids() { curl -sS --cacert "$IDP_TMP/certs/ca.pem" "$IDP/jwks" | python3 -c 'import json,sys; print(" ".join(k["kid"] for k in json.load(sys.stdin)["keys"]))'; }
+
+idp() {
+  local root trust=${IDP_TRUST:-discovery}
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  case "$trust" in discovery|jwks_uri) ;; *) echo "IDP_TRUST is discovery or jwks_uri" >&2; exit 2 ;; esac
+  for tool in node npm curl python3; do
+    command -v "$tool" >/dev/null || { echo "FAIL: $tool is required" >&2; exit 1; }
+  done
+  echo "== 0. panva's oidc-provider (npm ci --prefix scripts/idp) and toolgate"
+  npm ci --prefix "$root/scripts/idp" --no-audit --no-fund --loglevel=error
+  local bin=${TOOLGATE_BIN:-}
+  if [ -z "$bin" ]; then
+    (cd "$root" && cargo build --release --bin toolgate)
+    bin="$root/target/release/toolgate"
+  fi
+  IDP_TMP=$(mktemp -d)
+  trap idp_cleanup EXIT
+  "$bin" dev-certs "$IDP_TMP/certs" >/dev/null
+  local free='import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local idp_port tg_port
+  idp_port=$(python3 -c "$free")
+  tg_port=$(python3 -c "$free")
+  IDP="https://127.0.0.1:$idp_port"
+  URL="https://127.0.0.1:$tg_port"   # toolgate's issuer: the audience of the provider's tokens
+  TLS_ARGS=(--cacert "$IDP_TMP/certs/ca.pem")
+  local other=https://api.other.example   # a resource the client may also ask for: not toolgate
+
+  echo "== 1. the identity provider at $IDP: client_credentials, JWT access tokens for $URL"
+  IDP_PORT=$idp_port IDP_CERTS="$IDP_TMP/certs" IDP_STATE="$IDP_TMP/idp-state" IDP_RESOURCES="$URL $other" \
+    node "$root/scripts/idp/provider.mjs" >"$IDP_TMP/idp.log" 2>&1 &
+  local idp_pid=$!
+  IDP_PIDS+=("$idp_pid")
+  wait_up idp "$idp_pid" "$IDP/.well-known/openid-configuration"
+  echo "discovery: $(curl -sS --cacert "$IDP_TMP/certs/ca.pem" "$IDP/.well-known/openid-configuration" | json_pick '{k: v[k] for k in ("issuer", "jwks_uri", "token_endpoint")}')"
+  local kid1
+  kid1=$(jwks_kids)
+  echo "JWKS kids: $kid1"
+  # The client's secret stays in files: a Basic header for curl, made from the provider's 0600 file.
+  (umask 077; python3 -c 'import base64,json,sys,urllib.parse as u; c=json.load(open(sys.argv[1])); print("Authorization: Basic "+base64.b64encode((u.quote_plus(c["client_id"])+":"+u.quote_plus(c["client_secret"])).encode()).decode())' \
+    "$IDP_TMP/idp-state/client.json" >"$IDP_TMP/client.header")
+
+  echo "== 2. toolgate at $URL, production mode, trusting $IDP by ${trust/_/ }"
+  local keys='"discovery":true'
+  [ "$trust" = jwks_uri ] && keys="\"jwks_uri\":\"$IDP/jwks\""
+  printf '{"issuer":"%s",\n "trusted_issuers":[{"issuer":"%s",%s,"ca_file":"certs/ca.pem","audience":"%s","trust_domain":"idp.example"}]}\n' \
+    "$URL" "$IDP" "$keys" "$URL" >"$IDP_TMP/toolgate.json"
+  sed 's/^/  /' "$IDP_TMP/toolgate.json"
+  (umask 077; head -c 32 /dev/urandom | base64 >"$IDP_TMP/admin-token"
+   printf 'Authorization: Bearer %s\n' "$(cat "$IDP_TMP/admin-token")" >"$IDP_TMP/admin.header")
+  "$bin" serve --listen "127.0.0.1:$tg_port" --db "$IDP_TMP/toolgate.db" --config "$IDP_TMP/toolgate.json" \
+    --admin-token-file "$IDP_TMP/admin-token" --tls-cert "$IDP_TMP/certs/server.pem" --tls-key "$IDP_TMP/certs/server.key" \
+    >"$IDP_TMP/toolgate.log" 2>&1 &
+  local tg_pid=$!
+  IDP_PIDS+=("$tg_pid")
+  wait_up toolgate "$tg_pid" "$URL/v1/sys/health"
+  local admin=(-H @"$IDP_TMP/admin.header")
+  local res=https://mcp.example.com/tools/code-search
+  call POST /v1/mcp/tools "{\"tool_id\":\"code-search\",\"resource_uri\":\"$res\",\"required_capabilities\":[\"code:search\"]}" "${admin[@]}"
+  [ "$STATUS" = 201 ] || { echo "FAIL: registering code-search answered $STATUS: $BODY" >&2; exit 1; }
+  call POST /v1/mcp/tools '{"tool_id":"sql-admin","resource_uri":"https://mcp.example.com/tools/sql-admin"}' "${admin[@]}"
+  [ "$STATUS" = 201 ] || { echo "FAIL: registering sql-admin answered $STATUS: $BODY" >&2; exit 1; }
+  echo "registered code-search (requires the capability code:search) and sql-admin"
+
+  echo "== 3. a client_credentials token from the provider (resource = toolgate), exchanged for code-search"
+  idp_token "$URL"
+  local kid first=$AT
+  kid=$(printf '%s' "$AT" | jwt_member 0 kid)
+  [ "$kid" = "$kid1" ] || { echo "FAIL: the token's kid $kid is not the published key $kid1" >&2; exit 1; }
+  idp_exchange "$AT" "$res" 200
+  idp_verify code-search 200
+  idp_verify sql-admin 403 audience
+  echo "ALLOW code-search, DENY sql-admin (check: audience) -- the provider's client is held to one tool"
+
+  echo "== 4. a token the provider issued for another resource is no credential for toolgate (expect 401)"
+  idp_token "$other"
+  idp_exchange "$AT" "$res" 401
+
+  echo "== 5. rotate the provider's signing key (SIGUSR2): a new key in front, the old one still published"
+  kill -USR2 "$idp_pid"
+  local kids=$kid1
+  for _ in $(seq 1 100); do
+    kids=$(jwks_kids)
+    [ "${kids%% *}" != "$kid1" ] && break
+    sleep 0.1
+  done
+  local kid2=${kids%% *}
+  [ "$kid2" != "$kid1" ] && [ "$kids" = "$kid2 $kid1" ] || { echo "FAIL: the JWKS did not rotate: $kids" >&2; exit 1; }
+  echo "JWKS kids: $kids"
+  idp_token "$URL"
+  kid=$(printf '%s' "$AT" | jwt_member 0 kid)
+  [ "$kid" = "$kid2" ] || { echo "FAIL: the token after the rotation is signed by $kid, not the new key $kid2" >&2; exit 1; }
+  echo "-- signed by the new key, which toolgate has not seen yet: it refetches the provider's keys"
+  idp_exchange "$AT" "$res" 200
+  idp_verify code-search 200
+  echo "-- the token the old key signed before the rotation: still published, still exchanged"
+  idp_exchange "$first" "$res" 200
+
+  echo "== 6. toolgate's counters: every exchange issued but the one for another resource"
+  call GET /metrics "" "${admin[@]}"
+  [ "$STATUS" = 200 ] || { echo "FAIL: /metrics answered $STATUS" >&2; exit 1; }
+  local counts want="toolgate_exchanges_total{result=\"issued\"} $IDP_ISSUED toolgate_exchanges_total{result=\"invalid_client\"} 1"
+  counts=$(printf '%s\n' "$BODY" | grep '^toolgate_exchanges_total' | grep -v ' 0$' | paste -sd ' ')
+  echo "$counts"
+  [ "$counts" = "$want" ] || { echo "FAIL: expected $want" >&2; exit 1; }
+  echo "IDP: $IDP_ISSUED exchanges of the provider's tokens issued across a signing-key rotation, none failed"
+}
+
 case "$scenario" in
   mcp) mcp ;;
   revocation) revocation ;;
   mtls) mtls ;;
-  *) echo "usage: $0 mcp|revocation|mtls" >&2; exit 2 ;;
+  idp) idp ;;
+  *) echo "usage: $0 mcp|revocation|mtls|idp" >&2; exit 2 ;;
 esac

@@ -335,6 +335,16 @@ impl App {
         ))
     }
 
+    /// Every trusted issuer's keys (role `subject`) and every transmitter's (role `signals`).
+    pub fn issuer_keys(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &Arc<crate::issuers::IssuerKeys>)> {
+        self.trusted_issuers
+            .iter()
+            .map(|t| ("subject", &t.keys))
+            .chain(self.transmitters.iter().map(|t| ("signals", &t.keys)))
+    }
+
     /// The token endpoint's URL, from the issuer: what metadata names and DPoP proofs' `htu`
     /// must be.
     pub fn token_endpoint(&self) -> String {

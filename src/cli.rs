@@ -26,6 +26,7 @@ enum Command {
     Verify(VerifyCmd),
     Revoke(RevokeCmd),
     Revocations(RevocationsCmd),
+    Issuers(IssuersCmd),
     Audit(AuditCmd),
     Gateway(GatewayCmd),
     DevCerts(DevCertsCmd),
@@ -401,6 +402,36 @@ struct RevocationsCmd {
     #[argh(
         option,
         description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// Show the trusted issuers and signal transmitters: where their keys come from, the keys'
+/// kids, the last fetch and its result.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "issuers")]
+struct IssuersCmd {
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin (or read-only) token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
     )]
     admin_token_file: Option<PathBuf>,
 }
@@ -902,6 +933,25 @@ async fn run(command: Command) -> ExitCode {
                 .await
             }
         },
+        Command::Issuers(i) => {
+            let json = i.json;
+            finish(
+                client(
+                    i.url,
+                    client_tls(i.toolgate_ca, i.toolgate_pin),
+                    i.admin_token_file,
+                ),
+                |c| async move {
+                    let body = c.issuers().await?;
+                    if json {
+                        return Ok(body);
+                    }
+                    say(&crate::table::issuers(&body));
+                    Ok(Value::Null)
+                },
+            )
+            .await
+        }
         Command::Revocations(r) => {
             let (after, limit, lift, json) = (r.after, r.limit, r.lift, r.json);
             finish(

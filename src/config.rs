@@ -1,12 +1,14 @@
 //! The daemon's validated configuration: command-line flags over an optional JSON file.
 
 use crate::credentials::Credential;
+use crate::issuers::{FetchOptions, IssuerKeys, Source};
 use crate::jose::JwkSet;
 use crate::resource;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8693";
@@ -52,7 +54,8 @@ fn err(msg: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct TrustedIssuer {
     pub issuer: String,
-    pub keys: JwkSet,
+    /// Its keys: a JWKS file, or fetched (`jwks_uri`, discovery) and kept fresh.
+    pub keys: Arc<IssuerKeys>,
     /// The `aud` the subject token must carry (names toolgate).
     pub audience: String,
     pub trust_domain: String,
@@ -106,7 +109,7 @@ impl TrustedClientCa {
 #[derive(Debug, Clone)]
 pub struct Transmitter {
     pub issuer: String,
-    pub keys: JwkSet,
+    pub keys: Arc<IssuerKeys>,
 }
 
 #[derive(Debug, Clone)]
@@ -338,7 +341,12 @@ struct FileTrustedClientCa {
 #[serde(deny_unknown_fields)]
 struct FileTrustedIssuer {
     issuer: String,
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    ca_file: Option<PathBuf>,
+    grace_seconds: Option<i64>,
     audience: String,
     trust_domain: String,
 }
@@ -347,7 +355,34 @@ struct FileTrustedIssuer {
 #[serde(deny_unknown_fields)]
 struct FileTransmitter {
     issuer: String,
-    jwks_file: PathBuf,
+    jwks_file: Option<PathBuf>,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    ca_file: Option<PathBuf>,
+    grace_seconds: Option<i64>,
+}
+
+/// Where an issuer's keys come from: exactly one of `jwks_file`, `jwks_uri`, `discovery`;
+/// `ca_file` and `grace_seconds` for fetched keys.
+struct FileKeySource<'a> {
+    jwks_file: &'a Option<PathBuf>,
+    jwks_uri: &'a Option<String>,
+    discovery: bool,
+    ca_file: &'a Option<PathBuf>,
+    grace_seconds: Option<i64>,
+}
+
+macro_rules! key_source {
+    ($t:expr) => {
+        FileKeySource {
+            jwks_file: &$t.jwks_file,
+            jwks_uri: &$t.jwks_uri,
+            discovery: $t.discovery,
+            ca_file: &$t.ca_file,
+            grace_seconds: $t.grace_seconds,
+        }
+    };
 }
 
 impl Config {
@@ -557,7 +592,7 @@ impl Config {
                 ));
             }
             self.trusted_issuers.push(TrustedIssuer {
-                keys: load_jwks(base, &t.jwks_file)?,
+                keys: issuer_keys(base, &t.issuer, &key_source!(t), self.dev)?,
                 issuer: t.issuer,
                 audience: t.audience,
                 trust_domain: t.trust_domain,
@@ -579,11 +614,45 @@ impl Config {
                 ));
             }
             self.transmitters.push(Transmitter {
-                keys: load_jwks(base, &t.jwks_file)?,
+                keys: issuer_keys(base, &t.issuer, &key_source!(t), self.dev)?,
                 issuer: t.issuer,
             });
         }
         Ok(())
+    }
+}
+
+/// An issuer's keys as its entry configures them.
+fn issuer_keys(
+    base: &Path,
+    issuer: &str,
+    source: &FileKeySource<'_>,
+    dev: bool,
+) -> Result<Arc<IssuerKeys>, ConfigError> {
+    let fetch = FetchOptions {
+        ca_file: source.ca_file.as_ref().map(|f| base.join(f)),
+        grace: source.grace_seconds,
+        allow_loopback_http: dev,
+    };
+    let fetched = |s: Source| IssuerKeys::fetched(issuer, s, &fetch).map_err(err);
+    match (source.jwks_file, source.jwks_uri, source.discovery) {
+        (Some(file), None, false) => {
+            if source.ca_file.is_some() || source.grace_seconds.is_some() {
+                return Err(err(format!(
+                    "{issuer}: ca_file and grace_seconds are for fetched keys (jwks_uri, discovery), not a jwks_file"
+                )));
+            }
+            Ok(IssuerKeys::fixed(
+                issuer,
+                load_jwks(base, file)?,
+                Some(base.join(file)),
+            ))
+        }
+        (None, Some(uri), false) => fetched(Source::JwksUri(uri.clone())),
+        (None, None, true) => fetched(Source::Discovery),
+        _ => Err(err(format!(
+            "{issuer}: give exactly one of jwks_file, jwks_uri or \"discovery\": true"
+        ))),
     }
 }
 
@@ -738,5 +807,55 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::from_flags(&flags).unwrap_err().0.contains("bogus"));
+    }
+
+    #[test]
+    fn an_issuer_gives_exactly_one_key_source_and_fetches_over_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let load = |dev: bool, entry: &str| {
+            let entry = format!(
+                r#"{{"trusted_issuers":[{{"issuer":"https://idp.example.com","audience":"https://t.example","trust_domain":"example.com",{entry}}}]}}"#
+            );
+            std::fs::write(&path, entry).unwrap();
+            let flags = ServeFlags {
+                dev,
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            Config::from_flags(&flags).map(|c| c.trusted_issuers[0].keys.clone())
+        };
+        let discovered = load(true, r#""discovery":true"#).unwrap();
+        assert!(discovered.is_fetched());
+        assert!(load(
+            true,
+            r#""jwks_uri":"https://idp.example.com/jwks","grace_seconds":60"#
+        )
+        .unwrap()
+        .is_fetched());
+        let one_of = "give exactly one of jwks_file, jwks_uri or \"discovery\": true";
+        for both in [
+            r#""discovery":true,"jwks_uri":"https://idp.example.com/jwks""#,
+            r#""jwks_file":"k.json","discovery":true"#,
+            r#""ca_file":"ca.pem""#,
+        ] {
+            assert!(load(true, both).unwrap_err().0.contains(one_of), "{both}");
+        }
+        // Plain http only to a loopback host, and only in dev mode.
+        assert!(load(true, r#""jwks_uri":"http://127.0.0.1:9/jwks""#).is_ok());
+        let refused = load(true, r#""jwks_uri":"http://idp.example.com/jwks""#).unwrap_err();
+        assert!(refused.0.contains("must be https://"), "{}", refused.0);
+        assert!(load(
+            true,
+            r#""jwks_uri":"https://idp.example.com/jwks","grace_seconds":-1"#
+        )
+        .is_err());
+        assert!(load(
+            true,
+            r#""jwks_uri":"https://idp.example.com/jwks","ca_file":"missing.pem""#
+        )
+        .unwrap_err()
+        .0
+        .contains("missing.pem"));
     }
 }

@@ -551,12 +551,14 @@ fn external_subject(
         .iter()
         .find(|t| t.issuer == iss)
         .ok_or(InvalidClient("subject token issuer is not trusted"))?;
-    let raw = verify::verify_signature(token, |h| match &h.kid {
-        Some(kid) => trusted.keys.find(kid).cloned(),
-        None if trusted.keys.keys.len() == 1 => trusted.keys.keys.first().cloned(),
-        None => None,
-    })
-    .map_err(|_| InvalidClient("subject token signature is invalid"))?;
+    // Fetched keys that could not be refreshed within their grace: fail closed, and say so.
+    if trusted.keys.keys(now).is_none() {
+        return Err(Unavailable(
+            "the subject token issuer's keys cannot be fetched; try again later",
+        ));
+    }
+    let raw = verify::verify_signature(token, |h| trusted.keys.key(h.kid.as_deref(), now))
+        .map_err(|_| InvalidClient("subject token signature is invalid"))?;
     let times =
         TimeClaims::read(&raw).map_err(|_| InvalidClient("subject token claims are malformed"))?;
     times

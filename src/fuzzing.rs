@@ -43,9 +43,28 @@ fn fuzz_key() -> Option<crate::jose::Jwk> {
 /// Arbitrary bytes as a JWKS document: must never panic; whatever parses must serialise to
 /// JSON that parses again to keys with the same thumbprints (round-trip oracle).
 pub fn jwk_parse(data: &[u8]) {
+    // The provider reader (fetched JWKS) skips what the strict one refuses, never the reverse:
+    // a document the strict reader takes, it takes whole.
+    let provider = crate::jose::JwkSet::from_provider_json_bytes(data);
     let Ok(set) = crate::jose::JwkSet::from_json_bytes(data) else {
         return;
     };
+    let whole = provider.as_ref().map(|(p, skipped)| {
+        (
+            *skipped,
+            p.keys
+                .iter()
+                .map(crate::jose::Jwk::thumbprint)
+                .collect::<Vec<_>>(),
+        )
+    });
+    assert_eq!(
+        whole.ok(),
+        Some((
+            0,
+            set.keys.iter().map(crate::jose::Jwk::thumbprint).collect()
+        ))
+    );
     let again = crate::jose::JwkSet::from_json_bytes(set.to_json().to_string().as_bytes());
     let prints = |s: &crate::jose::JwkSet| {
         s.keys
@@ -62,7 +81,11 @@ pub fn set_parse(data: &[u8]) {
     let Some(key) = fuzz_key() else { return };
     let transmitters = [crate::config::Transmitter {
         issuer: "https://siem.example.com".into(),
-        keys: crate::jose::JwkSet { keys: vec![key] },
+        keys: crate::issuers::IssuerKeys::fixed(
+            "https://siem.example.com",
+            crate::jose::JwkSet { keys: vec![key] },
+            None,
+        ),
     }];
     let policy = crate::signals::Policy {
         audience: "https://toolgate.example.com",

@@ -26,6 +26,7 @@ pub mod exchange;
 pub mod gateway;
 pub mod hosts;
 pub mod http;
+pub mod issuers;
 pub mod keys;
 pub mod metrics;
 pub mod revocations;

@@ -78,6 +78,9 @@ impl Running {
 }
 
 /// Bind `config.listen`, open the store, and serve until `shutdown` resolves or `stop` is called.
+/// How often fetched issuer keys are looked at by the background refresher.
+const ISSUER_REFRESH_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn start(
     config: Config,
     clock: Arc<dyn Clock>,
@@ -111,6 +114,18 @@ pub async fn start(
         })?;
     let app = Arc::new(app);
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
+    // Fetched issuer keys: the first fetch now, then refreshed before they expire.
+    let fetched: Vec<_> = app
+        .trusted_issuers
+        .iter()
+        .map(|t| &t.keys)
+        .chain(app.transmitters.iter().map(|t| &t.keys))
+        .filter(|k| k.is_fetched())
+        .map(Arc::downgrade)
+        .collect();
+    let key_refresher = (!fetched.is_empty()).then(|| {
+        crate::issuers::spawn_refresher(fetched, app.clock.clone(), ISSUER_REFRESH_PERIOD)
+    });
     let reload = tls.clone().map(|tls| {
         let app = Arc::downgrade(&app);
         Arc::new(move || reload_daemon(&tls, &app)) as Reload
@@ -140,6 +155,9 @@ pub async fn start(
         }
         pruner.abort();
         let _ = pruner.await;
+        if let Some(refresher) = key_refresher {
+            refresher.abort();
+        }
         counter.abort();
         let _ = counter.await;
         // Counted refusals not written yet are written before the writer drains.

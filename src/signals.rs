@@ -89,10 +89,14 @@ pub fn verify_signed(token: &str, policy: &Policy<'_>) -> Result<Signal, SignalE
         code: "invalid_key",
         description: "SET signature does not verify with the transmitter's keys",
     };
-    let claims = verify::verify_signature(token, |h| match &h.kid {
-        Some(kid) => transmitter.keys.find(kid).cloned(),
-        None if transmitter.keys.keys.len() == 1 => transmitter.keys.keys.first().cloned(),
-        None => None,
+    if transmitter.keys.keys(policy.now).is_none() {
+        return Err(SignalError {
+            code: "invalid_key",
+            description: "the transmitter's keys cannot be fetched; send the SET again later",
+        });
+    }
+    let claims = verify::verify_signature(token, |h| {
+        transmitter.keys.key(h.kid.as_deref(), policy.now)
     })
     .map_err(|_| invalid_key)?;
     let aud_ok = match claims::audience(&claims) {

@@ -151,6 +151,53 @@ pub(crate) fn revocations(body: &Value) -> String {
     out
 }
 
+/// `toolgate issuers`: one row per trusted issuer and transmitter.
+pub(crate) fn issuers(body: &Value) -> String {
+    let mut t = Table::new(&[
+        "ISSUER",
+        "ROLE",
+        "SOURCE",
+        "STATE",
+        "KIDS",
+        "LAST FETCH",
+        "RESULT",
+    ]);
+    let list = body.get("issuers").and_then(Value::as_array);
+    for i in list.into_iter().flatten() {
+        let kids: Vec<String> = i
+            .get("keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|k| match k.get("kid").and_then(Value::as_str) {
+                Some(kid) => kid.to_string(),
+                None => "(no kid)".to_string(),
+            })
+            .collect();
+        let last = i.get("last_fetch").filter(|l| !l.is_null());
+        let result = match last {
+            None if i.get("jwks_file").is_some() || field(i, "source") == "jwks_file" => {
+                "file".to_string()
+            }
+            None => "not yet".to_string(),
+            Some(l) => match l.get("error").and_then(Value::as_str) {
+                Some(e) => format!("error: {e}"),
+                None => "ok".to_string(),
+            },
+        };
+        t.row(vec![
+            field(i, "issuer"),
+            field(i, "role"),
+            field(i, "source"),
+            field(i, "state"),
+            kids.join(","),
+            last.map(|l| field(l, "at")).unwrap_or_default(),
+            result,
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {

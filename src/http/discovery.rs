@@ -5,7 +5,18 @@ use crate::app::{App, VERSION};
 use http::StatusCode;
 use serde_json::json;
 
+/// `GET /v1/sys/health`: `status` is `degraded` while an issuer's fetched keys are stale
+/// (serving within their grace) or unavailable (its tokens refused); `issuers` names them.
 pub(super) fn health(app: &App) -> Response {
+    let now = app.now();
+    let troubled: Vec<_> = app
+        .issuer_keys()
+        .filter_map(|(role, keys)| {
+            let health = keys.health(now);
+            (health != crate::issuers::Health::Fresh)
+                .then(|| json!({"issuer": keys.issuer(), "role": role, "state": health.name()}))
+        })
+        .collect();
     json_response(
         StatusCode::OK,
         &json!({
@@ -14,6 +25,8 @@ pub(super) fn health(app: &App) -> Response {
             "version": VERSION,
             "unit_id": app.unit_id,
             "dev_mode": app.dev,
+            "status": if troubled.is_empty() { "ok" } else { "degraded" },
+            "issuers": troubled,
         }),
     )
 }

@@ -198,6 +198,10 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             let tool_id = body::path_segment(tool_id)?;
             observe::audit(app, &req, Some(&tool_id)).await
         }
+        ["v1", "issuers"] => {
+            get_only(&method)?;
+            observe::issuers(app, &req)
+        }
         ["v1", "sys", "health"] => get_only(&method).map(|()| discovery::health(app)),
         [".well-known", "oauth-authorization-server"] => {
             get_only(&method).map(|()| discovery::metadata(app))

@@ -70,12 +70,41 @@ pub(super) fn dashboard(app: &App) -> Response {
 
 pub(super) fn metrics<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_reader(app, req.headers())?;
-    let mut resp = http::Response::new(full(app.metrics.render(&app.gauges())));
+    let mut text = app.metrics.render(&app.gauges());
+    let now = app.now();
+    if app.issuer_keys().any(|(_, k)| k.is_fetched()) {
+        text.push_str(ISSUER_METRICS_HELP);
+        for (role, keys) in app.issuer_keys().filter(|(_, k)| k.is_fetched()) {
+            keys.render_metrics(role, now, &mut text);
+        }
+    }
+    let mut resp = http::Response::new(full(text));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(resp)
+}
+
+const ISSUER_METRICS_HELP: &str = "\
+# HELP toolgate_issuer_keys_state Whether a fetched issuer's keys are fresh, stale (in their grace) or unavailable (its tokens refused).
+# TYPE toolgate_issuer_keys_state gauge
+# HELP toolgate_issuer_key_fetches_total Fetches of an issuer's keys, by result.
+# TYPE toolgate_issuer_key_fetches_total counter
+# HELP toolgate_issuer_unknown_kid_total Tokens naming a kid the issuer's keys lack: refreshed at once, or limited (one refresh per 30 s).
+# TYPE toolgate_issuer_unknown_kid_total counter
+";
+
+/// `GET /v1/issuers`: each trusted issuer and transmitter, where its keys come from, their
+/// kids, the last fetch and its result.
+pub(super) fn issuers<B>(app: &App, req: &Request<B>) -> Result<Response> {
+    require_reader(app, req.headers())?;
+    let now = app.now();
+    let list: Vec<Value> = app
+        .issuer_keys()
+        .map(|(role, keys)| keys.status(role, now))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "issuers": list })))
 }
 
 /// The dashboard's numbers in one document.

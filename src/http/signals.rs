@@ -78,6 +78,10 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
                 code: "invalid_request",
                 description: "SET is not UTF-8",
             })?;
+            let keys = app.transmitters.iter().map(|t| &t.keys);
+            if let Some((keys, kid)) = crate::issuers::to_prepare(keys, text.trim()) {
+                keys.prepare(kid.as_deref(), now).await;
+            }
             signals::verify_signed(text.trim(), &policy)?
         }
         "application/json" if app.dev => {

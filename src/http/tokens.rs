@@ -50,6 +50,18 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
             ..request
         })
     });
+    // A subject token of an issuer whose keys are fetched: those keys are made ready first
+    // (a refresh for an unknown kid, rate-limited), so the exchange itself reads a snapshot.
+    if let Some(token) = parsed
+        .as_ref()
+        .ok()
+        .and_then(|r| r.subject_token.as_deref())
+    {
+        let keys = app.trusted_issuers.iter().map(|t| &t.keys);
+        if let Some((keys, kid)) = crate::issuers::to_prepare(keys, token) {
+            keys.prepare(kid.as_deref(), now).await;
+        }
+    }
     let trusted_client_cas = app.trusted_client_cas();
     let exchanger = Exchanger {
         issuer: &app.issuer,

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use toolgate::config::TrustedIssuer;
 use toolgate::credentials::Credential;
+use toolgate::issuers::IssuerKeys;
 use toolgate::jose::{JwkSet, SigningKey, TYP_ACCESS_TOKEN, TYP_JWT};
 
 const IDP: &str = "https://idp.example.com";
@@ -22,7 +23,7 @@ async fn with_idp(idp: &SigningKey) -> Daemon {
         c.admin_token = Some(Credential::new(ADMIN).unwrap());
         c.trusted_issuers = vec![TrustedIssuer {
             issuer: IDP.into(),
-            keys: JwkSet::from_json_bytes(jwks.as_bytes()).unwrap(),
+            keys: IssuerKeys::fixed(IDP, JwkSet::from_json_bytes(jwks.as_bytes()).unwrap(), None),
             audience: TOOLGATE_AUD.into(),
             trust_domain: "example.com".into(),
         }];

@@ -19,6 +19,7 @@ mod findings_tokens;
 mod findings_tools;
 mod gateway;
 mod interop;
+mod issuers;
 mod layout;
 mod mtls;
 mod observe;

@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use toolgate::clock::Clock;
 use toolgate::config::TrustedIssuer;
 use toolgate::credentials::Credential;
+use toolgate::issuers::IssuerKeys;
 use toolgate::jose::{JwkSet, SigningKey};
 
 const IDP: &str = "https://idp.example.com";
@@ -123,7 +124,7 @@ async fn with_idp(key: &SigningKey) -> Daemon {
         let bytes = std::fs::read(&path).unwrap();
         c.trusted_issuers = vec![TrustedIssuer {
             issuer: IDP.into(),
-            keys: JwkSet::from_json_bytes(&bytes).unwrap(),
+            keys: IssuerKeys::fixed(IDP, JwkSet::from_json_bytes(&bytes).unwrap(), None),
             audience: TOOLGATE_AUD.into(),
             trust_domain: "example.com".into(),
         }];

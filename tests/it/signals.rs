@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use toolgate::config::{Transmitter, TrustedIssuer};
 use toolgate::credentials::Credential;
+use toolgate::issuers::IssuerKeys;
 use toolgate::jose::{JwkSet, SigningKey};
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
@@ -245,11 +246,11 @@ async fn production_daemon(siem: &SigningKey, idp: &SigningKey) -> Daemon {
         c.admin_token = Some(Credential::new(ADMIN).unwrap());
         c.transmitters = vec![Transmitter {
             issuer: SIEM.into(),
-            keys: siem_keys,
+            keys: IssuerKeys::fixed(SIEM, siem_keys, None),
         }];
         c.trusted_issuers = vec![TrustedIssuer {
             issuer: IDP.into(),
-            keys: idp_keys,
+            keys: IssuerKeys::fixed(IDP, idp_keys, None),
             audience: TOOLGATE_AUD.into(),
             trust_domain: "example.com".into(),
         }];

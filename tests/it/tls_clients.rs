@@ -27,13 +27,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 const SEARCH: &str = "https://mcp.example.com/tools/search";
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(super) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 /// A server certificate chain and its key, as rustls serves them.
-struct Leaf {
+pub(super) struct Leaf {
     der: CertificateDer<'static>,
     key_der: Vec<u8>,
 }
@@ -45,7 +45,7 @@ impl Leaf {
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(super) fn new() -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -60,7 +60,7 @@ impl Ca {
         Ca { cert, key }
     }
 
-    fn pem(&self) -> String {
+    pub(super) fn pem(&self) -> String {
         self.cert.pem()
     }
 
@@ -81,12 +81,12 @@ impl Ca {
     }
 
     /// A certificate for `localhost` and `127.0.0.1`, valid now.
-    fn localhost(&self) -> Leaf {
+    pub(super) fn localhost(&self) -> Leaf {
         self.issue(&["localhost", "127.0.0.1"], None)
     }
 }
 
-fn server_config(leaf: &Leaf) -> TlsAcceptor {
+pub(super) fn server_config(leaf: &Leaf) -> TlsAcceptor {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -361,6 +361,11 @@ impl Client {
         self.json_call(Method::GET, &path, None).await
     }
 
+    /// The trusted issuers and transmitters and the state of their keys (`GET /v1/issuers`).
+    pub async fn issuers(&self) -> Result<Value, ClientError> {
+        self.json_call(Method::GET, "/v1/issuers", None).await
+    }
+
     /// Lift an operator revocation by its id (`DELETE /v1/signals/revocations/{id}`).
     pub async fn lift_revocation(&self, id: i64) -> Result<Value, ClientError> {
         self.json_call(

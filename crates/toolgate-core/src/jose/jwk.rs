@@ -345,6 +345,35 @@ impl JwkSet {
         Ok(JwkSet { keys })
     }
 
+    /// A JWKS published by an identity provider (RFC 7517 §5): its signature keys toolgate
+    /// can use, and how many others it skipped (encryption keys, curves or sizes toolgate does
+    /// not verify with). Stricter where it matters: a private or symmetric member in any key,
+    /// or two keys with one `kid`, refuse the whole document.
+    pub fn from_provider_json_bytes(bytes: &[u8]) -> Result<(JwkSet, usize), JoseError> {
+        let obj = json::parse_object(bytes)?;
+        let arr = obj
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JoseError::Json)?;
+        let mut keys: Vec<Jwk> = Vec::with_capacity(arr.len());
+        let mut skipped = 0;
+        for v in arr {
+            let o = v.as_object().ok_or(JoseError::InvalidKey)?;
+            if PRIVATE_MEMBERS.iter().any(|m| o.contains_key(*m)) {
+                return Err(JoseError::InvalidKey);
+            }
+            let Ok(key) = Jwk::from_json(v) else {
+                skipped += 1;
+                continue;
+            };
+            if key.kid.is_some() && keys.iter().any(|k| k.kid == key.kid) {
+                return Err(JoseError::InvalidKey);
+            }
+            keys.push(key);
+        }
+        Ok((JwkSet { keys }, skipped))
+    }
+
     /// Serialize as `{"keys":[...]}`.
     pub fn to_json(&self) -> Value {
         let keys = self.keys.iter().map(Jwk::to_json).collect();
@@ -368,6 +397,27 @@ impl JwkSet {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_sets_skip_what_toolgate_cannot_use_and_refuse_private_members() {
+        let ec = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let enc = r#"{"kty":"RSA","use":"enc","kid":"e","n":"AQAB","e":"AQAB"}"#;
+        let okp_x448 = r#"{"kty":"OKP","crv":"X25519","kid":"x","x":"AAAA"}"#;
+        let doc = format!(r#"{{"keys":[{ec},{enc},{okp_x448}]}}"#);
+        let (set, skipped) = JwkSet::from_provider_json_bytes(doc.as_bytes()).unwrap();
+        assert_eq!((set.keys.len(), skipped), (1, 2));
+        assert!(set.find("a").is_some());
+        // The strict reader refuses the document whole.
+        assert!(JwkSet::from_json_bytes(doc.as_bytes()).is_err());
+        let private = r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#;
+        assert_eq!(
+            JwkSet::from_provider_json_bytes(private.as_bytes()).unwrap_err(),
+            JoseError::InvalidKey
+        );
+        let twice = format!(r#"{{"keys":[{ec},{ec}]}}"#);
+        assert!(JwkSet::from_provider_json_bytes(twice.as_bytes()).is_err());
+        assert!(JwkSet::from_provider_json_bytes(b"{\"keys\":{}}").is_err());
+    }
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, KeyPair};
     use serde_json::json;

@@ -213,6 +213,15 @@ idp_verify() {
     || { echo "FAIL: verify on $1 answered $STATUS, expected $2 ${3:-}: $BODY" >&2; exit 1; }
   echo "verify $1: HTTP $STATUS $(printf '%s' "$BODY" | json_pick '{**{k: x for k, x in v.items() if k != "claims"}, **({"sub": v["claims"]["sub"], "caps": v["claims"].get("caps", [])} if "claims" in v else {})}')"
 }
+# idp_keys_seen: toolgate's view of the provider's keys (GET /v1/issuers) -> sets SEEN_KIDS.
+idp_keys_seen() {
+  call GET /v1/issuers "" "${IDP_ADMIN[@]}"
+  [ "$STATUS" = 200 ] || { echo "FAIL: /v1/issuers answered $STATUS: $BODY" >&2; exit 1; }
+  local mine
+  mine=$(printf '%s' "$BODY" | json_pick '[{k: i.get(k) for k in ("issuer", "source", "state", "jwks_uri", "last_fetch")} | {"kids": [k["kid"] for k in i["keys"]]} for i in v["issuers"] if i["role"] == "subject"][0]')
+  echo "toolgate's keys for the provider: $mine"
+  SEEN_KIDS=$(printf '%s' "$mine" | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["kids"]))')
+}
 jwks_kids() { curl -sS --cacert "$IDP_TMP/certs/ca.pem" "$IDP/jwks" | python3 -c 'import json,sys; print(" ".join(k["kid"] for k in json.load(sys.stdin)["keys"]))'; }
 
 idp() {
@@ -269,13 +278,15 @@ idp() {
   local tg_pid=$!
   IDP_PIDS+=("$tg_pid")
   wait_up toolgate "$tg_pid" "$URL/v1/sys/health"
-  local admin=(-H @"$IDP_TMP/admin.header")
+  IDP_ADMIN=(-H @"$IDP_TMP/admin.header")   # the admin token, from its file
   local res=https://mcp.example.com/tools/code-search
-  call POST /v1/mcp/tools "{\"tool_id\":\"code-search\",\"resource_uri\":\"$res\",\"required_capabilities\":[\"code:search\"]}" "${admin[@]}"
+  call POST /v1/mcp/tools "{\"tool_id\":\"code-search\",\"resource_uri\":\"$res\",\"required_capabilities\":[\"code:search\"]}" "${IDP_ADMIN[@]}"
   [ "$STATUS" = 201 ] || { echo "FAIL: registering code-search answered $STATUS: $BODY" >&2; exit 1; }
-  call POST /v1/mcp/tools '{"tool_id":"sql-admin","resource_uri":"https://mcp.example.com/tools/sql-admin"}' "${admin[@]}"
+  call POST /v1/mcp/tools '{"tool_id":"sql-admin","resource_uri":"https://mcp.example.com/tools/sql-admin"}' "${IDP_ADMIN[@]}"
   [ "$STATUS" = 201 ] || { echo "FAIL: registering sql-admin answered $STATUS: $BODY" >&2; exit 1; }
   echo "registered code-search (requires the capability code:search) and sql-admin"
+  idp_keys_seen
+  [ "$SEEN_KIDS" = "$kid1" ] || { echo "FAIL: toolgate holds kids '$SEEN_KIDS', the provider publishes $kid1" >&2; exit 1; }
 
   echo "== 3. a client_credentials token from the provider (resource = toolgate), exchanged for code-search"
   idp_token "$URL"
@@ -307,17 +318,27 @@ idp() {
   [ "$kid" = "$kid2" ] || { echo "FAIL: the token after the rotation is signed by $kid, not the new key $kid2" >&2; exit 1; }
   echo "-- signed by the new key, which toolgate has not seen yet: it refetches the provider's keys"
   idp_exchange "$AT" "$res" 200
+  idp_keys_seen
+  [ "$SEEN_KIDS" = "$kid2 $kid1" ] || { echo "FAIL: toolgate holds kids '$SEEN_KIDS' after the refresh, not $kids" >&2; exit 1; }
   idp_verify code-search 200
   echo "-- the token the old key signed before the rotation: still published, still exchanged"
   idp_exchange "$first" "$res" 200
 
   echo "== 6. toolgate's counters: every exchange issued but the one for another resource"
-  call GET /metrics "" "${admin[@]}"
+  call GET /metrics "" "${IDP_ADMIN[@]}"
   [ "$STATUS" = 200 ] || { echo "FAIL: /metrics answered $STATUS" >&2; exit 1; }
   local counts want="toolgate_exchanges_total{result=\"issued\"} $IDP_ISSUED toolgate_exchanges_total{result=\"invalid_client\"} 1"
   counts=$(printf '%s\n' "$BODY" | grep '^toolgate_exchanges_total' | grep -v ' 0$' | paste -sd ' ')
   echo "$counts"
   [ "$counts" = "$want" ] || { echo "FAIL: expected $want" >&2; exit 1; }
+  # One unknown kid, one refresh at once (none held back by the 30 s limit), no failed fetch.
+  counts=$(printf '%s\n' "$BODY" | grep -E '^toolgate_issuer_(unknown_kid|key_fetches)_total' | sed 's/issuer="[^"]*",role="subject",//' | paste -sd ' ')
+  echo "$counts"
+  case " $counts " in
+    *'{outcome="refreshed"} 1 '*'{outcome="limited"} 0 '*) ;;
+    *) echo "FAIL: expected one unknown-kid refresh and none limited" >&2; exit 1 ;;
+  esac
+  case " $counts " in *'{result="error"} 0 '*) ;; *) echo "FAIL: a fetch of the provider's keys failed" >&2; exit 1 ;; esac
   echo "IDP: $IDP_ISSUED exchanges of the provider's tokens issued across a signing-key rotation, none failed"
 }
 

@@ -166,8 +166,12 @@ json_pick() { python3 -c 'import json,sys; v=json.load(sys.stdin); print(json.du
 
 IDP_PIDS=()
 idp_cleanup() {
+  local rc=$?
   for p in "${IDP_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$rc" != 0 ] && [ -n "${IDP_TMP:-}" ]; then   # the servers' own words (no tokens in them)
+    for f in idp toolgate; do [ -f "$IDP_TMP/$f.log" ] && { echo "--- $f.log" >&2; tail -n 15 "$IDP_TMP/$f.log" >&2; }; done
+  fi
   if [ -n "${IDP_TMP:-}" ]; then rm -rf "$IDP_TMP"; fi
 }
 # wait_up NAME PID URL: poll until URL answers over the sandbox's CA, at most 10 s.

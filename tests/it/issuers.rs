@@ -451,3 +451,57 @@ async fn a_provider_down_past_the_grace_fails_closed_and_recovers() {
     assert_eq!(issuer_status(&d).await["state"], "fresh");
     assert_eq!(health(&d).await["status"], "ok");
 }
+
+/// `toolgate issuers` prints each issuer, where its keys come from, their state, kids and the
+/// last fetch; `--json` prints the API's document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_the_issuers_and_their_keys() {
+    let idp = Provider::start().await;
+    let keys = idp.discovered(None);
+    let issuer = idp.url.clone();
+    let d = Daemon::with(move |c| {
+        c.dev = true;
+        c.trusted_issuers = vec![TrustedIssuer {
+            issuer,
+            keys,
+            audience: TOOLGATE_AUD.into(),
+            trust_domain: "example.com".into(),
+        }];
+    })
+    .await;
+    // The first fetch runs when the daemon starts.
+    eventually("the keys are fetched at start", || async {
+        (issuer_status(&d).await["state"] == "fresh").then_some(())
+    })
+    .await;
+    let kid = idp.with(|b| b.keys[0].kid().to_string());
+    let url = d.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let table = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["issuers", "--url", &url])
+            .output()
+            .unwrap();
+        let json = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["issuers", "--json", "--url", &url])
+            .output()
+            .unwrap();
+        (table, json)
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.0.stdout).to_string();
+    assert!(out.0.status.success(), "{table}");
+    let row = table.lines().nth(1).unwrap_or_default();
+    for cell in [
+        idp.url.as_str(),
+        "subject",
+        "discovery",
+        "fresh",
+        kid.as_str(),
+        " ok",
+    ] {
+        assert!(row.contains(cell), "{cell} in\n{table}");
+    }
+    let doc: Value = serde_json::from_slice(&out.1.stdout).unwrap();
+    assert_eq!(doc["issuers"][0]["keys"][0]["kid"], kid.as_str(), "{doc}");
+}

@@ -823,7 +823,7 @@ mod tests {
                 config: Some(path.clone()),
                 ..Default::default()
             };
-            Config::from_flags(&flags).map(|c| c.trusted_issuers[0].keys.clone())
+            Config::from_flags(&flags).map(|c| c.trusted_issuers.first().unwrap().keys.clone())
         };
         let discovered = load(true, r#""discovery":true"#).unwrap();
         assert!(discovered.is_fetched());

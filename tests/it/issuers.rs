@@ -451,3 +451,126 @@ async fn a_provider_down_past_the_grace_fails_closed_and_recovers() {
     assert_eq!(issuer_status(&d).await["state"], "fresh");
     assert_eq!(health(&d).await["status"], "ok");
 }
+
+/// `toolgate issuers` prints each issuer, where its keys come from, their state, kids and the
+/// last fetch; `--json` prints the API's document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_the_issuers_and_their_keys() {
+    let idp = Provider::start().await;
+    let keys = idp.discovered(None);
+    let issuer = idp.url.clone();
+    let d = Daemon::with(move |c| {
+        c.dev = true;
+        c.trusted_issuers = vec![TrustedIssuer {
+            issuer,
+            keys,
+            audience: TOOLGATE_AUD.into(),
+            trust_domain: "example.com".into(),
+        }];
+    })
+    .await;
+    // The first fetch runs when the daemon starts.
+    eventually("the keys are fetched at start", || async {
+        (issuer_status(&d).await["state"] == "fresh").then_some(())
+    })
+    .await;
+    let kid = idp.with(|b| b.keys[0].kid().to_string());
+    let url = d.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let table = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["issuers", "--url", &url])
+            .output()
+            .unwrap();
+        let json = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["issuers", "--json", "--url", &url])
+            .output()
+            .unwrap();
+        (table, json)
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&out.0.stdout).to_string();
+    assert!(out.0.status.success(), "{table}");
+    let row = table.lines().nth(1).unwrap_or_default();
+    for cell in [
+        idp.url.as_str(),
+        "subject",
+        "discovery",
+        "fresh",
+        kid.as_str(),
+        " ok",
+    ] {
+        assert!(row.contains(cell), "{cell} in\n{table}");
+    }
+    let doc: Value = serde_json::from_slice(&out.1.stdout).unwrap();
+    assert_eq!(doc["issuers"][0]["keys"][0]["kid"], kid.as_str(), "{doc}");
+}
+
+/// A signal transmitter by `jwks_uri`: its SETs verify with the fetched keys, a SET signed by
+/// its new key after a rotation is accepted at once, and once its keys are past the grace its
+/// SETs are refused (`invalid_key`, saying why) rather than checked against nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmitter_by_jwks_uri_rotates_and_fails_closed() {
+    let siem = Provider::start().await;
+    siem.with(|b| b.max_age = 300);
+    let keys = IssuerKeys::fetched(
+        &siem.url,
+        Source::JwksUri(format!("{}/jwks", siem.url)),
+        &FetchOptions {
+            ca_file: Some(siem.ca_file.clone()),
+            grace: Some(0),
+            allow_loopback_http: false,
+        },
+    )
+    .unwrap();
+    let d = Daemon::with(move |c| {
+        c.admin_token = Some(Credential::new(ADMIN).unwrap());
+        c.transmitters = vec![toolgate::config::Transmitter {
+            issuer: keys.issuer().to_string(),
+            keys,
+        }];
+    })
+    .await;
+    let post = |n: u32| {
+        let (d, siem) = (&d, &siem);
+        async move {
+            let claims = json!({
+                "iss": siem.url, "jti": format!("set-{n}"), "iat": d.clock_now(), "aud": d.url,
+                "sub_id": {"format": "email", "email": format!("user{n}@example.com")},
+                "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
+            });
+            let set = siem.with(|b| {
+                let key = &b.keys[0];
+                let header = json!({"alg": "ES256", "kid": key.kid(), "typ": "secevent+jwt"});
+                let input = format!(
+                    "{}.{}",
+                    b64(header.to_string().as_bytes()),
+                    b64(claims.to_string().as_bytes())
+                );
+                format!("{input}.{}", b64(&key.sign(input.as_bytes()).unwrap()))
+            });
+            d.raw(
+                Method::POST,
+                "/v1/signals/events",
+                "application/secevent+jwt",
+                set.into_bytes(),
+            )
+            .await
+        }
+    };
+    let (status, body) = post(1).await;
+    assert_eq!(status, 202, "{body}");
+    siem.with(|b| b.keys.insert(0, SigningKey::generate().unwrap()));
+    let (status, body) = post(2).await;
+    assert_eq!(status, 202, "the rotated key is fetched at once: {body}");
+
+    siem.with(|b| b.down = true);
+    d.clock.advance(301);
+    let (status, body) = post(3).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["err"], "invalid_key", "{body}");
+    assert_eq!(
+        body["description"],
+        "the transmitter's keys cannot be fetched; send the SET again later"
+    );
+}

@@ -712,6 +712,21 @@ fn stub_claims(token: &str) -> Result<Option<Map<String, Value>>, ExchangeError>
     Ok(Some(claims))
 }
 
+/// `text` as one path segment of a WIMSE identifier: the characters allowed in a subject part
+/// as they are, every other byte (`%` included) as `%XX`.
+fn percent_encode_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'+')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn nested_str<'a>(claims: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
     let (last, init) = path.split_last()?;
     let mut obj = claims;
@@ -747,14 +762,17 @@ fn subject_from(
                 .or_else(|| nested_str(claims, &["kubernetes.io.namespace"]))
                 .or_else(|| nested_str(claims, &["kubernetes.io", "namespace"]))
                 .unwrap_or("default");
-            let sa = claims::string(claims, "serviceaccount")
+            let named = claims::string(claims, "serviceaccount")
                 .ok()
                 .flatten()
                 .or_else(|| nested_str(claims, &["kubernetes.io.serviceaccount.name"]))
-                .or_else(|| nested_str(claims, &["kubernetes.io", "serviceaccount", "name"]))
-                .or(sub);
+                .or_else(|| nested_str(claims, &["kubernetes.io", "serviceaccount", "name"]));
+            // A service account name is a Kubernetes name; a `sub` is any string (RFC 9068:
+            // `auth0|abc123`, a URL client id): percent-encoded into one path segment, so that
+            // two subjects never map to one identifier.
+            let encoded = sub.map(percent_encode_segment);
             // Only a dev stub may name nobody; a verified token must say whom it is for.
-            let sa = match sa {
+            let sa = match named.or(encoded.as_deref()) {
                 Some(sa) => sa,
                 None if dev_stub => "dev-workload",
                 None => {
@@ -763,12 +781,15 @@ fn subject_from(
                     ))
                 }
             };
-            for part in [ns, sa] {
+            // The encoded `sub` has only allowed characters and `%XX` by construction.
+            let percent_ok = named.is_none();
+            for (part, percent) in [(ns, false), (sa, percent_ok)] {
                 let ok = !part.is_empty()
                     && part.len() <= MAX_SUBJECT_PART
                     && part.bytes().all(|b| {
                         b.is_ascii_alphanumeric()
                             || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@' | b'+')
+                            || (percent && b == b'%')
                     });
                 if !ok {
                     return Err(InvalidClient(

@@ -574,3 +574,30 @@ async fn a_transmitter_by_jwks_uri_rotates_and_fails_closed() {
         "the transmitter's keys cannot be fetched; send the SET again later"
     );
 }
+
+/// A `sub` is any string (RFC 9068): an Auth0 user (`auth0|abc123`) or a URL client id becomes
+/// one percent-encoded path segment of the WIMSE subject, so distinct subjects stay distinct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_sub_becomes_one_percent_encoded_segment() {
+    let idp = Provider::start().await;
+    let d = trusting(idp.discovered(None)).await;
+    let now = d.clock_now();
+    for (sub, want) in [
+        ("auth0|abc123", "auth0%7Cabc123"),
+        (
+            "https://agent.example/client.json",
+            "https:%2F%2Fagent.example%2Fclient.json",
+        ),
+        ("100%", "100%25"),
+        ("svc@clients", "svc@clients"),
+    ] {
+        let (status, body) = exchange_as(&d, &idp.token(now, sub, None)).await;
+        assert_eq!(status, 200, "{sub}: {body}");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(
+            claims_of(token)["sub"],
+            format!("wimse://example.com/ns/default/sa/{want}"),
+            "{sub}"
+        );
+    }
+}

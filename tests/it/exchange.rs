@@ -98,6 +98,11 @@ async fn subject_naming_rules() {
             "wimse://dev.local/ns/k/sa/s",
         ),
         (json!({}), "wimse://dev.local/ns/default/sa/dev-workload"),
+        // A `sub` stays one segment: no path traversal out of it.
+        (
+            json!({"sub": "a/../b"}),
+            "wimse://dev.local/ns/default/sa/a%2F..%2Fb",
+        ),
     ];
     for (claims, want) in cases {
         let (status, resp) = d.exchange(exchange_body(&stub(claims.clone()), CODE)).await;
@@ -109,7 +114,10 @@ async fn subject_naming_rules() {
         );
     }
     let (status, resp) = d
-        .exchange(exchange_body(&stub(json!({"sub": "a/../b"})), CODE))
+        .exchange(exchange_body(
+            &stub(json!({"namespace": "a/../b", "serviceaccount": "s"})),
+            CODE,
+        ))
         .await;
     assert_eq!(
         (status, resp["error"].as_str()),

@@ -217,6 +217,7 @@ impl IssuerKeys {
         }
         match s.fetched_at {
             None => Health::Unavailable,
+            Some(_) if s.keys.keys.is_empty() => Health::Unavailable,
             Some(_) if now < s.expires_at => Health::Fresh,
             Some(_) if now < s.expires_at.saturating_add(self.grace) => Health::Stale,
             Some(_) => Health::Unavailable,
@@ -241,51 +242,83 @@ impl IssuerKeys {
 
     /// Before a token naming `kid` is checked: fetch the keys if they are missing or expired
     /// (failed attempts retried every [`RETRY_INTERVAL`] s at most), or if `kid` is unknown
-    /// (at most every [`KID_REFRESH_INTERVAL`] s; further unknown kids are counted and wait).
-    pub async fn prepare(&self, kid: Option<&str>, now: i64) {
-        let Some(fetcher) = &self.fetcher else { return };
-        let fetch = {
+    /// (at most every [`KID_REFRESH_INTERVAL`] s; further unknown kids are counted).
+    ///
+    /// The fetch runs in a task of its own, so a caller that goes away (a client hanging up)
+    /// cannot cancel it and waste the rate-limited refresh. A caller waits (at most
+    /// [`FETCH_TIMEOUT`]) only when its token needs the result: the keys are unusable, or its
+    /// `kid` is unknown. Stale keys that still serve are refreshed behind the request.
+    pub async fn prepare(self: &Arc<Self>, kid: Option<&str>, now: i64) {
+        if self.fetcher.is_none() {
+            return;
+        }
+        enum Plan {
+            Fetch(u64),
+            FetchBehind(u64),
+            Wait,
+        }
+        let plan = {
             let Ok(mut s) = self.state.write() else {
                 return;
             };
+            let health = self.health_of(&s, now);
             let expired = s.fetched_at.is_none_or(|_| now >= s.expires_at);
-            let unknown = match kid {
-                Some(kid) => s.keys.find(kid).is_none(),
-                None => s.keys.keys.len() != 1,
-            };
-            if expired {
-                s.last_attempt
-                    .is_none_or(|t| now.saturating_sub(t) >= RETRY_INTERVAL)
-                    .then_some(s.attempts)
-            } else if unknown {
-                if s.last_kid_refresh
-                    .is_some_and(|t| now.saturating_sub(t) < KID_REFRESH_INTERVAL)
-                {
+            let retry = s
+                .last_attempt
+                .is_none_or(|t| now.saturating_sub(t) >= RETRY_INTERVAL);
+            let unknown = s.fetched_at.is_some()
+                && match kid {
+                    Some(kid) => s.keys.find(kid).is_none(),
+                    None => s.keys.keys.len() != 1,
+                };
+            let kid_allowed = s
+                .last_kid_refresh
+                .is_none_or(|t| now.saturating_sub(t) >= KID_REFRESH_INTERVAL);
+            if unknown && kid_allowed {
+                s.last_kid_refresh = Some(now);
+                self.counters.kid_refresh.fetch_add(1, Ordering::Relaxed);
+                Plan::Fetch(s.attempts)
+            } else if expired && retry {
+                if health == Health::Stale && !unknown {
+                    Plan::FetchBehind(s.attempts)
+                } else {
+                    Plan::Fetch(s.attempts)
+                }
+            } else {
+                if unknown {
                     self.counters
                         .kid_refresh_limited
                         .fetch_add(1, Ordering::Relaxed);
-                    None
-                } else {
-                    s.last_kid_refresh = Some(now);
-                    self.counters.kid_refresh.fetch_add(1, Ordering::Relaxed);
-                    Some(s.attempts)
                 }
-            } else {
-                return;
+                if health != Health::Unavailable && !unknown {
+                    return;
+                }
+                Plan::Wait
             }
         };
-        match fetch {
-            Some(attempts) => self.refresh(fetcher, attempts, now).await,
-            // Not allowed to fetch again so soon; a fetch under way (the background one, or
-            // another request's) is waited for, so its keys serve this token too.
-            None => drop(self.refreshing.lock().await),
+        match plan {
+            Plan::Fetch(attempts) => {
+                let this = self.clone();
+                let task = tokio::spawn(async move { this.refresh(attempts, now).await });
+                let _ = task.await;
+            }
+            Plan::FetchBehind(attempts) => {
+                let this = self.clone();
+                drop(tokio::spawn(
+                    async move { this.refresh(attempts, now).await },
+                ));
+            }
+            // A fetch under way (the background one, or another request's) is waited for, so
+            // that its keys serve this token too.
+            Plan::Wait => {
+                let _ = tokio::time::timeout(FETCH_TIMEOUT, self.refreshing.lock()).await;
+            }
         }
     }
 
     /// For the background refresher: refresh when the keys are within a fifth of their
     /// lifetime of expiring (or missing, or failed and due for a retry).
     pub async fn refresh_if_due(&self, now: i64) {
-        let Some(fetcher) = &self.fetcher else { return };
         let attempts = {
             let Ok(s) = self.state.read() else { return };
             let early = match s.fetched_at {
@@ -300,11 +333,12 @@ impl IssuerKeys {
             }
             s.attempts
         };
-        self.refresh(fetcher, attempts, now).await;
+        self.refresh(attempts, now).await;
     }
 
-    /// One fetch, unless another finished while this one waited for its turn.
-    async fn refresh(&self, fetcher: &Fetcher, attempts_seen: u64, now: i64) {
+    /// One fetch, unless another began while this one waited for its turn.
+    async fn refresh(&self, attempts_seen: u64, now: i64) {
+        let Some(fetcher) = &self.fetcher else { return };
         let _turn = self.refreshing.lock().await;
         {
             let Ok(mut s) = self.state.write() else {
@@ -318,47 +352,75 @@ impl IssuerKeys {
         }
         let result = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(fetcher))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())));
-        let Ok(mut s) = self.state.write() else {
-            return;
-        };
-        match result {
-            Ok(fetched) => {
-                self.counters.fetch_ok.fetch_add(1, Ordering::Relaxed);
-                let kids: Vec<&str> = fetched
-                    .keys
-                    .keys
-                    .iter()
-                    .filter_map(|k| k.kid.as_deref())
-                    .collect();
-                crate::log_info!(
-                    "issuer {}: {} key(s) fetched ({}), kept {} s",
-                    self.issuer,
-                    fetched.keys.keys.len(),
-                    kids.join(", "),
-                    fetched.ttl
-                );
-                s.keys = Arc::new(fetched.keys);
-                s.fetched_at = Some(now);
-                s.expires_at = now.saturating_add(fetched.ttl);
-                s.jwks_uri = Some(fetched.jwks_uri);
-                s.skipped = fetched.skipped;
-                s.last_error = None;
-            }
-            Err(why) => {
-                self.counters.fetch_failed.fetch_add(1, Ordering::Relaxed);
-                let health = self.health_of(&s, now);
-                crate::log_warn!(
-                    "issuer {}: cannot fetch its keys ({why}); its tokens are {}",
-                    self.issuer,
-                    if health == Health::Unavailable {
-                        "refused until a fetch succeeds"
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", FETCH_TIMEOUT.as_secs())))
+            .map_err(|why| clip(&why));
+        // The log line is written after the state is updated and its lock released.
+        let message = {
+            let Ok(mut s) = self.state.write() else {
+                return;
+            };
+            match result {
+                Ok(fetched) => {
+                    self.counters.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                    let kids: Vec<&str> = fetched
+                        .keys
+                        .keys
+                        .iter()
+                        .filter_map(|k| k.kid.as_deref())
+                        .take(5)
+                        .collect();
+                    let count = fetched.keys.keys.len();
+                    // A document the provider served and toolgate read, but with no key toolgate
+                    // can use, replaces the old keys: a provider that stops listing a key means
+                    // it (fail closed, not the grace).
+                    let empty = count == 0;
+                    let line = if empty {
+                        format!(
+                            "issuer {}: its JWKS has no signature key toolgate can use; its tokens are refused until it has one",
+                            self.issuer
+                        )
                     } else {
-                        "checked with the last good keys for now"
-                    }
-                );
-                s.last_error = Some(why);
+                        format!(
+                            "issuer {}: {count} key(s) fetched ({}{}), kept {} s",
+                            self.issuer,
+                            clip(&kids.join(", ")),
+                            if count > kids.len() { ", …" } else { "" },
+                            fetched.ttl
+                        )
+                    };
+                    s.keys = Arc::new(fetched.keys);
+                    s.fetched_at = Some(now);
+                    s.expires_at = now.saturating_add(fetched.ttl);
+                    s.skipped = fetched.skipped;
+                    s.last_error = empty.then(|| {
+                        format!(
+                            "the JWKS at {} has no signature key toolgate can use",
+                            clip(&fetched.jwks_uri)
+                        )
+                    });
+                    s.jwks_uri = Some(fetched.jwks_uri);
+                    (empty, line)
+                }
+                Err(why) => {
+                    self.counters.fetch_failed.fetch_add(1, Ordering::Relaxed);
+                    let health = self.health_of(&s, now);
+                    let line = format!(
+                        "issuer {}: cannot fetch its keys ({why}); its tokens are {}",
+                        self.issuer,
+                        if health == Health::Unavailable {
+                            "refused until a fetch succeeds"
+                        } else {
+                            "checked with the last good keys for now"
+                        }
+                    );
+                    s.last_error = Some(why);
+                    (true, line)
+                }
             }
+        };
+        match message {
+            (false, line) => crate::log_info!("{line}"),
+            (true, line) => crate::log_warn!("{line}"),
         }
     }
 
@@ -371,11 +433,6 @@ impl IssuerKeys {
         let (headers, body) = fetcher.get(&jwks_uri).await?;
         let (keys, skipped) = JwkSet::from_provider_json_bytes(&body)
             .map_err(|e| format!("the JWKS at {jwks_uri} is refused: {e}"))?;
-        if keys.keys.is_empty() {
-            return Err(format!(
-                "the JWKS at {jwks_uri} has no signature key toolgate can use"
-            ));
-        }
         Ok(Fetched {
             keys,
             skipped,
@@ -407,7 +464,7 @@ impl IssuerKeys {
         if named != Some(self.issuer.as_str()) {
             return Err(format!(
                 "the metadata names issuer {}, not {}",
-                named.map_or("(none)".to_string(), |n| format!("{n:?}")),
+                named.map_or("(none)".to_string(), |n| clip(&format!("{n:?}"))),
                 self.issuer
             ));
         }
@@ -509,6 +566,16 @@ impl IssuerKeys {
                 "toolgate_issuer_unknown_kid_total{{issuer=\"{issuer}\",role=\"{role}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+    }
+}
+
+/// Provider-controlled text (an error naming a URL or an issuer) kept short for the log and
+/// `/v1/issuers`.
+fn clip(text: &str) -> String {
+    const MAX: usize = 300;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+        None => text.to_string(),
     }
 }
 
@@ -744,8 +811,12 @@ pub fn spawn_refresher(
             if live.is_empty() {
                 return;
             }
+            // Each issuer in a task of its own: a provider that hangs delays only itself.
+            let now = clock.now();
             for issuer in live {
-                issuer.refresh_if_due(clock.now()).await;
+                drop(tokio::spawn(
+                    async move { issuer.refresh_if_due(now).await },
+                ));
             }
         }
     })

@@ -58,7 +58,13 @@ impl Table {
 fn cell(text: &str) -> String {
     let clean: String = text
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if toolgate_guard::log::is_disguising(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     if clean.chars().count() > MAX_CELL {
         let mut cut: String = clean.chars().take(MAX_CELL - 1).collect();

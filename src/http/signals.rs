@@ -81,6 +81,17 @@ async fn receive_inner(app: &App, req: Request<Incoming>, rid: &str) -> Result<R
             let keys = app.transmitters.iter().map(|t| &t.keys);
             if let Some((keys, kid)) = crate::issuers::to_prepare(keys, text.trim()) {
                 keys.prepare(kid.as_deref(), now).await;
+                // Keys that cannot be fetched now, or that do not hold the SET's key yet (a
+                // refresh for it was made less than 30 s ago): nothing is applied, and the
+                // transmitter is told to send it again (RFC 8935 §2.4 leaves 5xx to retry).
+                if keys.key(kid.as_deref(), now).is_none() {
+                    return Err(ApiError {
+                        rfc8935: true,
+                        ..ApiError::unavailable(
+                            "the transmitter's keys cannot be fetched now, or do not hold this SET's key yet; send the SET again later",
+                        )
+                    });
+                }
             }
             signals::verify_signed(text.trim(), &policy)?
         }

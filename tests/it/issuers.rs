@@ -36,6 +36,10 @@ struct Behaviour {
     max_age: i64,
     jwks_hits: usize,
     metadata_hits: usize,
+    /// `/jwks` answers only once this lets it (a permit per answer); `held` counts the
+    /// requests that reached it.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    held: usize,
 }
 
 /// An identity provider on `https://localhost:<port>`: OpenID Connect discovery and a JWKS.
@@ -72,6 +76,8 @@ impl Provider {
             max_age: 3600,
             jwks_hits: 0,
             metadata_hits: 0,
+            gate: None,
+            held: 0,
         }));
         let (shared, base) = (state.clone(), url.clone());
         let accept = tokio::spawn(async move {
@@ -81,9 +87,16 @@ impl Provider {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service = hyper::service::service_fn(move |req| {
-                        let answer = serve(&shared, &base, &req);
-                        async move { Ok::<_, std::convert::Infallible>(answer) }
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (shared, base) = (shared.clone(), base.clone());
+                        async move {
+                            let gate = shared.lock().unwrap().gate.clone();
+                            if let (Some(gate), "/jwks") = (gate, req.uri().path()) {
+                                shared.lock().unwrap().held += 1;
+                                let _ = gate.acquire().await.map(|p| p.forget());
+                            }
+                            Ok::<_, std::convert::Infallible>(serve(&shared, &base, &req))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -421,7 +434,12 @@ async fn a_provider_down_past_the_grace_fails_closed_and_recovers() {
     let now = d.clock_now();
     let (status, body) = exchange_as(&d, &idp.token(now, "w", None)).await;
     assert_eq!(status, 200, "within the grace: {body}");
-    let s = issuer_status(&d).await;
+    // The refresh runs behind the request.
+    let s = eventually("the failed refresh is recorded", || async {
+        let s = issuer_status(&d).await;
+        s["last_fetch"]["error"].is_string().then_some(s)
+    })
+    .await;
     assert_eq!(s["state"], "stale", "{s}");
     assert!(
         s["last_fetch"]["error"]
@@ -508,7 +526,7 @@ async fn the_cli_lists_the_issuers_and_their_keys() {
 
 /// A signal transmitter by `jwks_uri`: its SETs verify with the fetched keys, a SET signed by
 /// its new key after a rotation is accepted at once, and once its keys are past the grace its
-/// SETs are refused (`invalid_key`, saying why) rather than checked against nothing.
+/// SETs are refused with 503 (send again later), nothing applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transmitter_by_jwks_uri_rotates_and_fails_closed() {
     let siem = Provider::start().await;
@@ -567,11 +585,11 @@ async fn a_transmitter_by_jwks_uri_rotates_and_fails_closed() {
     siem.with(|b| b.down = true);
     d.clock.advance(301);
     let (status, body) = post(3).await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["err"], "invalid_key", "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["err"], "temporarily_unavailable", "{body}");
     assert_eq!(
         body["description"],
-        "the transmitter's keys cannot be fetched; send the SET again later"
+        "the transmitter's keys cannot be fetched now, or do not hold this SET's key yet; send the SET again later"
     );
 }
 
@@ -600,4 +618,115 @@ async fn any_sub_becomes_one_percent_encoded_segment() {
             "{sub}"
         );
     }
+}
+
+/// Review finding: a client that names an unknown kid and hangs up while toolgate fetches must
+/// not cancel that fetch (it would spend the issuer's one refresh per 30 s for nothing, and a
+/// rotation at the provider would go unseen): the fetch runs in a task of its own and lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_does_not_cancel_the_unknown_kid_refresh() {
+    use tokio::io::AsyncWriteExt;
+    let idp = Provider::start().await;
+    let d = trusting(idp.discovered(None)).await;
+    let now = d.clock_now();
+    let (status, _) = exchange_as(&d, &idp.token(now, "w", None)).await;
+    assert_eq!(status, 200);
+    let hits = idp.with(|b| b.jwks_hits);
+
+    // The provider rotates, and holds its next JWKS answer.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let new_kid = idp.with(|b| {
+        b.keys.insert(0, SigningKey::generate().unwrap());
+        b.gate = Some(gate.clone());
+        b.keys[0].kid().to_string()
+    });
+    // A client sends a token naming an unknown kid, and hangs up once the fetch is under way.
+    let body = exchange_body(&idp.token(now, "x", Some("random")), RESOURCE).to_string();
+    let addr = d.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "POST /v1/exchange/token HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    eventually("the fetch reaches the provider", || async {
+        (idp.with(|b| b.held) == 1).then_some(())
+    })
+    .await;
+    drop(conn);
+    gate.add_permits(1);
+    idp.with(|b| b.gate = None);
+    eventually("the fetch lands anyway", || async {
+        let s = issuer_status(&d).await;
+        s["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == new_kid.as_str())
+            .then_some(())
+    })
+    .await;
+    // The new key's tokens pass, with no further fetch.
+    let (status, body) = exchange_as(&d, &idp.token(now, "w", None)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(idp.with(|b| b.jwks_hits), hits + 1);
+}
+
+/// Stale keys that still serve are refreshed behind the request: a provider that hangs does
+/// not hold up the exchanges its last good keys can check. A JWKS the provider serves with no
+/// key toolgate can use replaces the old keys (a key the provider stops listing is gone), and
+/// the issuer is unavailable until it publishes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_keys_refresh_behind_the_request_and_a_key_the_provider_drops_is_gone() {
+    let idp = Provider::start().await;
+    idp.with(|b| b.max_age = 300);
+    let d = trusting(idp.discovered(None)).await;
+    let now = d.clock_now();
+    let (status, _) = exchange_as(&d, &idp.token(now, "w", None)).await;
+    assert_eq!(status, 200);
+
+    // The keys expire; the provider holds its answer. The exchange does not wait for it.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    idp.with(|b| b.gate = Some(gate.clone()));
+    d.clock.advance(301);
+    let now = d.clock_now();
+    let (status, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        exchange_as(&d, &idp.token(now, "w", None)),
+    )
+    .await
+    .expect("the exchange did not wait for the provider");
+    assert_eq!(status, 200, "{body}");
+    eventually("the refresh reaches the provider", || async {
+        (idp.with(|b| b.held) == 1).then_some(())
+    })
+    .await;
+
+    // The provider answers with only a key toolgate cannot use (its old key withdrawn).
+    let pad = idp.with(|b| {
+        b.keys.clear();
+        b.gate = None;
+        b.padding
+    });
+    assert_eq!(pad, 0);
+    gate.add_permits(1);
+    eventually("the empty key set is taken", || async {
+        (issuer_status(&d).await["state"] == "unavailable").then_some(())
+    })
+    .await;
+    let s = issuer_status(&d).await;
+    assert!(
+        s["last_fetch"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no signature key toolgate can use"),
+        "{s}"
+    );
+    idp.with(|b| b.keys.push(SigningKey::generate().unwrap()));
+    let (status, body) = exchange_as(&d, &idp.token(now, "w", None)).await;
+    assert_eq!(
+        status, 200,
+        "a key published again is fetched for the token naming it: {body}"
+    );
+    assert_eq!(issuer_status(&d).await["state"], "fresh");
 }

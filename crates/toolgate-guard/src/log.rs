@@ -52,7 +52,7 @@ pub fn write(level: Level, message: std::fmt::Arguments<'_>) {
 /// Does `c` change what a log line looks like rather than print? Control characters (C0 — line
 /// feed, carriage return, escape, … — DEL and C1), the Unicode line and paragraph separators,
 /// and the bidirectional controls that reorder what a terminal or an editor shows.
-fn is_disguising(c: char) -> bool {
+pub fn is_disguising(c: char) -> bool {
     c.is_control()
         || matches!(
             c,

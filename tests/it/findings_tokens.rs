@@ -35,13 +35,7 @@ async fn with_idp(idp: &SigningKey) -> Daemon {
 
 /// A compact JWS with exactly this header, signed by `key`.
 fn sign_with_header(key: &SigningKey, header: &Value, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let sig = key.sign(input.as_bytes()).unwrap();
-    format!("{input}.{}", b64(&sig))
+    sign_jws(key, header, claims)
 }
 
 /// Subject claims from the IdP, valid for ten minutes, with `extra` merged over them (a `null`

@@ -270,6 +270,17 @@ pub async fn request_full(
     )
 }
 
+/// A compact JWS with exactly this header and these claims, signed by `key`.
+pub fn sign_jws(key: &toolgate::jose::SigningKey, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = key.sign(input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(&signature))
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     toolgate::jose::b64::encode(bytes)
 }

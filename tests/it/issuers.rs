@@ -139,13 +139,7 @@ impl Provider {
             let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid.unwrap_or(key.kid())});
             let claims = json!({"iss": self.url, "sub": sub, "aud": TOOLGATE_AUD,
                                 "iat": now, "exp": now + 600, "client_id": sub});
-            let input = format!(
-                "{}.{}",
-                b64(header.to_string().as_bytes()),
-                b64(claims.to_string().as_bytes())
-            );
-            let sig = key.sign(input.as_bytes()).unwrap();
-            format!("{input}.{}", b64(&sig))
+            sign_jws(key, &header, &claims)
         })
     }
 }
@@ -560,12 +554,7 @@ async fn a_transmitter_by_jwks_uri_rotates_and_fails_closed() {
             let set = siem.with(|b| {
                 let key = &b.keys[0];
                 let header = json!({"alg": "ES256", "kid": key.kid(), "typ": "secevent+jwt"});
-                let input = format!(
-                    "{}.{}",
-                    b64(header.to_string().as_bytes()),
-                    b64(claims.to_string().as_bytes())
-                );
-                format!("{input}.{}", b64(&key.sign(input.as_bytes()).unwrap()))
+                sign_jws(key, &header, &claims)
             });
             d.raw(
                 Method::POST,

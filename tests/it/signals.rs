@@ -229,14 +229,11 @@ fn jwks(key: &SigningKey) -> JwkSet {
 
 /// A compact JWS SET: header `{"alg":"ES256","kid","typ"}`, signed by `key`.
 fn signed_set(key: &SigningKey, kid: &str, typ: &str, claims: &Value) -> String {
-    let header = json!({"alg": "ES256", "kid": kid, "typ": typ});
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let signature = key.sign(input.as_bytes()).unwrap();
-    format!("{input}.{}", b64(&signature))
+    sign_jws(
+        key,
+        &json!({"alg": "ES256", "kid": kid, "typ": typ}),
+        claims,
+    )
 }
 
 /// A production daemon: admin token, `SIEM` as transmitter (`siem`), `IDP` as trusted issuer.

@@ -330,10 +330,7 @@ impl JwkSet {
     /// same `kid`, fails the whole set with `InvalidKey`.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<JwkSet, JoseError> {
         let obj = json::parse_object(bytes)?;
-        let arr = obj
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or(JoseError::Json)?;
+        let arr = keys_member(&obj)?;
         let mut keys: Vec<Jwk> = Vec::with_capacity(arr.len());
         for v in arr {
             let key = Jwk::from_json(v).map_err(|_| JoseError::InvalidKey)?;
@@ -351,10 +348,7 @@ impl JwkSet {
     /// or two keys with one `kid`, refuse the whole document.
     pub fn from_provider_json_bytes(bytes: &[u8]) -> Result<(JwkSet, usize), JoseError> {
         let obj = json::parse_object(bytes)?;
-        let arr = obj
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or(JoseError::Json)?;
+        let arr = keys_member(&obj)?;
         let mut keys: Vec<Jwk> = Vec::with_capacity(arr.len());
         let mut skipped = 0;
         for v in arr {
@@ -386,6 +380,13 @@ impl JwkSet {
     pub fn find(&self, kid: &str) -> Option<&Jwk> {
         self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
+}
+
+/// The `keys` array of a JWKS document.
+fn keys_member(obj: &Map<String, Value>) -> Result<&Vec<Value>, JoseError> {
+    obj.get("keys")
+        .and_then(Value::as_array)
+        .ok_or(JoseError::Json)
 }
 
 #[cfg(test)]

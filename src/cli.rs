@@ -406,8 +406,9 @@ struct RevocationsCmd {
     admin_token_file: Option<PathBuf>,
 }
 
-/// Show the trusted issuers and signal transmitters: where their keys come from, the keys'
-/// kids, the last fetch and its result.
+/// Show the trusted issuers (role subject), signal transmitters (signals) and authorization
+/// servers (resource): where their keys come from, the keys' kids, the last fetch and its
+/// result.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "issuers")]
 struct IssuersCmd {
@@ -476,7 +477,7 @@ struct ServeCmd {
     /// an origin (scheme://host[:port]) whose pages may make state-changing calls (repeatable)
     #[argh(option)]
     allowed_origin: Vec<String>,
-    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
+    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters, authorization_servers (see README)
     #[argh(option)]
     config: Option<PathBuf>,
     /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP

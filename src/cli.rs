@@ -152,6 +152,9 @@ struct GatewayCmd {
     /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
     #[argh(switch)]
     dpop_nonce: bool,
+    /// accept an access token of one of toolgate's authorization_servers whose aud lists --resource among other audiences (never one listing *); off by default: aud must be exactly --resource
+    #[argh(switch)]
+    allow_multi_audience: bool,
     #[argh(
         option,
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
@@ -1144,6 +1147,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             max_batch: g.max_batch,
             dpop_window: g.dpop_window,
             dpop_nonce: g.dpop_nonce,
+            allow_multi_audience: g.allow_multi_audience,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {

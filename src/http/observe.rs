@@ -141,6 +141,13 @@ pub(super) async fn authorization_servers<B>(app: &App, req: &Request<B>) -> Res
             keys.keys.prepare(kid, now).await;
         }
     }
+    // Keys not fetched yet (a daemon just started) or past their grace: one attempt now (or
+    // a wait for the one under way), so a guard connecting at start gets them.
+    for a in &app.authorization_servers {
+        if a.keys.health(now) == crate::issuers::Health::Unavailable {
+            a.keys.prepare(None, now).await;
+        }
+    }
     let list: Vec<Value> = app
         .authorization_servers
         .iter()

@@ -3,7 +3,7 @@
 
 use crate::audit::{Audit, AuditError, Refusals};
 use crate::clock::Clock;
-use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
+use crate::config::{AuthorizationServer, Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
 use crate::events::Hub;
 use crate::keys::{KeyError, KeyRing};
@@ -40,6 +40,9 @@ pub struct App {
     /// names it in `mtls_endpoint_aliases`.
     pub client_auth: bool,
     pub transmitters: Vec<Transmitter>,
+    /// Authorization servers whose access tokens guards and gateways accept
+    /// (`GET /v1/authorization-servers` hands them their keys). Never exchange's issuers.
+    pub authorization_servers: Vec<AuthorizationServer>,
     /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
     pub revocation_ttl: Option<i64>,
     pub unit_id: String,
@@ -312,6 +315,7 @@ impl App {
                     .as_ref()
                     .is_some_and(|t| !t.client_cas.is_empty()),
             transmitters: config.transmitters.clone(),
+            authorization_servers: config.authorization_servers.clone(),
             revocation_ttl: config.revocation_ttl,
             unit_id,
             clock,
@@ -335,7 +339,8 @@ impl App {
         ))
     }
 
-    /// Every trusted issuer's keys (role `subject`) and every transmitter's (role `signals`).
+    /// Every trusted issuer's keys (role `subject`), every transmitter's (role `signals`) and
+    /// every authorization server's (role `resource`).
     pub fn issuer_keys(
         &self,
     ) -> impl Iterator<Item = (&'static str, &Arc<crate::issuers::IssuerKeys>)> {
@@ -343,6 +348,11 @@ impl App {
             .iter()
             .map(|t| ("subject", &t.keys))
             .chain(self.transmitters.iter().map(|t| ("signals", &t.keys)))
+            .chain(
+                self.authorization_servers
+                    .iter()
+                    .map(|a| ("resource", &a.keys)),
+            )
     }
 
     /// The token endpoint's URL, from the issuer: what metadata names and DPoP proofs' `htu`

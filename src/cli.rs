@@ -152,6 +152,9 @@ struct GatewayCmd {
     /// require this gateway's own DPoP nonces in proofs (answered use_dpop_nonce with a DPoP-Nonce header); off by default
     #[argh(switch)]
     dpop_nonce: bool,
+    /// accept an access token of one of toolgate's authorization_servers whose aud lists --resource among other audiences (never one listing *); off by default: aud must be exactly --resource
+    #[argh(switch)]
+    allow_multi_audience: bool,
     #[argh(
         option,
         description = "file holding a token for toolgate: its reporter token (--reporter-token-file) is enough to read tools and report decisions in production"
@@ -406,8 +409,9 @@ struct RevocationsCmd {
     admin_token_file: Option<PathBuf>,
 }
 
-/// Show the trusted issuers and signal transmitters: where their keys come from, the keys'
-/// kids, the last fetch and its result.
+/// Show the trusted issuers (role subject), signal transmitters (signals) and authorization
+/// servers (resource): where their keys come from, the keys' kids, the last fetch and its
+/// result.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "issuers")]
 struct IssuersCmd {
@@ -476,7 +480,7 @@ struct ServeCmd {
     /// an origin (scheme://host[:port]) whose pages may make state-changing calls (repeatable)
     #[argh(option)]
     allowed_origin: Vec<String>,
-    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
+    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters, authorization_servers (see README)
     #[argh(option)]
     config: Option<PathBuf>,
     /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP
@@ -1143,6 +1147,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             max_batch: g.max_batch,
             dpop_window: g.dpop_window,
             dpop_nonce: g.dpop_nonce,
+            allow_multi_audience: g.allow_multi_audience,
         },
     };
     match toolgate::gateway::run(cfg, toolgate::server::shutdown_signal()).await {

@@ -105,6 +105,18 @@ impl TrustedClientCa {
     }
 }
 
+/// An authorization server (Keycloak, Auth0, Okta, Entra, …) whose access tokens the guards
+/// and gateways accept for their own resource, besides toolgate's (`authorization_servers`).
+/// Apart from `trusted_issuers` on purpose: trusting an identity provider for exchange does
+/// not make its tokens good at tools, nor the other way round.
+#[derive(Debug, Clone)]
+pub struct AuthorizationServer {
+    pub issuer: String,
+    /// Its keys: a JWKS file, or fetched (`jwks_uri`, discovery) and kept fresh; handed to the
+    /// guards by `GET /v1/authorization-servers`.
+    pub keys: Arc<IssuerKeys>,
+}
+
 /// A Security Event Token transmitter (RFC 8935 push), for the revocation signals.
 #[derive(Debug, Clone)]
 pub struct Transmitter {
@@ -145,6 +157,8 @@ pub struct Config {
     /// domain (`trusted_client_cas`); the listener's client-auth roots include them.
     pub trusted_client_cas: Vec<TrustedClientCa>,
     pub transmitters: Vec<Transmitter>,
+    /// Authorization servers whose access tokens guards and gateways accept.
+    pub authorization_servers: Vec<AuthorizationServer>,
     /// Expiry for revocations whose signal names none (`None`: until lifted).
     pub revocation_ttl: Option<i64>,
     /// Write the audit log (off only for benchmarks measuring its cost).
@@ -327,6 +341,8 @@ struct FileConfig {
     #[serde(default)]
     transmitters: Vec<FileTransmitter>,
     #[serde(default)]
+    authorization_servers: Vec<FileTransmitter>,
+    #[serde(default)]
     trusted_client_cas: Vec<FileTrustedClientCa>,
 }
 
@@ -406,6 +422,7 @@ impl Config {
             trusted_issuers: Vec::new(),
             trusted_client_cas: Vec::new(),
             transmitters: Vec::new(),
+            authorization_servers: Vec::new(),
             revocation_ttl: None,
             audit: true,
             audit_retention_days: None,
@@ -618,6 +635,26 @@ impl Config {
                 issuer: t.issuer,
             });
         }
+        // The same entry shape as a transmitter's: an issuer and where its keys come from.
+        for a in file.authorization_servers {
+            if a.issuer.is_empty() {
+                return Err(err("authorization_servers entries need an issuer"));
+            }
+            if self
+                .authorization_servers
+                .iter()
+                .any(|s| s.issuer == a.issuer)
+            {
+                return Err(err(format!(
+                    "{}: listed twice in authorization_servers",
+                    a.issuer
+                )));
+            }
+            self.authorization_servers.push(AuthorizationServer {
+                keys: issuer_keys(base, &a.issuer, &key_source!(a), self.dev)?,
+                issuer: a.issuer,
+            });
+        }
         Ok(())
     }
 }
@@ -729,7 +766,7 @@ pub fn dpop_window(seconds: i64, name: &str) -> Result<i64, ConfigError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -807,6 +844,35 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::from_flags(&flags).unwrap_err().0.contains("bogus"));
+    }
+
+    #[test]
+    fn authorization_servers_are_apart_from_trusted_issuers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let flags = ServeFlags {
+                dev: true,
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            Config::from_flags(&flags)
+        };
+        let c = load(
+            r#"{"authorization_servers":[{"issuer":"https://as.example.com","discovery":true}]}"#,
+        )
+        .unwrap();
+        assert!(c.trusted_issuers.is_empty());
+        assert_eq!(c.authorization_servers[0].issuer, "https://as.example.com");
+        assert!(c.authorization_servers[0].keys.is_fetched());
+        let twice = r#"{"authorization_servers":[{"issuer":"https://a","jwks_uri":"https://a/k"},{"issuer":"https://a","discovery":true}]}"#;
+        assert!(load(twice).unwrap_err().0.contains("listed twice"));
+        let no_source = r#"{"authorization_servers":[{"issuer":"https://a"}]}"#;
+        assert!(load(no_source).unwrap_err().0.contains("exactly one of"));
+        let audience =
+            r#"{"authorization_servers":[{"issuer":"https://a","discovery":true,"audience":"x"}]}"#;
+        assert!(load(audience).is_err());
     }
 
     #[test]

@@ -162,6 +162,14 @@ struct Gateway {
     counters: Arc<Counters>,
 }
 
+/// The verified subject and its issuer, as the upstream is told them.
+fn who(allowed: &Allowed) -> (&str, &str) {
+    (
+        &allowed.claims.sub,
+        allowed.claims.iss.as_deref().unwrap_or_default(),
+    )
+}
+
 /// A decision to report: tool (or the server's resource), subject, outcome.
 fn decision(tool_id: &str, outcome: &Result<Allowed, Rejection>, micros: u64) -> Value {
     match outcome {
@@ -363,12 +371,12 @@ impl Gateway {
             };
             let hash = crate::verify::body_hash(&bytes);
             return match self.decide(&parts, target, Some(&hash), &mut None) {
-                Ok(allowed) => self.forward(parts, full(bytes), &allowed.claims.sub).await,
+                Ok(allowed) => self.forward(parts, full(bytes), who(&allowed)).await,
                 Err(resp) => resp,
             };
         }
         match self.decide(&parts, target, None, &mut None) {
-            Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
+            Ok(allowed) => self.forward(parts, body.boxed(), who(&allowed)).await,
             Err(resp) => resp,
         }
     }
@@ -379,7 +387,7 @@ impl Gateway {
             Method::GET | Method::DELETE => {
                 let (parts, body) = req.into_parts();
                 return match self.decide(&parts, self.guard.server_target(), None, &mut None) {
-                    Ok(allowed) => self.forward(parts, body.boxed(), &allowed.claims.sub).await,
+                    Ok(allowed) => self.forward(parts, body.boxed(), who(&allowed)).await,
                     Err(resp) => resp,
                 };
             }
@@ -428,18 +436,21 @@ impl Gateway {
         // Every message must pass; the first refusal refuses the whole request. The request's
         // one DPoP proof is spent once, not once per message.
         let mut spent = None;
-        let mut subject = String::new();
+        let mut who = (String::new(), String::new());
         for tool_id in &tool_ids {
             let target = match tool_id {
                 Some(id) => Target::Tool(id),
                 None => self.guard.server_target(),
             };
             match self.decide(&parts, target, hash.as_deref(), &mut spent) {
-                Ok(allowed) => subject.clone_from(&allowed.claims.sub),
+                Ok(allowed) => {
+                    who.0.clone_from(&allowed.claims.sub);
+                    who.1 = allowed.claims.iss.clone().unwrap_or_default();
+                }
                 Err(resp) => return resp,
             }
         }
-        self.forward(parts, full(bytes), &subject).await
+        self.forward(parts, full(bytes), (&who.0, &who.1)).await
     }
 
     /// Send to the upstream without the caller's token or DPoP proof (no token passthrough),
@@ -449,7 +460,7 @@ impl Gateway {
         &self,
         mut parts: http::request::Parts,
         body: Body,
-        subject: &str,
+        (subject, issuer): (&str, &str),
     ) -> http::Response<Body> {
         let nonce = self.guard.nonce_header(&parts.headers);
         let path_and_query = parts
@@ -482,10 +493,15 @@ impl Gateway {
         ] {
             parts.headers.remove(h);
         }
-        // Only the gateway speaks for the subject: whatever the client sent is dropped.
+        // Only the gateway speaks for the subject: whatever the client sent is dropped. The
+        // issuer says whose subject it is (toolgate's, or an authorization server's).
         parts.headers.remove("x-toolgate-subject");
+        parts.headers.remove("x-toolgate-issuer");
         if let Ok(v) = HeaderValue::from_str(subject) {
             parts.headers.insert("x-toolgate-subject", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(issuer) {
+            parts.headers.insert("x-toolgate-issuer", v);
         }
         parts.uri = uri;
         let req = Request::from_parts(parts, body);

@@ -534,7 +534,7 @@ impl IssuerKeys {
         out
     }
 
-    /// Prometheus lines for this issuer (`role` is `subject` or `signals`).
+    /// Prometheus lines for this issuer (`role` is `subject`, `signals` or `resource`).
     pub fn render_metrics(&self, role: &str, now: i64, out: &mut String) {
         use std::fmt::Write;
         let issuer = crate::metrics::label_value(&self.issuer);

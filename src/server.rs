@@ -116,10 +116,8 @@ pub async fn start(
     let pruner = tokio::spawn(prune_revocations(Arc::downgrade(&app)));
     // Fetched issuer keys: the first fetch now, then refreshed before they expire.
     let fetched: Vec<_> = app
-        .trusted_issuers
-        .iter()
-        .map(|t| &t.keys)
-        .chain(app.transmitters.iter().map(|t| &t.keys))
+        .issuer_keys()
+        .map(|(_, keys)| keys)
         .filter(|k| k.is_fetched())
         .map(Arc::downgrade)
         .collect();

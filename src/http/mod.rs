@@ -202,6 +202,10 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             get_only(&method)?;
             observe::issuers(app, &req)
         }
+        ["v1", "authorization-servers"] => {
+            get_only(&method)?;
+            observe::authorization_servers(app, &req).await
+        }
         ["v1", "sys", "health"] => get_only(&method).map(|()| discovery::health(app)),
         [".well-known", "oauth-authorization-server"] => {
             get_only(&method).map(|()| discovery::metadata(app))

@@ -107,6 +107,65 @@ pub(super) fn issuers<B>(app: &App, req: &Request<B>) -> Result<Response> {
     Ok(json_response(StatusCode::OK, &json!({ "issuers": list })))
 }
 
+/// `GET /v1/authorization-servers[?issuer=&kid=]`: what guards and gateways need to accept
+/// the access tokens of the configured authorization servers — each one's issuer and usable
+/// keys (none while its keys are unavailable: its tokens are then refused). A guard that saw
+/// a token naming a `kid` it lacks names the issuer and the kid: the daemon refreshes that
+/// issuer's keys first (at once, at most every 30 s per issuer, as for exchange).
+pub(super) async fn authorization_servers<B>(app: &App, req: &Request<B>) -> Result<Response> {
+    require_reader(app, req.headers())?;
+    let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
+    body::known_parameters(&pairs, &["issuer", "kid"])?;
+    let one = |name| {
+        body::single(&pairs, name).map_err(|_| {
+            ApiError::invalid_request("a query parameter is repeated; give each at most once")
+        })
+    };
+    let (issuer, kid) = (one("issuer")?, one("kid")?);
+    let now = app.now();
+    match (issuer, kid) {
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "kid needs the issuer it belongs to",
+            ))
+        }
+        (None, None) => {}
+        (Some(iss), kid) => {
+            let keys = app
+                .authorization_servers
+                .iter()
+                .find(|a| a.issuer == iss)
+                .ok_or_else(|| {
+                    ApiError::invalid_request("issuer is not one of the authorization servers")
+                })?;
+            keys.keys.prepare(kid, now).await;
+        }
+    }
+    // Keys not fetched yet (a daemon just started) or past their grace: one attempt now (or
+    // a wait for the one under way), so a guard connecting at start gets them.
+    for a in &app.authorization_servers {
+        if a.keys.health(now) == crate::issuers::Health::Unavailable {
+            a.keys.prepare(None, now).await;
+        }
+    }
+    let list: Vec<Value> = app
+        .authorization_servers
+        .iter()
+        .map(|a| {
+            let keys = a
+                .keys
+                .keys(now)
+                .map(|set| set.to_json())
+                .unwrap_or_else(|| json!({"keys": []}));
+            json!({"issuer": a.issuer, "state": a.keys.health(now).name(), "keys": keys})
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "authorization_servers": list }),
+    ))
+}
+
 /// The dashboard's numbers in one document.
 pub(super) fn stats<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_observer(app, req.headers())?;

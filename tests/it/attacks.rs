@@ -139,6 +139,7 @@ impl Env {
                 max_batch: 64,
                 dpop_window: 60,
                 dpop_nonce: false,
+                allow_multi_audience: false,
             },
             clock,
         )

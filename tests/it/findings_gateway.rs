@@ -102,6 +102,7 @@ async fn config(
             max_batch: 64,
             dpop_window: 60,
             dpop_nonce: false,
+            allow_multi_audience: false,
         },
         mcp_path: "/mcp".into(),
         routes: Vec::new(),

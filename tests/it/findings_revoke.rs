@@ -63,6 +63,7 @@ async fn guard(d: &Daemon) -> Arc<Guard> {
             max_batch: 64,
             dpop_window: 60,
             dpop_nonce: false,
+            allow_multi_audience: false,
         },
         clock,
     )

@@ -382,6 +382,7 @@ fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
         max_batch: 64,
         dpop_window: 60,
         dpop_nonce: false,
+        allow_multi_audience: false,
     }
 }
 

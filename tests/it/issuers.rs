@@ -22,9 +22,9 @@ const TOOLGATE_AUD: &str = "https://toolgate.example.com";
 const RESOURCE: &str = "https://mcp.example.com/tools/search";
 
 /// What the provider serves; the test changes it between requests.
-struct Behaviour {
+pub(super) struct Behaviour {
     /// Published keys; the first one signs.
-    keys: Vec<SigningKey>,
+    pub(super) keys: Vec<SigningKey>,
     /// The `issuer` its metadata names (`None`: its own URL).
     metadata_issuer: Option<String>,
     /// Answer every request with 503.
@@ -43,8 +43,9 @@ struct Behaviour {
 }
 
 /// An identity provider on `https://localhost:<port>`: OpenID Connect discovery and a JWKS.
-struct Provider {
-    url: String,
+/// Also the authorization server of `resource_server.rs`.
+pub(super) struct Provider {
+    pub(super) url: String,
     ca_file: std::path::PathBuf,
     state: Arc<Mutex<Behaviour>>,
     accept: tokio::task::JoinHandle<()>,
@@ -58,7 +59,7 @@ impl Drop for Provider {
 }
 
 impl Provider {
-    async fn start() -> Provider {
+    pub(super) async fn start() -> Provider {
         let ca = Ca::new();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
@@ -113,12 +114,12 @@ impl Provider {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Behaviour) -> T) -> T {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Behaviour) -> T) -> T {
         f(&mut self.state.lock().unwrap())
     }
 
     /// Keys found by discovery, checked against this provider's CA.
-    fn discovered(&self, grace: Option<i64>) -> Arc<IssuerKeys> {
+    pub(super) fn discovered(&self, grace: Option<i64>) -> Arc<IssuerKeys> {
         IssuerKeys::fetched(
             &self.url,
             Source::Discovery,
@@ -134,12 +135,18 @@ impl Provider {
     /// A subject token for `sub`, signed by the provider's current signing key (or `kid`
     /// replaced by another value).
     fn token(&self, now: i64, sub: &str, kid: Option<&str>) -> String {
+        let claims = json!({"iss": self.url, "sub": sub, "aud": TOOLGATE_AUD,
+                            "iat": now, "exp": now + 600, "client_id": sub});
+        self.sign(kid, &claims)
+    }
+
+    /// `claims` signed by the provider's current signing key, header `typ` `at+jwt`, its
+    /// `kid` (or `kid` instead).
+    pub(super) fn sign(&self, kid: Option<&str>, claims: &Value) -> String {
         self.with(|b| {
             let key = &b.keys[0];
             let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid.unwrap_or(key.kid())});
-            let claims = json!({"iss": self.url, "sub": sub, "aud": TOOLGATE_AUD,
-                                "iat": now, "exp": now + 600, "client_id": sub});
-            sign_jws(key, &header, &claims)
+            sign_jws(key, &header, claims)
         })
     }
 }

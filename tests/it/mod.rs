@@ -26,6 +26,7 @@ mod observe;
 mod openapi;
 mod pipeline;
 mod production;
+mod resource_server;
 mod robustness;
 mod signals;
 mod tls;

@@ -864,6 +864,7 @@ mod over_tls {
                 max_batch: 64,
                 dpop_window: 60,
                 dpop_nonce: false,
+                allow_multi_audience: false,
             },
             mcp_path: "/mcp".into(),
             routes: vec![("/api/deploy".into(), "deploy".into())],
@@ -1012,6 +1013,7 @@ async fn a_bound_token_is_refused_as_a_plain_bearer_token_through_the_gateway() 
             max_batch: 64,
             dpop_window: 60,
             dpop_nonce: false,
+            allow_multi_audience: false,
         },
         mcp_path: "/mcp".into(),
         routes: vec![

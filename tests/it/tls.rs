@@ -450,6 +450,7 @@ async fn the_gateway_listens_over_tls() {
             max_batch: 64,
             dpop_window: 60,
             dpop_nonce: false,
+            allow_multi_audience: false,
         },
         mcp_path: "/mcp".into(),
         routes: Vec::new(),

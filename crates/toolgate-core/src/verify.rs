@@ -36,13 +36,16 @@ pub enum Check {
     Expired,
     /// Check 4: `nbf` or `iat` later than `now + leeway`.
     NotYetValid,
-    /// Check 5: `iss` is not this toolgate.
+    /// Check 5: `iss` is not this toolgate (nor, at a resource server, an authorization server
+    /// it accepts).
     Issuer,
     /// Check 6: the tool is not in the registry (or the registry cannot be read).
     Registration,
-    /// Check 7: the audience is missing, several, or not the target's RFC 8707 resource.
+    /// Check 7: the audience is missing, several, or not the target's RFC 8707 resource (for an
+    /// authorization server's token: not the resource server's own resource).
     Audience,
-    /// Check 8: the token's `caps` lack a capability a reached tool requires.
+    /// Check 8: the token's `caps` (an authorization server's token: its `scope`) lack a
+    /// capability a reached tool requires.
     Capabilities,
     /// Check 9: a reached tool sets a maximum blast radius and the token's `blast_radius` is
     /// missing or wider.
@@ -212,11 +215,25 @@ impl TimeClaims {
     }
 }
 
-/// A toolgate-minted token whose signature has been verified, its claims read strictly.
+/// Who issued a verified token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// toolgate itself: checked against its own keys, `typ` and issuer.
+    Toolgate,
+    /// One of the authorization servers a resource server accepts access tokens from
+    /// ([`ResourcePolicy`]): checked against that server's keys, its `aud` against the
+    /// resource server's own resource, its `scope` against the tools' capabilities.
+    AuthorizationServer,
+}
+
+/// A token whose signature has been verified, its claims read strictly: one toolgate minted,
+/// or an access token of a configured authorization server ([`Origin`]).
 #[derive(Debug, Clone)]
 pub struct TokenClaims {
     /// The whole payload, for the claims not read below (`exec_act`, `nonce`, `src`, `cnf`).
     pub raw: Map<String, Value>,
+    /// Who issued it (and so which rules it is checked by).
+    pub origin: Origin,
     /// What the header `typ` says the token is: a tool's access token or an agent token.
     pub token_type: TokenType,
     /// `exp`, `nbf`, `iat`.
@@ -229,7 +246,8 @@ pub struct TokenClaims {
     pub jti: String,
     /// The audience: the RFC 8707 resource the token is bound to.
     pub aud: Audience,
-    /// The capabilities granted (`caps`); empty when absent.
+    /// The capabilities granted: `caps` of a toolgate token, the space-separated `scope` of an
+    /// authorization server's (RFC 9068 §2.2.3); empty when absent.
     pub caps: Vec<String>,
     /// How far the token's authority reaches, `level[:scope]` (see [`crate::blast`]).
     pub blast_radius: Option<String>,
@@ -248,7 +266,11 @@ impl TokenClaims {
         }
     }
 
-    fn read(raw: Map<String, Value>, token_type: TokenType) -> Result<Self, Denial> {
+    fn read(
+        raw: Map<String, Value>,
+        token_type: TokenType,
+        origin: Origin,
+    ) -> Result<Self, Denial> {
         let times = TimeClaims::read(&raw)?;
         let iss = claims::string(&raw, "iss")?.map(str::to_string);
         let sub = claims::string(&raw, "sub")?
@@ -260,10 +282,21 @@ impl TokenClaims {
             .ok_or(deny(Check::Malformed, "jti is required"))?
             .to_string();
         let aud = claims::audience(&raw);
-        let caps = claims::string_list(&raw, "caps")?.unwrap_or_default();
+        let caps = match origin {
+            Origin::Toolgate => claims::string_list(&raw, "caps")?.unwrap_or_default(),
+            Origin::AuthorizationServer => claims::string(&raw, "scope")?
+                .map(|s| {
+                    s.split(' ')
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
         let blast_radius = claims::string(&raw, "blast_radius")?.map(str::to_string);
         let mut claims = Self {
             raw,
+            origin,
             token_type,
             times,
             iss,
@@ -434,6 +467,58 @@ pub trait KeySource: Send + Sync {
     fn key(&self, kid: &str) -> Option<Jwk>;
 }
 
+/// The keys of the authorization servers (Keycloak, Auth0, Okta, Entra, …) whose access tokens
+/// a resource server accepts besides toolgate's own: a guard's copy of what the daemon fetched.
+pub trait AuthorizationServerKeys: Send + Sync {
+    /// Is `issuer` one of them (exactly, byte for byte)?
+    fn is_authorization_server(&self, issuer: &str) -> bool;
+    /// The key of `issuer` a token's header names: by `kid`, or its only key when the header
+    /// names none. `None` denies at [`Check::Signature`].
+    fn key(&self, issuer: &str, kid: Option<&str>) -> Option<Jwk>;
+}
+
+/// What a resource server (a guard, a gateway) accepts from authorization servers: their
+/// access tokens for exactly its own resource.
+#[derive(Clone)]
+pub struct ResourcePolicy {
+    /// The resource server's RFC 8707 resource URI (canonical): the one audience accepted.
+    pub resource: String,
+    /// Accept an `aud` list that contains `resource` among others (not a `*` in it).
+    pub allow_multi_audience: bool,
+    /// The authorization servers and their keys.
+    pub servers: Arc<dyn AuthorizationServerKeys>,
+}
+
+impl std::fmt::Debug for ResourcePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourcePolicy")
+            .field("resource", &self.resource)
+            .field("allow_multi_audience", &self.allow_multi_audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResourcePolicy {
+    /// Check 7 for an authorization server's token: its audience is exactly this resource (a
+    /// string, or a list of one); a longer list containing it only with
+    /// `allow_multi_audience`, and never one naming `*`.
+    fn check_audience(&self, aud: &Audience) -> Result<(), Denial> {
+        match aud {
+            Audience::One(a) if *a == self.resource => Ok(()),
+            Audience::Missing => Err(deny(Check::Audience, "token has no audience")),
+            Audience::Many(list)
+                if self.allow_multi_audience
+                    && list.contains(&self.resource)
+                    && !list.iter().any(|a| a == "*") =>
+            {
+                Ok(())
+            }
+            Audience::Many(_) => Err(deny(Check::Audience, "token names several audiences")),
+            _ => Err(deny(Check::Audience, "token audience is not this server")),
+        }
+    }
+}
+
 /// The tools a request reaches (every one is checked), and the one tool it calls, if any.
 type Reached = (Vec<Arc<ToolEntry>>, Option<Arc<ToolEntry>>);
 
@@ -517,6 +602,9 @@ pub struct Verifier {
     pub registry: Arc<RwLock<Registry>>,
     /// The revocations, shared with whoever fills the index (check 10).
     pub revocations: Arc<RevocationIndex>,
+    /// Access tokens of authorization servers accepted for this resource (a guard's); `None`
+    /// accepts toolgate's tokens only (the daemon).
+    resource_server: Option<ResourcePolicy>,
     nonces: NonceCache,
     dpop: DpopPolicy,
     cache: RwLock<HashMap<[u8; 32], Arc<TokenClaims>>>,
@@ -554,6 +642,7 @@ impl Verifier {
             clock: config.clock,
             registry,
             revocations,
+            resource_server: None,
             nonces: NonceCache::new(NonceCache::DEFAULT_CAPACITY, started),
             dpop: DpopPolicy::new(dpop::DEFAULT_WINDOW, None, started),
             cache: RwLock::new(HashMap::new()),
@@ -572,6 +661,18 @@ impl Verifier {
     pub fn with_dpop_policy(mut self, policy: DpopPolicy) -> Self {
         self.dpop = policy;
         self
+    }
+
+    /// Also accept access tokens of these authorization servers for `policy.resource`, with
+    /// every check of the pipeline that applies (see [`Origin::AuthorizationServer`]).
+    pub fn with_authorization_servers(mut self, policy: ResourcePolicy) -> Self {
+        self.resource_server = Some(policy);
+        self
+    }
+
+    /// The authorization servers accepted besides toolgate, if any.
+    pub fn resource_policy(&self) -> Option<&ResourcePolicy> {
+        self.resource_server.as_ref()
     }
 
     fn dpop_started(&self) -> i64 {
@@ -602,10 +703,23 @@ impl Verifier {
         }
     }
 
-    /// Checks 1–5 for a token toolgate minted: shape, header, signature (remembered per token,
-    /// so a repeated token costs its header and one hash), then its `typ` (`expected`), time and
-    /// issuer on every call.
-    fn check_own_token(
+    /// The authorization server a decoded, not yet verified token names as its `iss`, when it
+    /// is one this verifier accepts (and not toolgate itself).
+    fn authorization_server<'t>(
+        &self,
+        claims: &'t Map<String, Value>,
+    ) -> Option<(&ResourcePolicy, &'t str)> {
+        let policy = self.resource_server.as_ref()?;
+        let iss = claims.get("iss")?.as_str()?;
+        (iss != self.issuer && policy.servers.is_authorization_server(iss)).then_some((policy, iss))
+    }
+
+    /// Checks 1–5: shape, header, signature (remembered per token, so a repeated token costs
+    /// its header and one hash), then its `typ` (`expected` for toolgate's own), time and
+    /// issuer on every call. A token whose `iss` is an accepted authorization server is
+    /// checked with that server's keys and takes an access token's `typ` (none, `JWT` or
+    /// `at+jwt`).
+    fn check_token(
         &self,
         token: &str,
         expected: TokenType,
@@ -623,15 +737,20 @@ impl Verifier {
             Some(c) => c,
             None => {
                 let compact = jose::decode(token)?;
-                let key = compact
-                    .header
-                    .kid
-                    .as_deref()
-                    .and_then(|k| self.keys.key(k))
-                    .ok_or(deny(Check::Signature, "signing key is not known"))?;
+                let (key, origin) = match self.authorization_server(&compact.claims) {
+                    Some((policy, iss)) => (
+                        policy.servers.key(iss, compact.header.kid.as_deref()),
+                        Origin::AuthorizationServer,
+                    ),
+                    None => (
+                        compact.header.kid.as_deref().and_then(|k| self.keys.key(k)),
+                        Origin::Toolgate,
+                    ),
+                };
+                let key = key.ok_or(deny(Check::Signature, "signing key is not known"))?;
                 compact.verify_with(&key)?;
                 let token_type = compact.header.token_type();
-                let claims = Arc::new(TokenClaims::read(compact.claims, token_type)?);
+                let claims = Arc::new(TokenClaims::read(compact.claims, token_type, origin)?);
                 if let Ok(mut map) = self.cache.write() {
                     if map.len() >= CACHE_CAPACITY {
                         map.clear();
@@ -641,20 +760,55 @@ impl Verifier {
                 claims
             }
         };
-        // A tool's token is no agent token and the other way round; an ID token, a SET or a
-        // DPoP proof signed by the same key is neither.
-        if claims.token_type != expected {
-            return Err(deny(
-                Check::Malformed,
-                match expected {
-                    TokenType::Agent => "token is not a toolgate agent token (typ)",
-                    _ => "token is not a toolgate access token (typ)",
-                },
-            ));
-        }
-        claims.times.check(now, self.leeway)?;
-        if claims.iss.as_deref() != Some(self.issuer.as_str()) {
-            return Err(deny(Check::Issuer, "issuer is not this toolgate"));
+        match claims.origin {
+            Origin::Toolgate => {
+                // A tool's token is no agent token and the other way round; an ID token, a SET
+                // or a DPoP proof signed by the same key is neither.
+                if claims.token_type != expected {
+                    return Err(deny(
+                        Check::Malformed,
+                        match expected {
+                            TokenType::Agent => "token is not a toolgate agent token (typ)",
+                            _ => "token is not a toolgate access token (typ)",
+                        },
+                    ));
+                }
+                claims.times.check(now, self.leeway)?;
+                if claims.iss.as_deref() != Some(self.issuer.as_str()) {
+                    return Err(deny(Check::Issuer, "issuer is not this toolgate"));
+                }
+            }
+            Origin::AuthorizationServer => {
+                // Another server's token is never an agent token, and a `typ` naming another
+                // kind of token (`secevent+jwt`, `dpop+jwt`, toolgate's agent type) is no
+                // access token.
+                if expected != TokenType::AccessToken {
+                    return Err(deny(
+                        Check::Malformed,
+                        "token is not a toolgate agent token (typ)",
+                    ));
+                }
+                if !matches!(
+                    claims.token_type,
+                    TokenType::Unspecified | TokenType::Jwt | TokenType::AccessToken
+                ) {
+                    return Err(deny(Check::Malformed, "token is not an access token (typ)"));
+                }
+                claims.times.check(now, self.leeway)?;
+                // Still one of them (a guard's list can shrink; the cache may hold its tokens).
+                let accepted = self.resource_server.as_ref().is_some_and(|p| {
+                    claims
+                        .iss
+                        .as_deref()
+                        .is_some_and(|iss| p.servers.is_authorization_server(iss))
+                });
+                if !accepted {
+                    return Err(deny(
+                        Check::Issuer,
+                        "issuer is not an accepted authorization server",
+                    ));
+                }
+            }
         }
         Ok(claims)
     }
@@ -692,7 +846,7 @@ impl Verifier {
             Target::Audience(_) => TokenType::Agent,
             Target::Tool(_) | Target::Server { .. } => TokenType::AccessToken,
         };
-        match self.check_own_token(req.token, expected, now) {
+        match self.check_token(req.token, expected, now) {
             Err(denial) => Verdict {
                 claims: None,
                 result: Err(denial),
@@ -715,6 +869,35 @@ impl Verifier {
             .registry
             .read()
             .map_err(|_| unavailable(Check::Registration, "tool registry is unavailable"))?;
+        if claims.origin == Origin::AuthorizationServer {
+            // An authorization server's token names this resource server, never one of its
+            // tools: every target checks `aud` against the server's own resource.
+            let policy = self.resource_server.as_ref().ok_or(deny(
+                Check::Issuer,
+                "issuer is not an accepted authorization server",
+            ))?;
+            return match target {
+                Target::Tool(tool_id) => {
+                    let tool = registry
+                        .get(tool_id)
+                        .ok_or(deny(Check::Registration, "tool is not registered"))?;
+                    policy.check_audience(&claims.aud)?;
+                    Ok((vec![tool.clone()], Some(tool)))
+                }
+                Target::Server { server_id, .. } => {
+                    policy.check_audience(&claims.aud)?;
+                    let tools = registry
+                        .with_resource(&policy.resource)
+                        .into_iter()
+                        .filter(|t| server_id.is_none_or(|id| t.server_id == id))
+                        .collect();
+                    Ok((tools, None))
+                }
+                Target::Audience(_) => {
+                    Err(deny(Check::Audience, "token audience is not this tool"))
+                }
+            };
+        }
         let aud = claims.aud.single();
         let audience_denial = || match &claims.aud {
             Audience::Missing => deny(Check::Audience, "token has no audience"),
@@ -1429,6 +1612,217 @@ mod tests {
             .with_dpop_proof(Some(&third));
         assert!(v.decide_in_request(&req3, at, &mut foreign).result.is_ok());
         assert_eq!(v.dpop().replay.len(), 3);
+    }
+
+    const AS: &str = "https://as.example";
+    const SERVER: &str = "https://t/server";
+
+    struct OneServer(Jwk);
+    impl AuthorizationServerKeys for OneServer {
+        fn is_authorization_server(&self, issuer: &str) -> bool {
+            issuer == AS
+        }
+        fn key(&self, issuer: &str, kid: Option<&str>) -> Option<Jwk> {
+            (issuer == AS && (kid.is_none() || kid == self.0.kid.as_deref()))
+                .then(|| self.0.clone())
+        }
+    }
+
+    /// A verifier for resource `SERVER` that also accepts `AS`'s tokens (multi-audience
+    /// lists when `multi`), with a tool "scoped" needing capability `read`.
+    fn resource_server(multi: bool) -> (Verifier, SigningKey, SigningKey) {
+        let (v, own) = setup();
+        let scoped = serde_json::from_value::<ToolInput>(json!({"tool_id": "scoped",
+            "resource_uri": SERVER, "server_id": "s", "required_capabilities": ["read"]}))
+        .unwrap()
+        .validate("2027-01-01T00:00:00Z")
+        .unwrap();
+        let plain = serde_json::from_value::<ToolInput>(
+            json!({"tool_id": "plain", "resource_uri": "https://t/plain", "server_id": "s"}),
+        )
+        .unwrap()
+        .validate("2027-01-01T00:00:00Z")
+        .unwrap();
+        *v.registry.write().unwrap() = Registry::from_entries(vec![scoped, plain]);
+        let as_key = SigningKey::generate().unwrap();
+        let v = v.with_authorization_servers(ResourcePolicy {
+            resource: SERVER.into(),
+            allow_multi_audience: multi,
+            servers: Arc::new(OneServer(as_key.public_jwk())),
+        });
+        (v, own, as_key)
+    }
+
+    fn as_token(key: &SigningKey, typ: &str, claims: Value) -> String {
+        let mut base = json!({"iss": AS, "sub": "user-1", "aud": SERVER, "jti": "j1",
+                              "iat": NOW, "exp": NOW + 300, "scope": "read write"});
+        for (k, v) in claims.as_object().unwrap() {
+            match v {
+                Value::Null => base.as_object_mut().unwrap().remove(k),
+                v => base.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+            };
+        }
+        encode_signed(key, typ, base.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_authorization_servers_token_is_checked_for_this_resource() {
+        let (v, own, as_key) = resource_server(false);
+        let server = Target::Server {
+            resource: SERVER,
+            server_id: Some("s"),
+        };
+        let ok = as_token(&as_key, "at+jwt", json!({}));
+        assert_eq!(check(&v, &ok, Target::Tool("scoped"), None), None);
+        assert_eq!(check(&v, &ok, server, None), None);
+        let claims = v.verify(&DecisionRequest::new(&ok, server)).unwrap().claims;
+        assert_eq!(claims.origin, Origin::AuthorizationServer);
+        assert_eq!(claims.caps, ["read", "write"]);
+        // A tool of the server takes the server's audience (never the tool's own resource).
+        assert_eq!(check(&v, &ok, Target::Tool("plain"), None), None);
+        for typ in ["JWT", "application/at+jwt"] {
+            let t = as_token(&as_key, typ, json!({}));
+            assert_eq!(check(&v, &t, server, None), None, "{typ}");
+        }
+        let mismatch = Some((Check::Audience, "token audience is not this server"));
+        let other = as_token(&as_key, "at+jwt", json!({"aud": "https://t/other"}));
+        assert_eq!(check(&v, &other, server, None), mismatch);
+        assert_eq!(check(&v, &other, Target::Tool("scoped"), None), mismatch);
+        let tools_own = as_token(&as_key, "at+jwt", json!({"aud": "https://t/plain"}));
+        assert_eq!(check(&v, &tools_own, Target::Tool("plain"), None), mismatch);
+        let many = as_token(
+            &as_key,
+            "at+jwt",
+            json!({"aud": [SERVER, "https://t/other"]}),
+        );
+        assert_eq!(
+            check(&v, &many, server, None),
+            Some((Check::Audience, "token names several audiences"))
+        );
+        let one = as_token(&as_key, "at+jwt", json!({"aud": [SERVER]}));
+        assert_eq!(check(&v, &one, server, None), None);
+        let none = as_token(&as_key, "at+jwt", json!({"aud": null}));
+        assert_eq!(
+            check(&v, &none, server, None),
+            Some((Check::Audience, "token has no audience"))
+        );
+        // Scope against the tool's required capabilities.
+        let narrow = as_token(&as_key, "at+jwt", json!({"scope": "write"}));
+        assert_eq!(
+            check(&v, &narrow, Target::Tool("scoped"), None),
+            Some((Check::Capabilities, "token lacks a required capability"))
+        );
+        // `caps` is toolgate's claim, not an authorization server's.
+        let caps = as_token(&as_key, "at+jwt", json!({"scope": null, "caps": ["read"]}));
+        assert_eq!(
+            check(&v, &caps, Target::Tool("scoped"), None).map(|d| d.0),
+            Some(Check::Capabilities)
+        );
+        let bad_scope = as_token(&as_key, "at+jwt", json!({"scope": ["read"]}));
+        assert_eq!(
+            check(&v, &bad_scope, server, None).map(|d| d.0),
+            Some(Check::Malformed)
+        );
+        // typ naming another kind of token, time, required claims, signature.
+        for typ in ["secevent+jwt", "dpop+jwt", "toolgate-agent+jwt"] {
+            let t = as_token(&as_key, typ, json!({}));
+            assert_eq!(
+                check(&v, &t, server, None),
+                Some((Check::Malformed, "token is not an access token (typ)")),
+                "{typ}"
+            );
+        }
+        let expired = as_token(&as_key, "at+jwt", json!({"exp": NOW}));
+        assert_eq!(
+            check(&v, &expired, server, None).map(|d| d.0),
+            Some(Check::Expired)
+        );
+        let early = as_token(&as_key, "at+jwt", json!({"nbf": NOW + 10}));
+        assert_eq!(
+            check(&v, &early, server, None).map(|d| d.0),
+            Some(Check::NotYetValid)
+        );
+        for missing in ["exp", "sub", "jti"] {
+            let t = as_token(&as_key, "at+jwt", json!({missing: null}));
+            assert_eq!(
+                check(&v, &t, server, None).map(|d| d.0),
+                Some(Check::Malformed)
+            );
+        }
+        let forged = as_token(&own, "at+jwt", json!({}));
+        assert_eq!(
+            check(&v, &forged, server, None),
+            Some((Check::Signature, "signing key is not known"))
+        );
+        // Never an agent token at exchange.
+        assert_eq!(
+            check(&v, &ok, Target::Audience(SERVER), None).map(|d| d.0),
+            Some(Check::Malformed)
+        );
+        // Revocation of the subject (with its issuer) and of the jti.
+        let key = crate::revocation::key(crate::revocation::Format::IssSub, AS, "user-1");
+        v.revocations.replace([(key, i64::MAX)]).unwrap();
+        assert_eq!(
+            check(&v, &ok, server, None).map(|d| d.0),
+            Some(Check::Revocation)
+        );
+        let key = crate::revocation::key(crate::revocation::Format::Jti, "", "j1");
+        v.revocations.replace([(key, i64::MAX)]).unwrap();
+        assert_eq!(
+            check(&v, &ok, server, None).map(|d| d.0),
+            Some(Check::Revocation)
+        );
+        // A foreign issuer that only looks like it is checked as toolgate's (and fails).
+        let foreign = as_token(&as_key, "at+jwt", json!({"iss": "https://other.example"}));
+        assert_eq!(
+            check(&v, &foreign, server, None).map(|d| d.0),
+            Some(Check::Signature)
+        );
+    }
+
+    #[test]
+    fn several_audiences_only_when_allowed_and_never_a_star() {
+        let (v, _, as_key) = resource_server(true);
+        let server = Target::Server {
+            resource: SERVER,
+            server_id: Some("s"),
+        };
+        let many = as_token(
+            &as_key,
+            "at+jwt",
+            json!({"aud": [SERVER, "https://t/other"]}),
+        );
+        assert_eq!(check(&v, &many, server, None), None);
+        let star = as_token(&as_key, "at+jwt", json!({"aud": [SERVER, "*"]}));
+        assert_eq!(
+            check(&v, &star, server, None).map(|d| d.0),
+            Some(Check::Audience)
+        );
+        let without = as_token(
+            &as_key,
+            "at+jwt",
+            json!({"aud": ["https://t/a", "https://t/b"]}),
+        );
+        assert_eq!(
+            check(&v, &without, server, None).map(|d| d.0),
+            Some(Check::Audience)
+        );
+        let star_alone = as_token(&as_key, "at+jwt", json!({"aud": "*"}));
+        assert_eq!(
+            check(&v, &star_alone, server, None).map(|d| d.0),
+            Some(Check::Audience)
+        );
+    }
+
+    #[test]
+    fn without_a_policy_an_authorization_servers_token_is_not_toolgates() {
+        let (v, _) = setup();
+        let as_key = SigningKey::generate().unwrap();
+        let t = as_token(&as_key, "at+jwt", json!({"aud": "https://t/plain"}));
+        assert_eq!(
+            check(&v, &t, Target::Tool("plain"), None).map(|d| d.0),
+            Some(Check::Signature)
+        );
     }
 
     #[test]

@@ -12,14 +12,16 @@ use crate::registry::{Registry, ToolEntry};
 use crate::revocation::{Key, RevocationIndex};
 use crate::tls::ClientTls;
 use crate::verify::{
-    Allowed, Check, DecisionRequest, Denial, KeySource, Target, Verifier, VerifierConfig,
+    Allowed, AuthorizationServerKeys, Check, DecisionRequest, Denial, KeySource, ResourcePolicy,
+    Target, Verifier, VerifierConfig,
 };
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Bytes;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 /// How a guard is set up. Its `Debug` form never shows the admin token.
@@ -54,6 +56,9 @@ pub struct GuardConfig {
     /// current one is answered `use_dpop_nonce` with a `DPoP-Nonce` header. Each guard draws
     /// its own secret at connect.
     pub dpop_nonce: bool,
+    /// Accept an authorization server's access token whose `aud` is a list naming this
+    /// resource among others (never one naming `*`); off: exactly this resource, alone.
+    pub allow_multi_audience: bool,
 }
 
 impl std::fmt::Debug for GuardConfig {
@@ -74,6 +79,7 @@ impl std::fmt::Debug for GuardConfig {
             .field("max_batch", &self.max_batch)
             .field("dpop_window", &self.dpop_window)
             .field("dpop_nonce", &self.dpop_nonce)
+            .field("allow_multi_audience", &self.allow_multi_audience)
             .finish()
     }
 }
@@ -98,6 +104,7 @@ impl GuardConfig {
             max_batch: crate::mcp::DEFAULT_MAX_BATCH,
             dpop_window: dpop::DEFAULT_WINDOW,
             dpop_nonce: false,
+            allow_multi_audience: false,
         }
     }
 
@@ -169,6 +176,13 @@ impl GuardConfig {
     /// Require this guard's own DPoP nonces (RFC 9449 §9; default off).
     pub fn dpop_nonce(mut self, on: bool) -> Self {
         self.dpop_nonce = on;
+        self
+    }
+
+    /// Accept authorization servers' tokens whose `aud` lists this resource among others
+    /// (default off: the one audience must be this resource).
+    pub fn allow_multi_audience(mut self, on: bool) -> Self {
+        self.allow_multi_audience = on;
         self
     }
 
@@ -279,6 +293,14 @@ impl GuardBuilder {
     /// answer to a DPoP request carries a fresh nonce. The secret is drawn at connect.
     pub fn dpop_nonce(mut self, on: bool) -> Self {
         self.cfg = self.cfg.dpop_nonce(on);
+        self
+    }
+
+    /// Accept an access token of one of toolgate's `authorization_servers` whose `aud` is a
+    /// list naming this resource among others (default off: `aud` must be exactly this
+    /// resource — a string, or a list of one). A list naming `*` is refused either way.
+    pub fn allow_multi_audience(mut self, on: bool) -> Self {
+        self.cfg = self.cfg.allow_multi_audience(on);
         self
     }
 
@@ -518,6 +540,51 @@ impl KeySource for RemoteKeys {
     }
 }
 
+/// The authorization servers toolgate hands out (`GET /v1/authorization-servers`), with their
+/// keys as last fetched; a token naming an unknown `kid` asks for a refresh of that issuer.
+#[derive(Default)]
+struct RemoteAuthorizationServers {
+    servers: RwLock<HashMap<String, JwkSet>>,
+    /// The issuer and `kid` of the last token whose key was missing.
+    wanted: Mutex<Option<(String, Option<String>)>>,
+}
+
+impl AuthorizationServerKeys for RemoteAuthorizationServers {
+    fn is_authorization_server(&self, issuer: &str) -> bool {
+        self.servers.read().is_ok_and(|s| s.contains_key(issuer))
+    }
+
+    fn key(&self, issuer: &str, kid: Option<&str>) -> Option<Jwk> {
+        let found = self.servers.read().ok().and_then(|s| {
+            let set = s.get(issuer)?;
+            match kid {
+                Some(kid) => set.find(kid).cloned(),
+                None if set.keys.len() == 1 => set.keys.first().cloned(),
+                None => None,
+            }
+        });
+        if found.is_none() {
+            if let Ok(mut w) = self.wanted.lock() {
+                *w = Some((issuer.to_string(), kid.map(str::to_string)));
+            }
+        }
+        found
+    }
+}
+
+/// A query-string value, percent-encoded (everything but unreserved characters and `:`/`/`).
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The guard. Cheap to share (`Arc<Guard>`).
 pub struct Guard {
     cfg: GuardConfig,
@@ -527,6 +594,8 @@ pub struct Guard {
     client: Client,
     clock: Arc<dyn Clock>,
     keys: Arc<RemoteKeys>,
+    /// The authorization servers whose access tokens are accepted for this resource.
+    authorization_servers: Arc<RemoteAuthorizationServers>,
     registry: Arc<RwLock<Registry>>,
     revocations: Arc<RevocationIndex>,
     verifier: Verifier,
@@ -608,6 +677,12 @@ impl Guard {
             revocations.clone(),
         )
         .with_dpop(cfg.dpop_window, nonces);
+        let authorization_servers = Arc::new(RemoteAuthorizationServers::default());
+        let verifier = verifier.with_authorization_servers(ResourcePolicy {
+            resource: resource.clone(),
+            allow_multi_audience: cfg.allow_multi_audience,
+            servers: authorization_servers.clone(),
+        });
         let resource_metadata = cfg.resource_metadata();
         let guard = Arc::new(Guard {
             cfg: GuardConfig { resource, ..cfg },
@@ -616,6 +691,7 @@ impl Guard {
             client,
             clock,
             keys,
+            authorization_servers,
             registry,
             revocations,
             verifier,
@@ -624,6 +700,7 @@ impl Guard {
             rounds: tokio::sync::watch::Sender::new(0),
         });
         guard.refresh_keys().await?;
+        guard.refresh_authorization_servers(None).await?;
         guard.refresh_tools().await?;
         guard.refresh_revocations().await?;
         tokio::spawn(refresher(Arc::downgrade(&guard)));
@@ -665,13 +742,29 @@ impl Guard {
         &self.verifier.issuer
     }
 
+    /// The authorization servers of this resource, as its RFC 9728 metadata lists them:
+    /// toolgate's issuer, then toolgate's `authorization_servers` (sorted), whose access
+    /// tokens for exactly this resource are accepted too.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        let mut others: Vec<String> = self
+            .authorization_servers
+            .servers
+            .read()
+            .map(|s| s.keys().filter(|i| *i != self.issuer()).cloned().collect())
+            .unwrap_or_default();
+        others.sort();
+        let mut all = vec![self.issuer().to_string()];
+        all.extend(others);
+        all
+    }
+
     /// This server's RFC 9728 protected resource metadata: its resource URI and toolgate as
     /// its authorization server. [`Protected`] and the tower layer answer `GET` on the
     /// [`resource_metadata`](Self::resource_metadata) path with it, without a token.
     pub fn metadata(&self) -> Value {
         serde_json::json!({
             "resource": self.resource(),
-            "authorization_servers": [self.issuer()],
+            "authorization_servers": self.authorization_servers(),
             "bearer_methods_supported": ["header"],
             "resource_documentation": "https://www.rfc-editor.org/rfc/rfc9728",
             "tls_client_certificate_bound_access_tokens": self.requires_mtls(),
@@ -900,6 +993,75 @@ impl Guard {
         Ok(())
     }
 
+    /// Fetch the authorization servers and their keys; `wanted` (an issuer and the `kid` a
+    /// token named) asks toolgate to refresh that issuer's keys first. A toolgate without the
+    /// endpoint (404) has none.
+    async fn refresh_authorization_servers(
+        &self,
+        wanted: Option<(String, Option<String>)>,
+    ) -> Result<(), GuardError> {
+        let path = match &wanted {
+            None => "/v1/authorization-servers".to_string(),
+            Some((iss, None)) => format!("/v1/authorization-servers?issuer={}", query_value(iss)),
+            Some((iss, Some(kid))) => format!(
+                "/v1/authorization-servers?issuer={}&kid={}",
+                query_value(iss),
+                query_value(kid)
+            ),
+        };
+        let (status, body) = self
+            .client
+            .send(http::Method::GET, &path, None)
+            .await
+            .map_err(|e| GuardError(e.to_string()))?;
+        let mut fresh = HashMap::new();
+        if status == StatusCode::NOT_FOUND {
+            // An older toolgate: no authorization servers.
+        } else if !status.is_success() {
+            return Err(GuardError(format!(
+                "toolgate answered {status} for /v1/authorization-servers"
+            )));
+        } else {
+            let malformed =
+                || GuardError("toolgate's authorization server list is malformed".into());
+            for entry in body
+                .get("authorization_servers")
+                .and_then(Value::as_array)
+                .ok_or_else(malformed)?
+            {
+                let issuer = entry
+                    .get("issuer")
+                    .and_then(Value::as_str)
+                    .ok_or_else(malformed)?;
+                let keys = entry.get("keys").ok_or_else(malformed)?;
+                let set = JwkSet::from_json_bytes(keys.to_string().as_bytes())
+                    .map_err(|e| GuardError(format!("{issuer}: JWKS: {e}")))?;
+                fresh.insert(issuer.to_string(), set);
+            }
+        }
+        let mut current = self
+            .authorization_servers
+            .servers
+            .write()
+            .map_err(|_| GuardError("authorization server lock poisoned".into()))?;
+        // A key or a server gone: tokens it verified must not be served from the cache.
+        let removed = current.iter().any(|(iss, set)| {
+            set.keys.iter().any(|k| {
+                k.kid.as_ref().is_none_or(|kid| {
+                    fresh
+                        .get(iss)
+                        .is_none_or(|f: &JwkSet| f.find(kid).is_none())
+                })
+            })
+        });
+        *current = fresh;
+        drop(current);
+        if removed {
+            self.verifier.clear_cache();
+        }
+        Ok(())
+    }
+
     async fn refresh_tools(&self) -> Result<(), GuardError> {
         let body = self.get("/v1/tools").await?;
         let tools: Vec<ToolEntry> =
@@ -1011,6 +1173,7 @@ pub fn dpop_header(headers: &HeaderMap) -> Result<&str, ProofError> {
 async fn refresher(guard: Weak<Guard>) {
     let mut ticks: u64 = 0;
     let mut last_keys = std::time::Instant::now();
+    let mut last_as_keys = std::time::Instant::now();
     let interval = match guard.upgrade() {
         Some(g) => g.cfg.poll_interval,
         None => return,
@@ -1037,6 +1200,25 @@ async fn refresher(guard: Weak<Guard>) {
             last_keys = std::time::Instant::now();
             if let Err(e) = g.refresh_keys().await {
                 crate::log_warn!("guard: key refresh failed: {e}");
+            }
+        }
+        // An authorization server's token naming a kid the guard lacks: toolgate is asked to
+        // refresh that issuer (it limits itself to once per 30 s per issuer); at most every
+        // two seconds from here, and every minute with the keys.
+        let as_due = last_as_keys.elapsed() >= Duration::from_secs(2);
+        let wanted = if as_due {
+            g.authorization_servers
+                .wanted
+                .lock()
+                .ok()
+                .and_then(|mut w| w.take())
+        } else {
+            None
+        };
+        if wanted.is_some() || ticks % (60 * per_second) == 0 {
+            last_as_keys = std::time::Instant::now();
+            if let Err(e) = g.refresh_authorization_servers(wanted).await {
+                crate::log_warn!("guard: authorization server refresh failed: {e}");
             }
         }
         g.rounds.send_modify(|n| *n += 1);

@@ -68,6 +68,7 @@ async fn stand_in_toolgate(key: &SigningKey) -> String {
                     }
                     "/v1/identity/jwks" => jwks.clone(),
                     "/v1/tools" => tools.clone(),
+                    "/v1/authorization-servers" => json!({"authorization_servers": []}).to_string(),
                     "/v1/federation/revocation-hash" => json!({"hash": ""}).to_string(),
                     _ => json!({"revocations": []}).to_string(),
                 };

@@ -160,19 +160,23 @@ echo "  header $(printf '%s' "$AT" | jwt_json 0)"
 claims=$(printf '%s' "$AT" | jwt_json 1)
 echo "  claims $(printf '%s' "$claims" | json_pick '{k: x for k, x in v.items() if k not in ("jti", "iat", "exp")}')"
 [ "$(printf '%s' "$claims" | json_pick 'v["aud"]')" = "$ISSUES" ] || fail "the token's aud is not $ISSUES"
+# curl reads the token from 0600 files, not from its command line (the SDK client takes it as an argument).
+(umask 077; printf 'Authorization: Bearer %s\n' "$AT" >"$tmp/at.header"
+ printf '{"grant_type":"urn:ietf:params:oauth:grant-type:token-exchange","subject_token":"%s","subject_token_type":"urn:ietf:params:oauth:token-type:access_token","audience":"%s"}' \
+   "$AT" "$ISSUES/tools/list_issues" >"$tmp/exchange-request.json")
 
 echo "== 5. the SDK client calls list_issues at the issues gateway with it (expect the tool result)"
 res=$("$PY" scripts/e2e/mcp_client.py "$ISSUES" "$AT" list_issues '{"repo":"toolgate"}') || fail "issues: $res"
 echo "issues gateway, tools/call list_issues: $res"
 [ "$res" = "OK 2 open issues in toolgate" ] || fail "unexpected result: $res"
-status=$(curl -sS -o /dev/null -w '%{http_code}' "$ISSUES" -H "Authorization: Bearer $AT" -H 'Content-Type: application/json' \
+status=$(curl -sS -o /dev/null -w '%{http_code}' "$ISSUES" -H @"$tmp/at.header" -H 'Content-Type: application/json' \
   -H 'Accept: application/json, text/event-stream' \
   -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}')
 echo "issues gateway, initialize with curl: HTTP $status"
 [ "$status" = 200 ] || fail "initialize at the issues gateway answered $status"
 
 echo "== 6. the same token replayed at the billing gateway (expect 401 audience mismatch)"
-curl -sS -o "$tmp/deny.json" -D "$tmp/deny.headers" "$BILLING" -H "Authorization: Bearer $AT" -H 'Content-Type: application/json' \
+curl -sS -o "$tmp/deny.json" -D "$tmp/deny.headers" "$BILLING" -H @"$tmp/at.header" -H 'Content-Type: application/json' \
   -H 'Accept: application/json, text/event-stream' \
   -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_invoice","arguments":{"invoice":"2024-001"}}}'
 status=$(head -n 1 "$tmp/deny.headers" | tr -d '\r')
@@ -204,14 +208,14 @@ printf '%s' "$audit" | json_pick 'sorted(e["target"] for e in v["events"]) == so
 allows=$(admin "$TG/v1/audit?decision=allow&kind=gateway" | json_pick 'v["count"]')
 echo "  (and $allows gateway allows: the issues calls)"
 stats=$(admin "$TG/v1/stats")
-echo "stats: $(printf '%s' "$stats" | json_pick '{"verifications": {k: v["verifications"][k] for k in ("total", "allowed", "denied")}, "denials_by_check": v["denials_by_check"]}')"
+echo "stats: $(printf '%s' "$stats" | json_pick '{"verifications": {k: v["verifications"][k] for k in ("total", "allowed", "denied")}, "denials_by_check (non-zero)": {k: n for k, n in v["denials_by_check"].items() if n}}')"
 [ "$(printf '%s' "$stats" | json_pick 'v["denials_by_check"].get("audience", 0)')" = 2 ] \
   && [ "$(printf '%s' "$stats" | json_pick 'v["verifications"]["denied"]')" = 2 ] \
   || fail "the dashboard's numbers do not show the two audience denials"
 
 echo "== 8. the issues token at toolgate's exchange (expect 401 invalid_client: the provider is no trusted issuer)"
 status=$(curl -sS --cacert "$CA" -o "$tmp/exchange.json" -w '%{http_code}' "$TG/v1/exchange/token" -H 'Content-Type: application/json' \
-  -d "{\"grant_type\":\"urn:ietf:params:oauth:grant-type:token-exchange\",\"subject_token\":\"$AT\",\"subject_token_type\":\"urn:ietf:params:oauth:token-type:access_token\",\"audience\":\"$ISSUES/tools/list_issues\"}")
+  -d @"$tmp/exchange-request.json")
 echo "exchange: HTTP $status $(cat "$tmp/exchange.json")"
 [ "$status" = 401 ] && [ "$(json_pick 'v["error"]' <"$tmp/exchange.json")" = invalid_client ] || fail "expected 401 invalid_client"
 

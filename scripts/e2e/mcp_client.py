@@ -1,8 +1,9 @@
 """Drive the gateway with the official MCP SDK's own Streamable HTTP client.
 
-usage: mcp_client.py URL TOKEN TOOL   -> prints "OK <result text>" or "REFUSED <status> <detail>";
+usage: mcp_client.py URL TOKEN TOOL [ARGUMENTS_JSON]   -> prints "OK <result text>" or "REFUSED <status> <detail>";
 exit 0 when the call succeeded, 3 when it was refused at initialize, 4 when refused at the call."""
 import asyncio
+import json
 import sys
 
 from mcp import ClientSession
@@ -82,4 +83,5 @@ async def main(url: str, token: str | None, tool: str, auth=None, arguments=None
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3])))
+    args = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], arguments=args)))

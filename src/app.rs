@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::{Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
 use crate::events::Hub;
-use crate::keys::{KeyError, KeyRing};
+use crate::keys::{KeyError, KeyPolicy, KeyRing};
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocations::Revocations;
@@ -208,13 +208,22 @@ impl App {
         }
         // Before the audit writer opens its connection: moving the key out of the database
         // empties the write-ahead log, which no reader may hold.
-        let keys = Arc::new(match &config.signing_key_file {
-            Some(path) => KeyRing::from_file(&store, path, now).map_err(|e| match e {
-                KeyError::Store(e) => OpenError::Store(e),
-                KeyError::File(why) => OpenError::Refused(why),
-            })?,
-            None => KeyRing::load_or_create(&store, now)?,
-        });
+        let policy = KeyPolicy {
+            publish_ahead: config.key_publish_ahead,
+            // Execution-bound tokens live shorter; agent and tool tokens this long at most.
+            token_lifetime: config.token_ttl,
+        };
+        let keys = KeyRing::open(
+            &store,
+            config.signing_key_file.as_deref(),
+            policy,
+            clock.clone(),
+        )
+        .map_err(|e| match e {
+            KeyError::Store(e) => OpenError::Store(e),
+            KeyError::File(why) => OpenError::Refused(why),
+        })?;
+        let keys = Arc::new(keys);
         let key_path = config.audit_key_path();
         crate::secret_file::ensure_private(&key_path, "audit key file")
             .map_err(OpenError::Refused)?;

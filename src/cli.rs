@@ -445,7 +445,7 @@ struct ServeCmd {
     /// an origin (scheme://host[:port]) whose pages may make state-changing calls (repeatable)
     #[argh(option)]
     allowed_origin: Vec<String>,
-    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters
+    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters, key_rotation_days, …
     #[argh(option)]
     config: Option<PathBuf>,
     /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP
@@ -475,6 +475,9 @@ struct ServeCmd {
     /// the token endpoint requires this daemon's DPoP nonces (answers use_dpop_nonce with a DPoP-Nonce header)
     #[argh(switch)]
     dpop_nonce: bool,
+    /// seconds a new signing key (keys rotate) is published before it signs: longer than any guard's JWKS refresh (default 600, at most 604800; key_publish_ahead_seconds in the config file)
+    #[argh(option)]
+    publish_ahead: Option<i64>,
 }
 
 /// The TLS flags of a `serve` or `gateway` command line.
@@ -973,6 +976,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
         tls: tls_flags!(s),
         dpop_window: s.dpop_window,
         dpop_nonce: s.dpop_nonce,
+        publish_ahead: s.publish_ahead,
     };
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,

@@ -26,6 +26,7 @@ mod openapi;
 mod pipeline;
 mod production;
 mod robustness;
+mod rotation;
 mod signals;
 mod tls;
 mod tls_clients;

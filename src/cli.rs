@@ -30,6 +30,91 @@ enum Command {
     Gateway(GatewayCmd),
     DevCerts(DevCertsCmd),
     Dpop(DpopCmd),
+    Keys(KeysCmd),
+}
+
+/// toolgate's own signing keys: rotate, list.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "keys")]
+struct KeysCmd {
+    #[argh(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum KeysAction {
+    Rotate(KeysRotate),
+    List(KeysList),
+}
+
+/// Make a new signing key in a running daemon: published in the JWKS at once, signing after the
+/// publish-ahead period (serve --publish-ahead, default 600 s); the key signing now stops then
+/// and stays published until the last token it signed has expired. One at a time: refused
+/// while a key is waiting to sign.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "rotate",
+    note = "With --signing-key-file PATH, the daemon writes the new key beside it, in PATH.<kid> (0600)."
+)]
+struct KeysRotate {
+    /// the new key's algorithm: ES256 (default) or EdDSA
+    #[argh(option, default = "String::from(\"ES256\")")]
+    alg: String,
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// List a running daemon's signing keys: state (next, active, retiring, retired), algorithm
+/// and dates (GET /v1/keys; admin or read-only token).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct KeysList {
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// DPoP (RFC 9449) for shell scripts: make the proof a DPoP-bound token needs on each request.
@@ -845,6 +930,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Dpop(d) => match d.action {
             DpopAction::Proof(p) => dpop_proof(p),
         },
+        Command::Keys(k) => match k.action {
+            KeysAction::Rotate(r) => keys_rotate(r).await,
+            KeysAction::List(l) => keys_list(l).await,
+        },
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
@@ -1495,6 +1584,66 @@ fn dpop_proof(p: DpopProof) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn keys_rotate(r: KeysRotate) -> ExitCode {
+    if !matches!(r.alg.as_str(), "ES256" | "EdDSA") {
+        return usage("--alg must be ES256 or EdDSA");
+    }
+    let body = json!({ "alg": r.alg }).to_string().into_bytes();
+    let json_out = r.json;
+    finish(
+        client(
+            r.url,
+            client_tls(r.toolgate_ca, r.toolgate_pin),
+            r.admin_token_file,
+        ),
+        |c| async move {
+            let (status, body) = c
+                .send(
+                    http::Method::POST,
+                    "/v1/keys/rotate",
+                    Some(("application/json", body)),
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(ClientError::Api { status, body });
+            }
+            if json_out {
+                return Ok(body);
+            }
+            let keys: Vec<Value> = ["previous", "key"]
+                .iter()
+                .filter_map(|k| body.get(*k).cloned())
+                .collect();
+            say(&crate::table::keys(&json!({ "keys": keys })));
+            Ok(Value::Null)
+        },
+    )
+    .await
+}
+
+async fn keys_list(l: KeysList) -> ExitCode {
+    let json_out = l.json;
+    finish(
+        client(
+            l.url,
+            client_tls(l.toolgate_ca, l.toolgate_pin),
+            l.admin_token_file,
+        ),
+        |c| async move {
+            let (status, body) = c.send(http::Method::GET, "/v1/keys", None).await?;
+            if !status.is_success() {
+                return Err(ClientError::Api { status, body });
+            }
+            if json_out {
+                return Ok(body);
+            }
+            say(&crate::table::keys(&body));
+            Ok(Value::Null)
+        },
+    )
+    .await
 }
 
 async fn verify(v: VerifyCmd) -> ExitCode {

@@ -227,6 +227,9 @@ struct GatewayCmd {
     /// deny everything when toolgate could not be reached for this many seconds (default 5)
     #[argh(option, default = "5")]
     max_staleness: u64,
+    /// fetch toolgate's signing keys (JWKS) at least this often, in seconds, 1-3600 (default 60; and at once, at most every 2 s, on an unknown kid); keep it below toolgate's --publish-ahead
+    #[argh(option, default = "60")]
+    key_refresh: u64,
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
@@ -1123,6 +1126,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     if let Err(e) = toolgate::config::dpop_window(g.dpop_window, "--dpop-window") {
         return usage(&e.to_string());
     }
+    if !(1..=3600).contains(&g.key_refresh) {
+        return usage("--key-refresh must be between 1 and 3600 seconds");
+    }
     let mut routes = Vec::new();
     for r in &g.route {
         match r.split_once('=') {
@@ -1182,6 +1188,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             public_url: public,
             max_staleness: std::time::Duration::from_secs(g.max_staleness.max(1)),
             poll_interval: std::time::Duration::from_millis(250),
+            key_refresh: std::time::Duration::from_secs(g.key_refresh),
             leeway: g.leeway,
             max_batch: g.max_batch,
             dpop_window: g.dpop_window,

@@ -1,17 +1,30 @@
 //! toolgate's own signing-key rotation (issue #15 part 2): `POST /v1/keys/rotate` publishes a new
 //! key at once and signs with it only after the publish-ahead period; the old key stays
 //! published until the last token it signed has expired (plus leeway), then is retired; states
-//! survive a restart, keys kept in `--signing-key-file` rotate beside it, and `key_rotation_days`
-//! rotates on schedule.
+//! survive a restart, keys kept in `--signing-key-file` rotate beside it, `key_rotation_days`
+//! rotates on schedule, and a guard in front of a tool never refuses a token across rotations.
 //! Time moves by the daemon's manual clock.
 
 use super::harness::*;
 use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
+use toolgate::clock::Clock;
 use toolgate::credentials::Credential;
+use toolgate::gateway::GatewayConfig;
+use toolgate::guard::{Guard, GuardConfig};
+use toolgate::verify::{DecisionRequest, Target};
 
 const RESOURCE: &str = "https://mcp.example.com/srv/search";
+const SERVER: &str = "https://mcp.example.com/srv";
 const READER: &str = "read-only-token-0123456789";
 const REPORTER: &str = "reporter-token-0123456789";
 /// The defaults: 600 s publish-ahead; tokens live 300 s, plus 60 s leeway.
@@ -565,4 +578,154 @@ async fn a_lost_key_file_refuses_the_start() {
         .await
         .unwrap();
     running.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A guard, and a gateway made of it, in front of a tool never refuses across rotations.
+
+/// An upstream that answers every request 200.
+async fn upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {}}).to_string();
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(answer)));
+                    resp.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// A tools/call through the gateway with `token`: its status.
+async fn call_through(gateway: &str, token: &str) -> (u16, Value) {
+    let bearer = format!("Bearer {token}");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "search", "arguments": {}}});
+    let (status, _, answer) = request_full(
+        Method::POST,
+        gateway,
+        "/mcp",
+        &[
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ],
+        body.to_string().into_bytes(),
+    )
+    .await;
+    (status, answer)
+}
+
+/// Every decision of a guard over time: each token presented is allowed, at the guard and
+/// through the gateway, the first sight of a new kid included.
+async fn assert_allowed(guard: &Guard, gateway: &str, tokens: &[&String]) {
+    for t in tokens {
+        let decision = guard.check(&DecisionRequest::new(t, Target::Tool("search")));
+        assert!(decision.is_ok(), "kid {}: {decision:?}", kid_of(t));
+        let (status, answer) = call_through(gateway, t).await;
+        assert_eq!(status, 200, "kid {}: {answer}", kid_of(t));
+    }
+}
+
+/// Wait until the guard has finished a refresh round begun after now (its keys are fetched
+/// every round here): a round that ends two counts on began after now.
+async fn guard_synced(guard: &Guard) {
+    let mut rounds = guard.rounds();
+    let start = *rounds.borrow_and_update();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while *rounds.borrow_and_update() < start + 2 {
+            rounds.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the guard did not sync within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_and_its_gateway_never_refuse_across_rotations() {
+    let d = dev().await;
+    let (status, body) = d
+        .call(
+            Method::POST,
+            "/v1/tools",
+            Some(json!({"tool_id": "search", "resource_uri": RESOURCE, "server_id": "srv"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = GatewayConfig {
+        listen: listener.local_addr().unwrap(),
+        upstream: upstream().await,
+        upstream_tls: Default::default(),
+        // Keys every round (its default is a minute, far below the 10-minute publish-ahead):
+        // the test then waits for rounds, not for time.
+        guard: GuardConfig::new(&d.url, SERVER)
+            .server_id("srv")
+            .public_url(&gateway)
+            .poll_interval(Duration::from_millis(50))
+            .key_refresh(Duration::ZERO)
+            .max_staleness(Duration::from_secs(3600)),
+        mcp_path: "/mcp".into(),
+        routes: Vec::new(),
+        max_connections: 64,
+        max_batch: toolgate::gateway::DEFAULT_MAX_BATCH,
+        allowed_origins: Vec::new(),
+        metrics_path: None,
+        tls: Default::default(),
+    };
+    // The guard decides on the daemon's manual clock, as one machine's guard would.
+    let clock: Arc<dyn Clock> = d.clock.clone();
+    let guard = Guard::connect(cfg.guard.clone(), clock).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(toolgate::gateway::serve(
+        listener,
+        guard.clone(),
+        cfg,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    for alg in ["EdDSA", "ES256"] {
+        // A token of the signing key, minted right before the rotation.
+        let before = token(&d).await;
+        let body = rotated(&d, alg).await;
+        let new = body["key"]["kid"].as_str().unwrap().to_string();
+        assert_allowed(&guard, &gateway, &[&before]).await;
+        guard_synced(&guard).await;
+        assert_allowed(&guard, &gateway, &[&before]).await;
+        // The last token of the old key, then the first of the new one: the guard has never
+        // seen the new kid in a token, and allows it.
+        d.clock.advance(AHEAD - 1);
+        let last_old = token(&d).await;
+        d.clock.advance(1);
+        let first_new = token(&d).await;
+        assert_ne!(kid_of(&last_old), new);
+        assert_eq!(kid_of(&first_new), new);
+        assert_allowed(&guard, &gateway, &[&last_old, &first_new]).await;
+        // Until the old key's last token expires (plus leeway), both keep passing.
+        d.clock.advance(KEPT - 2);
+        guard_synced(&guard).await;
+        assert_allowed(&guard, &gateway, &[&last_old, &first_new]).await;
+        // Then the old key leaves the JWKS and the guard's copy; the new key's go on passing.
+        d.clock.advance(2);
+        guard_synced(&guard).await;
+        let fresh = token(&d).await;
+        assert_eq!(kid_of(&fresh), new);
+        assert_allowed(&guard, &gateway, &[&fresh]).await;
+    }
+    let _ = stop.send(());
+    d.stop().await;
 }

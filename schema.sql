@@ -7,15 +7,21 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) STRICT;
 
--- Token-signing keys. The active key has retired_at NULL; retired keys stay published
--- until not_after so that tokens they signed keep verifying until they expire.
+-- Token-signing keys, every one toolgate has had. A key is published from created_at, signs
+-- from signs_from until retired_at (its successor's signs_from; NULL while it has none), and
+-- stays published until not_after, when the last token it signed has expired (plus leeway).
+-- pkcs8 is the private half while the database keeps it: empty for a key kept in
+-- --signing-key-file, and overwritten (secure_delete) once the key is retired. public_jwk
+-- (the public half, JSON) stays. public_jwk and signs_from: version 10.
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid        TEXT PRIMARY KEY NOT NULL,
     alg        TEXT NOT NULL,
     pkcs8      BLOB NOT NULL,
     created_at INTEGER NOT NULL,
     retired_at INTEGER,
-    not_after  INTEGER
+    not_after  INTEGER,
+    public_jwk TEXT NOT NULL DEFAULT '',
+    signs_from INTEGER
 ) STRICT;
 
 -- The tool registry: one store behind /v1/mcp/tools and /v1/tools.

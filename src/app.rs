@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::{AuthorizationServer, Config, Transmitter, TrustedIssuer, DEV_TRUST_DOMAIN};
 use crate::credentials::Credentials;
 use crate::events::Hub;
-use crate::keys::{KeyError, KeyRing};
+use crate::keys::{KeyError, KeyPolicy, KeyRing};
 use crate::metrics::{Gauges, Metrics};
 use crate::registry::{Registry, ToolEntry};
 use crate::revocations::Revocations;
@@ -45,6 +45,8 @@ pub struct App {
     pub authorization_servers: Vec<AuthorizationServer>,
     /// Expiry given to revocations whose signal names none; `None` keeps them until lifted.
     pub revocation_ttl: Option<i64>,
+    /// Rotate the signing key when it has signed for this many days (`key_rotation_days`).
+    pub key_rotation_days: Option<u32>,
     pub unit_id: String,
     pub clock: Arc<dyn Clock>,
     pub store: Store,
@@ -114,6 +116,17 @@ impl LiveEvent {
             &self.detail,
         );
     }
+}
+
+/// Why a rotation of the signing key was not made, or not audited.
+#[derive(Debug)]
+pub enum RotationError {
+    /// Nothing changed: a key is already waiting to sign.
+    Pending { kid: String, signs_from: i64 },
+    /// Nothing changed: the audit log, the database or the key file failed.
+    Unavailable(&'static str),
+    /// The key was rotated, but its audit row could not be committed.
+    Unaudited,
 }
 
 /// Why the daemon cannot start.
@@ -211,13 +224,22 @@ impl App {
         }
         // Before the audit writer opens its connection: moving the key out of the database
         // empties the write-ahead log, which no reader may hold.
-        let keys = Arc::new(match &config.signing_key_file {
-            Some(path) => KeyRing::from_file(&store, path, now).map_err(|e| match e {
-                KeyError::Store(e) => OpenError::Store(e),
-                KeyError::File(why) => OpenError::Refused(why),
-            })?,
-            None => KeyRing::load_or_create(&store, now)?,
-        });
+        let policy = KeyPolicy {
+            publish_ahead: config.key_publish_ahead,
+            // Execution-bound tokens live shorter; agent and tool tokens this long at most.
+            token_lifetime: config.token_ttl,
+        };
+        let keys = KeyRing::open(
+            &store,
+            config.signing_key_file.as_deref(),
+            policy,
+            clock.clone(),
+        )
+        .map_err(|e| match e {
+            KeyError::Store(e) => OpenError::Store(e),
+            KeyError::File(why) => OpenError::Refused(why),
+        })?;
+        let keys = Arc::new(keys);
         let key_path = config.audit_key_path();
         crate::secret_file::ensure_private(&key_path, "audit key file")
             .map_err(OpenError::Refused)?;
@@ -317,6 +339,7 @@ impl App {
             transmitters: config.transmitters.clone(),
             authorization_servers: config.authorization_servers.clone(),
             revocation_ttl: config.revocation_ttl,
+            key_rotation_days: config.key_rotation_days,
             unit_id,
             clock,
             store,
@@ -471,6 +494,101 @@ impl App {
             audit_rows_written: self.audit.written(),
             sse_clients: self.events.clients(),
             signature_cache_entries: self.verifier.cached_signatures(),
+            signing_keys: self.keys.counts(self.now()),
+        }
+    }
+
+    /// Rotate toolgate's signing key (see [`KeyRing::rotate`]): the new key is published now
+    /// and signs after the publish-ahead period. Its audit row (kind `admin`, decision
+    /// `rotated`, target the new kid) is committed before this returns. `who` names the caller:
+    /// a role, `dev`, or `schedule`. The rotation and its row are one task, finished even if
+    /// the caller goes away, so that the ring in memory, the database and the log agree.
+    pub async fn rotate_signing_key(
+        &self,
+        alg: crate::jose::Algorithm,
+        who: &'static str,
+        rid: &str,
+    ) -> Result<crate::keys::Rotated, RotationError> {
+        use crate::keys::RotateError;
+        self.audit_ready().map_err(|_| {
+            RotationError::Unavailable("the audit log is unavailable; nothing was changed")
+        })?;
+        let now = self.now();
+        let (keys, store, audit) = (self.keys.clone(), self.store.clone(), self.audit.clone());
+        let (ts_ms, rid) = (self.now_ms(), rid.to_string());
+        let task = tokio::spawn(async move {
+            let rotated = keys.rotate(&store, alg, now).await?;
+            let row = rotation_row(&rotated, who, rid, ts_ms);
+            debug_assert_in_vocabulary(&row);
+            let audited = audit.record_durable(row.clone()).await;
+            Ok::<_, RotateError>((rotated, row, audited))
+        });
+        let outcome = task
+            .await
+            .map_err(|_| RotationError::Unavailable("the rotation failed; nothing was changed"))?;
+        let (rotated, row, audited) = outcome.map_err(|e| match e {
+            RotateError::Pending { kid, signs_from } => RotationError::Pending { kid, signs_from },
+            RotateError::Key(why) => {
+                crate::log_error!("key rotation: {why}");
+                RotationError::Unavailable(
+                    "the new signing key could not be made or written; nothing was changed",
+                )
+            }
+            RotateError::Store(e) => {
+                crate::log_error!("key rotation: {e}");
+                RotationError::Unavailable("storage is unavailable; nothing was changed")
+            }
+        })?;
+        self.metrics.key_rotated();
+        crate::log_info!(
+            "signing key {} made by {who}: {}",
+            rotated.key.kid,
+            row.reason
+        );
+        match audited {
+            Ok(()) => LiveEvent::of("admin", &row).publish(&self.events),
+            Err(e) => {
+                self.audit_refused(&e);
+                return Err(RotationError::Unaudited);
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// The key ring's timer (once a minute, by the app's clock): keys whose last token has
+    /// expired are retired (private half overwritten, audited `retired`), and with
+    /// `key_rotation_days` the signing key is rotated once it has signed that long.
+    pub async fn key_upkeep(&self) {
+        let now = self.now();
+        match self.keys.retire_expired(&self.store, now).await {
+            Ok(kids) => {
+                for kid in kids {
+                    crate::log_info!("signing key {kid} retired: its private half is removed");
+                    let row = Record {
+                        ts_ms: self.now_ms(),
+                        kind: "admin".into(),
+                        subject: "schedule".into(),
+                        target: kid,
+                        decision: "retired".into(),
+                        reason: "no token it signed is live any more; its private half is                                  removed, its public half kept"
+                            .into(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = self.record_durable("admin", row).await {
+                        crate::log_warn!("the retirement of a signing key is not audited: {e:?}");
+                    }
+                }
+            }
+            Err(e) => crate::log_warn!("retiring signing keys failed: {e}"),
+        }
+        let Some(days) = self.key_rotation_days else {
+            return;
+        };
+        if let Some(alg) = self.keys.rotation_due(now, days) {
+            match self.rotate_signing_key(alg, "schedule", "").await {
+                Ok(_) => {}
+                Err(e) => crate::log_warn!("the scheduled key rotation failed: {e:?}"),
+            }
         }
     }
 
@@ -519,6 +637,40 @@ impl App {
         let mut registry = self.registry.write().map_err(|_| StoreError::Unavailable)?;
         let removed = registry.remove(tool_id);
         Ok(if existed { removed } else { None })
+    }
+}
+
+/// The audit row of a rotation: kind `admin`, decision `rotated`, target the new kid, and in
+/// its reason the dates that matter.
+fn rotation_row(
+    rotated: &crate::keys::Rotated,
+    who: &'static str,
+    request_id: String,
+    ts_ms: i64,
+) -> Record {
+    let key = &rotated.key;
+    let time = crate::clock::rfc3339;
+    let mut reason = format!(
+        "{} key, published now, signs from {}",
+        key.algorithm().name(),
+        time(key.signs_from)
+    );
+    if let Some(p) = &rotated.previous {
+        reason.push_str(&format!(
+            "; {} signs until then, published until {}",
+            p.kid,
+            p.not_after.map_or_else(String::new, time)
+        ));
+    }
+    Record {
+        ts_ms,
+        kind: "admin".into(),
+        subject: who.into(),
+        target: key.kid.clone(),
+        decision: "rotated".into(),
+        reason,
+        request_id,
+        ..Default::default()
     }
 }
 

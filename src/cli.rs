@@ -31,6 +31,91 @@ enum Command {
     Gateway(GatewayCmd),
     DevCerts(DevCertsCmd),
     Dpop(DpopCmd),
+    Keys(KeysCmd),
+}
+
+/// toolgate's own signing keys: rotate, list.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "keys")]
+struct KeysCmd {
+    #[argh(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum KeysAction {
+    Rotate(KeysRotate),
+    List(KeysList),
+}
+
+/// Make a new signing key in a running daemon: published in the JWKS at once, signing after the
+/// publish-ahead period (serve --publish-ahead, default 600 s); the key signing now stops then
+/// and stays published until the last token it signed has expired. One at a time: refused
+/// while a key is waiting to sign.
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "rotate",
+    note = "With --signing-key-file PATH, the daemon writes the new key beside it, in PATH.<kid> (0600)."
+)]
+struct KeysRotate {
+    /// the new key's algorithm: ES256 (default) or EdDSA
+    #[argh(option, default = "String::from(\"ES256\")")]
+    alg: String,
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// List a running daemon's signing keys: state (next, active, retiring, retired), algorithm
+/// and dates (GET /v1/keys; admin or read-only token).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct KeysList {
+    /// print the API's JSON instead of a table
+    #[argh(switch)]
+    json: bool,
+    #[argh(
+        option,
+        description = "toolgate URL (default $TOOLGATE_URL or http://127.0.0.1:8693)"
+    )]
+    url: Option<String>,
+    #[argh(
+        option,
+        description = "for an https:// URL, trust only the CA certificates in this PEM file (default $TOOLGATE_CA, else the system's roots)"
+    )]
+    toolgate_ca: Option<PathBuf>,
+    #[argh(
+        option,
+        description = "for an https:// URL, also require this public key: sha256//<base64 SHA-256 of the certificate's SubjectPublicKeyInfo>, curl's --pinnedpubkey form (default $TOOLGATE_PIN)"
+    )]
+    toolgate_pin: Option<String>,
+    #[argh(
+        option,
+        description = "file holding the admin token (default $TOOLGATE_ADMIN_TOKEN_FILE)"
+    )]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// DPoP (RFC 9449) for shell scripts: make the proof a DPoP-bound token needs on each request.
@@ -143,6 +228,9 @@ struct GatewayCmd {
     /// deny everything when toolgate could not be reached for this many seconds (default 5)
     #[argh(option, default = "5")]
     max_staleness: u64,
+    /// fetch toolgate's signing keys (JWKS) at least this often, in seconds, 1-3600 (default 60; and at once, at most every 2 s, on an unknown kid); keep it below toolgate's --publish-ahead
+    #[argh(option, default = "60")]
+    key_refresh: u64,
     /// clock skew allowed on token times, in seconds, 0-60 (default 60)
     #[argh(option, default = "60")]
     leeway: i64,
@@ -480,7 +568,7 @@ struct ServeCmd {
     /// an origin (scheme://host[:port]) whose pages may make state-changing calls (repeatable)
     #[argh(option)]
     allowed_origin: Vec<String>,
-    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters, authorization_servers (see README)
+    /// JSON config file: issuer, trust_domain, token_ttl_seconds, trusted_issuers, transmitters, authorization_servers, key_rotation_days, … (see README)
     #[argh(option)]
     config: Option<PathBuf>,
     /// serve TLS with this certificate chain (PEM, leaf first); reloaded on SIGHUP
@@ -510,6 +598,9 @@ struct ServeCmd {
     /// the token endpoint requires this daemon's DPoP nonces (answers use_dpop_nonce with a DPoP-Nonce header)
     #[argh(switch)]
     dpop_nonce: bool,
+    /// seconds a new signing key (keys rotate) is published before it signs: longer than any guard's JWKS refresh (default 600, at most 604800; key_publish_ahead_seconds in the config file)
+    #[argh(option)]
+    publish_ahead: Option<i64>,
 }
 
 /// The TLS flags of a `serve` or `gateway` command line.
@@ -877,6 +968,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Dpop(d) => match d.action {
             DpopAction::Proof(p) => dpop_proof(p),
         },
+        Command::Keys(k) => match k.action {
+            KeysAction::Rotate(r) => keys_rotate(r).await,
+            KeysAction::List(l) => keys_list(l).await,
+        },
         Command::Audit(a) => match a.action {
             AuditAction::Verify(v) => audit_verify(&v.db, v.key_file),
             AuditAction::Tail(t) => {
@@ -1027,6 +1122,7 @@ async fn serve(s: ServeCmd) -> ExitCode {
         tls: tls_flags!(s),
         dpop_window: s.dpop_window,
         dpop_nonce: s.dpop_nonce,
+        publish_ahead: s.publish_ahead,
     };
     let config = match Config::from_flags(&flags) {
         Ok(c) => c,
@@ -1083,6 +1179,9 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
     // The daemon's rule for its own window: 1 to 300 seconds.
     if let Err(e) = toolgate::config::dpop_window(g.dpop_window, "--dpop-window") {
         return usage(&e.to_string());
+    }
+    if !(1..=3600).contains(&g.key_refresh) {
+        return usage("--key-refresh must be between 1 and 3600 seconds");
     }
     let mut routes = Vec::new();
     for r in &g.route {
@@ -1143,6 +1242,7 @@ async fn gateway(g: GatewayCmd) -> ExitCode {
             public_url: public,
             max_staleness: std::time::Duration::from_secs(g.max_staleness.max(1)),
             poll_interval: std::time::Duration::from_millis(250),
+            key_refresh: std::time::Duration::from_secs(g.key_refresh),
             leeway: g.leeway,
             max_batch: g.max_batch,
             dpop_window: g.dpop_window,
@@ -1546,6 +1646,66 @@ fn dpop_proof(p: DpopProof) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn keys_rotate(r: KeysRotate) -> ExitCode {
+    if !matches!(r.alg.as_str(), "ES256" | "EdDSA") {
+        return usage("--alg must be ES256 or EdDSA");
+    }
+    let body = json!({ "alg": r.alg }).to_string().into_bytes();
+    let json_out = r.json;
+    finish(
+        client(
+            r.url,
+            client_tls(r.toolgate_ca, r.toolgate_pin),
+            r.admin_token_file,
+        ),
+        |c| async move {
+            let (status, body) = c
+                .send(
+                    http::Method::POST,
+                    "/v1/keys/rotate",
+                    Some(("application/json", body)),
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(ClientError::Api { status, body });
+            }
+            if json_out {
+                return Ok(body);
+            }
+            let keys: Vec<Value> = ["previous", "key"]
+                .iter()
+                .filter_map(|k| body.get(*k).cloned())
+                .collect();
+            say(&crate::table::keys(&json!({ "keys": keys })));
+            Ok(Value::Null)
+        },
+    )
+    .await
+}
+
+async fn keys_list(l: KeysList) -> ExitCode {
+    let json_out = l.json;
+    finish(
+        client(
+            l.url,
+            client_tls(l.toolgate_ca, l.toolgate_pin),
+            l.admin_token_file,
+        ),
+        |c| async move {
+            let (status, body) = c.send(http::Method::GET, "/v1/keys", None).await?;
+            if !status.is_success() {
+                return Err(ClientError::Api { status, body });
+            }
+            if json_out {
+                return Ok(body);
+            }
+            say(&crate::table::keys(&body));
+            Ok(Value::Null)
+        },
+    )
+    .await
 }
 
 async fn verify(v: VerifyCmd) -> ExitCode {

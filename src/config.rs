@@ -192,6 +192,12 @@ pub struct Config {
     pub dpop_window: i64,
     /// The token endpoint requires this daemon's DPoP nonces (`--dpop-nonce`, `dpop_nonce`).
     pub dpop_nonce: bool,
+    /// A new signing key is published this long before it signs, in seconds
+    /// (`--publish-ahead`, `key_publish_ahead_seconds`).
+    pub key_publish_ahead: i64,
+    /// Rotate the signing key when it has signed for this many days (`key_rotation_days`;
+    /// `None`, the default: only when asked).
+    pub key_rotation_days: Option<u32>,
 }
 
 /// The flags of `toolgate serve`, before validation.
@@ -215,6 +221,8 @@ pub struct ServeFlags {
     pub dpop_window: Option<i64>,
     /// `--dpop-nonce`: require server nonces in DPoP proofs at the token endpoint.
     pub dpop_nonce: bool,
+    /// `--publish-ahead`: seconds a new signing key is published before it signs.
+    pub publish_ahead: Option<i64>,
 }
 
 /// The TLS flags `toolgate serve` and `toolgate gateway` share, before validation.
@@ -332,6 +340,8 @@ struct FileConfig {
     open_reads: Option<bool>,
     max_connections_per_peer: Option<usize>,
     write_timeout_seconds: Option<u64>,
+    key_publish_ahead_seconds: Option<i64>,
+    key_rotation_days: Option<u32>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
     #[serde(default)]
@@ -438,6 +448,8 @@ impl Config {
             trusted_proxies: Vec::new(),
             dpop_window: toolgate_core::dpop::DEFAULT_WINDOW,
             dpop_nonce: false,
+            key_publish_ahead: crate::keys::DEFAULT_PUBLISH_AHEAD,
+            key_rotation_days: None,
         }
     }
 
@@ -519,6 +531,9 @@ impl Config {
             cfg.dpop_window = dpop_window(window, "--dpop-window")?;
         }
         cfg.dpop_nonce |= flags.dpop_nonce;
+        if let Some(seconds) = flags.publish_ahead {
+            cfg.key_publish_ahead = publish_ahead(seconds, "--publish-ahead")?;
+        }
         for host in &flags.allowed_hosts {
             cfg.allowed_hosts.push(validate_host_name(host)?);
         }
@@ -588,6 +603,18 @@ impl Config {
                 return Err(err("write_timeout_seconds must be between 1 and 3600"));
             }
             self.write_timeout = Duration::from_secs(secs);
+        }
+        if let Some(seconds) = file.key_publish_ahead_seconds {
+            self.key_publish_ahead = publish_ahead(seconds, "key_publish_ahead_seconds")?;
+        }
+        if let Some(days) = file.key_rotation_days {
+            if !(1..=crate::keys::MAX_ROTATION_DAYS).contains(&days) {
+                return Err(err(format!(
+                    "key_rotation_days must be between 1 and {}",
+                    crate::keys::MAX_ROTATION_DAYS
+                )));
+            }
+            self.key_rotation_days = Some(days);
         }
         for host in &file.allowed_hosts {
             self.allowed_hosts.push(validate_host_name(host)?);
@@ -690,6 +717,18 @@ fn issuer_keys(
         _ => Err(err(format!(
             "{issuer}: give exactly one of jwks_file, jwks_uri or \"discovery\": true"
         ))),
+    }
+}
+
+/// A publish-ahead period in seconds: 1 to a week.
+fn publish_ahead(seconds: i64, name: &str) -> Result<i64, ConfigError> {
+    if (1..=crate::keys::MAX_PUBLISH_AHEAD).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(err(format!(
+            "{name} must be between 1 and {} seconds",
+            crate::keys::MAX_PUBLISH_AHEAD
+        )))
     }
 }
 

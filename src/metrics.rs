@@ -113,6 +113,7 @@ pub struct Metrics {
     signals: [AtomicU64; 8],
     signal_rejections: AtomicU64,
     audit_refusals: AtomicU64,
+    key_rotations: AtomicU64,
 }
 
 /// Gauges read at scrape time from elsewhere in the daemon.
@@ -125,6 +126,8 @@ pub struct Gauges {
     pub sse_clients: usize,
     /// Tokens whose verified signature the pipeline remembers (one entry per token).
     pub signature_cache_entries: usize,
+    /// toolgate's own signing keys per state: next, active, retiring, retired.
+    pub signing_keys: [usize; 4],
 }
 
 fn check_index(check: Check) -> usize {
@@ -197,6 +200,11 @@ impl Metrics {
 
     pub fn audit_refused(&self) {
         self.audit_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count one rotation of toolgate's signing key.
+    pub fn key_rotated(&self) {
+        self.key_rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Per-tool rows (tool_id, allowed, denied, last seen ms), sorted by tool_id.
@@ -296,7 +304,20 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
-        let gauges: [(&str, &str, &str, f64); 8] = [
+        out.push_str("# HELP toolgate_signing_keys toolgate's own signing keys by state.\n# TYPE toolgate_signing_keys gauge\n");
+        for (state, n) in ["next", "active", "retiring", "retired"]
+            .iter()
+            .zip(g.signing_keys)
+        {
+            let _ = writeln!(out, "toolgate_signing_keys{{state=\"{state}\"}} {n}");
+        }
+        let gauges: [(&str, &str, &str, f64); 9] = [
+            (
+                "toolgate_key_rotations_total",
+                "counter",
+                "Rotations of toolgate's signing key since start (asked for or scheduled).",
+                self.key_rotations.load(Ordering::Relaxed) as f64,
+            ),
             (
                 "toolgate_signals_rejected_total",
                 "counter",

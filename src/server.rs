@@ -45,6 +45,8 @@ impl std::error::Error for ServeError {}
 /// A server started in this process (the binary and the integration tests use it alike).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The app, for the timers' work on demand (see [`Running::key_upkeep`]).
+    app: std::sync::Weak<App>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
     reload: Option<Reload>,
@@ -68,6 +70,15 @@ impl Running {
         match &self.reload {
             Some(reload) => reload(),
             None => Err("the listener has no TLS".into()),
+        }
+    }
+
+    /// Run the key ring's timer now, as it runs once a minute (retirements, scheduled
+    /// rotation): for tests that move a manual clock instead of waiting.
+    #[doc(hidden)]
+    pub async fn key_upkeep(&self) {
+        if let Some(app) = self.app.upgrade() {
+            app.key_upkeep().await;
         }
     }
 
@@ -124,6 +135,8 @@ pub async fn start(
     let key_refresher = (!fetched.is_empty()).then(|| {
         crate::issuers::spawn_refresher(fetched, app.clock.clone(), ISSUER_REFRESH_PERIOD)
     });
+    let key_timer = tokio::spawn(key_upkeep(Arc::downgrade(&app)));
+    let weak_app = Arc::downgrade(&app);
     let reload = tls.clone().map(|tls| {
         let app = Arc::downgrade(&app);
         Arc::new(move || reload_daemon(&tls, &app)) as Reload
@@ -156,6 +169,8 @@ pub async fn start(
         if let Some(refresher) = key_refresher {
             refresher.abort();
         }
+        key_timer.abort();
+        let _ = key_timer.await;
         counter.abort();
         let _ = counter.await;
         // Counted refusals not written yet are written before the writer drains.
@@ -183,6 +198,7 @@ pub async fn start(
     });
     Ok(Running {
         addr,
+        app: weak_app,
         stop: Some(stop_tx),
         task,
         reload,
@@ -652,6 +668,18 @@ async fn prune_revocations(app: std::sync::Weak<App>) {
             Ok(n) => crate::log_info!("pruned {n} expired revocations"),
             Err(e) => crate::log_warn!("pruning revocations failed: {e}"),
         }
+    }
+}
+
+/// The key ring's upkeep once a minute, for as long as the app lives: retire keys whose tokens
+/// have all expired, rotate on schedule (`key_rotation_days`). Both go by the app's clock.
+async fn key_upkeep(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.key_upkeep().await;
     }
 }
 

@@ -204,6 +204,35 @@ pub(crate) fn issuers(body: &Value) -> String {
     t.render()
 }
 
+/// `GET /v1/keys` (or the keys of a rotation) as a table: the kid is shown whole (43
+/// characters), the dates as the API gives them.
+pub(crate) fn keys(body: &Value) -> String {
+    let mut t = Table::new(&[
+        "KID",
+        "ALG",
+        "STATE",
+        "CREATED",
+        "SIGNS_FROM",
+        "SIGNS_UNTIL",
+        "PUBLISHED_UNTIL",
+        "PRIVATE_KEY",
+    ]);
+    let list = body.get("keys").and_then(Value::as_array);
+    for k in list.into_iter().flatten() {
+        t.row(vec![
+            field(k, "kid"),
+            field(k, "alg"),
+            field(k, "state"),
+            field(k, "created_at"),
+            field(k, "signs_from"),
+            field(k, "signs_until"),
+            field(k, "not_after"),
+            field(k, "private_key"),
+        ]);
+    }
+    t.render()
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
@@ -247,5 +276,35 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("more: --after 7"), "{text}");
+    }
+
+    #[test]
+    fn keys_show_states_and_open_dates() {
+        let kid = "b".repeat(43);
+        let body = json!({"keys": [
+            {"kid": kid, "alg": "EdDSA", "state": "next", "created_at": "2026-01-01T00:00:00Z",
+             "signs_from": "2026-01-01T00:10:00Z", "signs_until": null, "not_after": null,
+             "private_key": "file"}]});
+        let text = keys(&body);
+        let cells: Vec<&str> = text
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                kid.as_str(),
+                "EdDSA",
+                "next",
+                "2026-01-01T00:00:00Z",
+                "2026-01-01T00:10:00Z",
+                "-",
+                "-",
+                "file"
+            ],
+            "{text}"
+        );
     }
 }

@@ -32,7 +32,7 @@ pub(super) fn health(app: &App) -> Response {
 }
 
 pub(super) fn jwks(app: &App) -> Response {
-    let mut resp = json_response(StatusCode::OK, &app.keys.jwks());
+    let mut resp = json_response(StatusCode::OK, &app.keys.jwks(app.now()));
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("public, max-age=300"),

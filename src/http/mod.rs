@@ -4,6 +4,7 @@
 pub mod body;
 mod discovery;
 pub mod error;
+mod keys;
 mod observe;
 pub mod openapi;
 mod signals;
@@ -154,6 +155,8 @@ fn admin_route(method: &Method, path: &str) -> Option<&'static str> {
         });
     }
     match p {
+        "/v1/keys" => Some("GET /v1/keys"),
+        "/v1/keys/rotate" => Some("POST /v1/keys/rotate"),
         "/v1/audit" => Some("GET /v1/audit"),
         "/v1/events" => Some("GET /v1/events"),
         "/v1/stats" => Some("GET /v1/stats"),
@@ -211,6 +214,14 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response>
             get_only(&method).map(|()| discovery::metadata(app))
         }
         ["v1", "identity", "jwks"] => get_only(&method).map(|()| discovery::jwks(app)),
+        ["v1", "keys"] => {
+            get_only(&method)?;
+            keys::list(app, &req)
+        }
+        ["v1", "keys", "rotate"] => match method {
+            Method::POST => keys::rotate(app, req, rid).await,
+            _ => Err(ApiError::method_not_allowed("POST")),
+        },
         ["openapi.json"] => get_only(&method).map(|()| openapi::document(app)),
         ["v1", "exchange", "token"] => match method {
             Method::POST => tokens::exchange(app, req, rid).await,

@@ -63,20 +63,27 @@ pub(crate) async fn exchange(app: &App, req: Request<Incoming>, rid: &str) -> Re
         }
     }
     let trusted_client_cas = app.trusted_client_cas();
-    let exchanger = Exchanger {
-        issuer: &app.issuer,
-        dev: app.dev,
-        trust_domain: &app.trust_domain,
-        token_ttl: app.token_ttl,
-        leeway: app.leeway,
-        trusted_issuers: &app.trusted_issuers,
-        trusted_client_cas: &trusted_client_cas,
-        verifier: &app.verifier,
-        signing_key: app.keys.active(),
-        dpop: &app.token_dpop,
-    };
-    let outcome = parsed
-        .and_then(|request| exchange::exchange(&exchanger, &request, now).map_err(ApiError::from));
+    // The key that signs at `now`: the clock, not a restart, moves signing to a new key.
+    let signer = app.keys.signer(now);
+    let outcome = parsed.and_then(|request| {
+        let signing_key = signer.as_deref().ok_or_else(|| {
+            crate::log_error!("exchange: no signing key is active");
+            ApiError::unavailable("no signing key is active; the token was not issued")
+        })?;
+        let exchanger = Exchanger {
+            issuer: &app.issuer,
+            dev: app.dev,
+            trust_domain: &app.trust_domain,
+            token_ttl: app.token_ttl,
+            leeway: app.leeway,
+            trusted_issuers: &app.trusted_issuers,
+            trusted_client_cas: &trusted_client_cas,
+            verifier: &app.verifier,
+            signing_key,
+            dpop: &app.token_dpop,
+        };
+        exchange::exchange(&exchanger, &request, now).map_err(ApiError::from)
+    });
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let (row, result) = match &outcome {
         Ok(issued) => (

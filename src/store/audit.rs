@@ -95,6 +95,9 @@ pub const DECISIONS: &[&str] = &[
     "lift:not_found",
     // audit: rows older than the retention removed
     "pruned",
+    // admin: toolgate's signing key rotated, a retired key's private half removed
+    "rotated",
+    "retired",
 ];
 
 /// The `check` of a refused exchange or signal (its error code), besides the verify checks.

@@ -19,8 +19,9 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// 1: meta, signing_keys, tools. 2: revocations, signal_events. 3: audit_log, audit_head.
 /// 4: revocations_by_expiry. 5: audit_log hashes as bytes without prev_hash, audit_runs in
 /// place of its two indexes. 6: revocations unique per (format, issuer, value, source).
-/// 7: audit_log.count. 8: audit_head.tag.
-pub const SCHEMA_VERSION: i64 = 9;
+/// 7: audit_log.count. 8: audit_head.tag. 9: tools.sender_constraint.
+/// 10: signing_keys.public_jwk and signs_from (key rotation).
+pub const SCHEMA_VERSION: i64 = 10;
 /// Jobs queued for the database thread before callers wait for room.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -228,6 +229,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         if !has_column(&tx, "tools", "sender_constraint")? {
             tx.execute_batch(TOOLS_V9_SENDER_CONSTRAINT)?;
         }
+        // Version 10: keys stored before it have no public half of their own (derived from the
+        // private half at load) and sign from their creation.
+        if !has_column(&tx, "signing_keys", "public_jwk")? {
+            tx.execute_batch(KEYS_V10_ROTATION)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
@@ -247,9 +253,15 @@ pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> Result
 /// Version 7: the count of events an audit row stands for.
 const AUDIT_V7_COUNT: &str = "ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;";
 
-/// Version 8: the audit head's tag under the audit key.
+/// Version 9: the sender constraint of a tool's tokens.
 const TOOLS_V9_SENDER_CONSTRAINT: &str =
     "ALTER TABLE tools ADD COLUMN sender_constraint TEXT NOT NULL DEFAULT '';";
+/// Version 10: a key's public half and when it starts signing.
+const KEYS_V10_ROTATION: &str = "
+    ALTER TABLE signing_keys ADD COLUMN public_jwk TEXT NOT NULL DEFAULT '';
+    ALTER TABLE signing_keys ADD COLUMN signs_from INTEGER;
+";
+/// Version 8: the audit head's tag under the audit key.
 const AUDIT_V8_TAG: &str = "ALTER TABLE audit_head ADD COLUMN tag TEXT NOT NULL DEFAULT '';";
 
 /// Version 5: the v4 audit log is set aside while `SCHEMA` creates the new one...

@@ -461,3 +461,48 @@ fn serve_exits_zero_on_sigterm() {
     );
     assert!(!health_ok(&served.addr), "still answering after exit");
 }
+
+/// `toolgate keys rotate` and `toolgate keys list` against a running daemon: a table by
+/// default, the API's JSON with `--json`; a second rotation while one waits is the API's 409
+/// (exit 1), a bad `--alg` a usage error (exit 2) that sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_and_list() {
+    let d = Daemon::dev().await;
+    let o = run(args(&["keys", "list"], &d.url)).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("KID "), "{table}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(
+        table.contains(" ES256 ") && table.contains(" active "),
+        "{table}"
+    );
+
+    let o = run(args(&["keys", "rotate", "--alg", "RS256"], &d.url)).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--alg must be ES256 or EdDSA"));
+
+    let o = run(args(&["keys", "rotate", "--alg", "EdDSA"], &d.url)).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[1].contains(" active "), "the previous key: {table}");
+    assert!(
+        rows[2].contains(" EdDSA ") && rows[2].contains(" next "),
+        "{table}"
+    );
+
+    let o = run(args(&["keys", "rotate", "--json"], &d.url)).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HTTP 409"), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["error"], "rotation_pending");
+
+    let o = run(args(&["keys", "list", "--json"], &d.url)).await;
+    let listed = json_out(&o);
+    assert_eq!(listed["count"], 2, "{listed}");
+    assert_eq!(listed["keys"][1]["state"], "next");
+    assert_eq!(listed["keys"][1]["alg"], "EdDSA");
+    assert_eq!(listed["publish_ahead_seconds"], 600);
+    d.stop().await;
+}

@@ -98,6 +98,7 @@ async fn config(
             public_url: format!("http://{listen}"),
             max_staleness: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(100),
+            key_refresh: toolgate::guard::DEFAULT_KEY_REFRESH,
             leeway: 60,
             max_batch: 64,
             dpop_window: 60,

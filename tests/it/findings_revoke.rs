@@ -59,6 +59,7 @@ async fn guard(d: &Daemon) -> Arc<Guard> {
             public_url: "https://mcp.example.com".into(),
             max_staleness: Duration::from_secs(3600),
             poll_interval: Duration::from_millis(50),
+            key_refresh: toolgate::guard::DEFAULT_KEY_REFRESH,
             leeway: 60,
             max_batch: 64,
             dpop_window: 60,

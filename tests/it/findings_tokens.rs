@@ -569,11 +569,16 @@ fn database_bytes(db: &std::path::Path) -> Vec<u8> {
     bytes
 }
 
+/// Private halves the database holds (it keeps every key's public half and dates).
 fn stored_keys(db: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row("SELECT count(*) FROM signing_keys", [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(
+        "SELECT count(*) FROM signing_keys WHERE length(pkcs8) > 0",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 /// `--signing-key-file`: the signing key lives in its own file (PKCS#8 PEM, created `0600`), and

@@ -378,6 +378,7 @@ fn guard_config(toolgate: &str, resource_metadata: &str) -> GuardConfig {
             .to_string(),
         max_staleness: Duration::from_secs(3),
         poll_interval: Duration::from_millis(100),
+        key_refresh: toolgate::guard::DEFAULT_KEY_REFRESH,
         leeway: 60,
         max_batch: 64,
         dpop_window: 60,

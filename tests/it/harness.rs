@@ -76,6 +76,12 @@ impl Daemon {
         Self::boot(config, self.clock.clone(), self.dir.clone()).await
     }
 
+    /// Run the key ring's timer now (retirements, scheduled rotation), as it runs once a
+    /// minute: after moving the clock, instead of waiting.
+    pub async fn key_upkeep(&self) {
+        self.running.as_ref().unwrap().key_upkeep().await;
+    }
+
     /// Re-read the TLS files, as `SIGHUP` does.
     pub fn reload_tls(&self) -> Result<(), String> {
         self.running.as_ref().unwrap().reload_tls()

@@ -28,6 +28,7 @@ mod pipeline;
 mod production;
 mod resource_server;
 mod robustness;
+mod rotation;
 mod signals;
 mod tls;
 mod tls_clients;

@@ -446,6 +446,7 @@ async fn the_gateway_listens_over_tls() {
             public_url: format!("https://localhost:{}", listen.port()),
             max_staleness: std::time::Duration::from_secs(3600),
             poll_interval: std::time::Duration::from_millis(100),
+            key_refresh: toolgate::guard::DEFAULT_KEY_REFRESH,
             leeway: 60,
             max_batch: 64,
             dpop_window: 60,

@@ -45,6 +45,10 @@ pub struct GuardConfig {
     pub max_staleness: Duration,
     /// How often the revocation digest is polled (and so how late a revocation can arrive).
     pub poll_interval: Duration,
+    /// How often toolgate's keys (JWKS) are fetched at the least, besides at once (at most every
+    /// 2 s) when a token names an unknown `kid`. toolgate publishes a new key this long and
+    /// more before it signs with it (its `--publish-ahead`), so that no token is refused.
+    pub key_refresh: Duration,
     /// Clock skew allowed on token times, in seconds (clamped to 0..=60).
     pub leeway: i64,
     /// The most JSON-RPC messages one MCP batch may carry ([`Routing::Mcp`]); a longer batch
@@ -75,6 +79,7 @@ impl std::fmt::Debug for GuardConfig {
             .field("public_url", &self.public_url)
             .field("max_staleness", &self.max_staleness)
             .field("poll_interval", &self.poll_interval)
+            .field("key_refresh", &self.key_refresh)
             .field("leeway", &self.leeway)
             .field("max_batch", &self.max_batch)
             .field("dpop_window", &self.dpop_window)
@@ -86,8 +91,8 @@ impl std::fmt::Debug for GuardConfig {
 
 impl GuardConfig {
     /// A configuration with the defaults: no admin token, every registered tool, staleness
-    /// 5 s, polling every 250 ms, 60 s leeway, public URL = the resource's origin, DPoP proofs
-    /// within 60 s and no DPoP nonces.
+    /// 5 s, polling every 250 ms, keys every 60 s, 60 s leeway, public URL = the resource's
+    /// origin, DPoP proofs within 60 s and no DPoP nonces.
     pub fn new(toolgate: impl Into<String>, resource: impl Into<String>) -> Self {
         let resource = resource.into();
         let public_url = origin(&resource);
@@ -100,6 +105,7 @@ impl GuardConfig {
             public_url,
             max_staleness: Duration::from_secs(5),
             poll_interval: Duration::from_millis(250),
+            key_refresh: DEFAULT_KEY_REFRESH,
             leeway: crate::verify::MAX_LEEWAY,
             max_batch: crate::mcp::DEFAULT_MAX_BATCH,
             dpop_window: dpop::DEFAULT_WINDOW,
@@ -151,6 +157,12 @@ impl GuardConfig {
     /// How often the revocation digest is polled: a revocation takes effect within `d`.
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.poll_interval = d;
+        self
+    }
+
+    /// How often toolgate's keys are fetched at the least (see [`GuardConfig::key_refresh`]).
+    pub fn key_refresh(mut self, d: Duration) -> Self {
+        self.key_refresh = d;
         self
     }
 
@@ -265,6 +277,13 @@ impl GuardBuilder {
     /// How often the revocation digest is polled (default 250 ms).
     pub fn poll_interval(mut self, d: Duration) -> Self {
         self.cfg = self.cfg.poll_interval(d);
+        self
+    }
+
+    /// How often toolgate's keys (JWKS) are fetched at the least (default 60 s; at once, at
+    /// most every 2 s, on an unknown `kid`). Keep it below toolgate's `--publish-ahead`.
+    pub fn key_refresh(mut self, d: Duration) -> Self {
+        self.cfg = self.cfg.key_refresh(d);
         self
     }
 
@@ -1168,14 +1187,18 @@ pub fn dpop_header(headers: &HeaderMap) -> Result<&str, ProofError> {
     dpop::one_header(headers.get_all("dpop").iter().map(HeaderValue::as_bytes))
 }
 
+/// Keys are fetched at least this often by default: far below toolgate's default publish-ahead
+/// (600 s), so a new key is known here long before it signs.
+pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(60);
+
 /// Keep the guard's copies current: revocations every poll, tools every second, keys when an
-/// unknown `kid` was seen (at most every 2 s) and every minute.
+/// unknown `kid` was seen (at most every 2 s) and every `key_refresh`.
 async fn refresher(guard: Weak<Guard>) {
     let mut ticks: u64 = 0;
     let mut last_keys = std::time::Instant::now();
     let mut last_as_keys = std::time::Instant::now();
-    let interval = match guard.upgrade() {
-        Some(g) => g.cfg.poll_interval,
+    let (interval, key_refresh) = match guard.upgrade() {
+        Some(g) => (g.cfg.poll_interval, g.cfg.key_refresh),
         None => return,
     };
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
@@ -1194,9 +1217,9 @@ async fn refresher(guard: Weak<Guard>) {
             }
         }
         // An unknown kid asks for new keys: honoured at once, at most every two seconds.
-        let due = last_keys.elapsed() >= Duration::from_secs(2)
+        let wanted = last_keys.elapsed() >= Duration::from_secs(2)
             && g.keys.wanted.swap(false, Ordering::Relaxed);
-        if due || ticks % (60 * per_second) == 0 {
+        if wanted || last_keys.elapsed() >= key_refresh {
             last_keys = std::time::Instant::now();
             if let Err(e) = g.refresh_keys().await {
                 crate::log_warn!("guard: key refresh failed: {e}");
@@ -1204,7 +1227,7 @@ async fn refresher(guard: Weak<Guard>) {
         }
         // An authorization server's token naming a kid the guard lacks: toolgate is asked to
         // refresh that issuer (it limits itself to once per 30 s per issuer); at most every
-        // two seconds from here, and every minute with the keys.
+        // two seconds from here, and with toolgate's keys every `key_refresh`.
         let as_due = last_as_keys.elapsed() >= Duration::from_secs(2);
         let wanted = if as_due {
             g.authorization_servers
@@ -1215,7 +1238,7 @@ async fn refresher(guard: Weak<Guard>) {
         } else {
             None
         };
-        if wanted.is_some() || ticks % (60 * per_second) == 0 {
+        if wanted.is_some() || last_as_keys.elapsed() >= key_refresh {
             last_as_keys = std::time::Instant::now();
             if let Err(e) = g.refresh_authorization_servers(wanted).await {
                 crate::log_warn!("guard: authorization server refresh failed: {e}");

@@ -34,6 +34,14 @@
 # 1.5 × one ES256 verification of server CPU beyond the same call with a bearer token). The
 # proofs come from `toolgate dpop proof --count`, made right before each run, one file for the
 # warm-up and one for the measured run, each proof used once.
+# Key rotation under load (new binary only, once, after the rounds; not timed against a
+# baseline): a daemon with `--publish-ahead 4` and a gateway with `--key-refresh 1`; three
+# segments of load, each `wrk -t1 -c16` on POST /mcp tools/call through the gateway, verify at
+# the daemon and exchange at the daemon at once, each gateway and verify request with the next
+# of every token minted so far. `toolgate keys rotate` runs one second into the first and the
+# second segment; each next segment starts once the new key signs, with tokens it signed added
+# (the gateway sees its kid first under load). Every response must be 200: zero non-2xx, and
+# tokens minted before each rotation keep verifying (they live 300 s, the case ~20 s).
 # Tokens are minted right before the run that uses them (they live 300 s). Each row gets
 # requests/s, p50, p99 and the server's CPU time per response (user + system of the server
 # process from /proc/PID/stat; gateway rows add the toolgate that the gateway reports its
@@ -393,6 +401,25 @@ answer="$(curl -s -w ' %{http_code}' -X POST -H 'Content-Type: application/json'
 http POST "$DPOP_GW/mcp" 401 "$tok" "$TMP/mcp-call.json" >/dev/null
 log "DPoP: toolgate $DPOP_TG, gateway $DPOP_GW"
 
+# The rotation side: the new binary, a short publish-ahead, a gateway that fetches keys every
+# second (the defaults, 600 s and 60 s, keep the same ratio at production scale).
+ROT_AHEAD=4
+start_server "$TMP/toolgate-rot.log" "$NEW_BIN" serve --dev --listen 127.0.0.1:0 --db "$TMP/rot.db" \
+    --publish-ahead "$ROT_AHEAD"
+ROT_TG="$STARTED_URL"
+ROT_TG_PID="$STARTED_PID"
+wait_http "$ROT_TG/v1/sys/health"
+http POST "$ROT_TG/v1/mcp/tools" 201 "" <(printf '{"tool_id":"code-search","resource_uri":"%s"}' "$CS_RES") >/dev/null
+http POST "$ROT_TG/v1/mcp/tools" 201 "" \
+    <(printf '{"tool_id":"bench-tool","resource_uri":"%s","server_id":"bench-server"}' "$GW_TOOL_RES") >/dev/null
+start_server "$TMP/gateway-rot.log" "$NEW_BIN" gateway --toolgate "$ROT_TG" --listen 127.0.0.1:0 \
+    --upstream "$BARE" --server-id bench-server --resource "$GW_RES" --key-refresh 1
+ROT_GW="$STARTED_URL"
+ROT_GW_PID="$STARTED_PID"
+wait_http "$ROT_GW/.well-known/oauth-protected-resource"
+http POST "$ROT_GW/mcp" 200 "$(token "$ROT_TG" bench-tool)" "$TMP/mcp-call.json" >/dev/null
+log "rotation: toolgate $ROT_TG (publish-ahead $ROT_AHEAD s), gateway $ROT_GW"
+
 # quiesce: wait until the audit queue of every toolgate is empty (GET /v1/stats), so that no
 # run pays for the last one's log and a run's CPU time includes writing its own rows.
 quiesce() {
@@ -604,7 +631,84 @@ for (( r = 1; r <= ROUNDS; r++ )); do
     for case in "${TLS_CASES[@]}"; do tls_case "$case"; done
     for case in "${DPOP_CASES[@]}"; do dpop_case "$case"; done
 done
-for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}" "$TLS_TG_PID" "$TLS_GW_PID" "$DPOP_TG_PID" "$DPOP_GW_PID"; do
+# --- key rotation under load ------------------------------------------------------------------
+# kid_of TOKEN: the kid of a compact JWS's header.
+kid_of() {
+    local h="${1%%.*}"
+    h="$(printf '%s' "$h" | tr '_-' '/+')"
+    while (( ${#h} % 4 )); do h+="="; done
+    [[ "$(printf '%s' "$h" | base64 -d)" =~ \"kid\":\"([^\"]+)\" ]] || fail "a token without a kid"
+    echo "${BASH_REMATCH[1]}"
+}
+# rot_segment N SECONDS [rotate]: one segment of load (gateway, verify, exchange at once, each
+# `wrk -t1 -c16`), with every token minted so far; with "rotate", `toolgate keys rotate` one
+# second in. Fails on any response that is not 200.
+declare -A ROT_RESPONSES=()
+ROT_KIDS=()
+rot_segment() {
+    local seg="$1" secs="$2" rotate="${3:-}" name pid out pids=() body
+    local -a names=(gateway verify exchange)
+    env BENCH_BEARERS_FILE="$TMP/rot-bearers" BENCH_METHOD=POST BENCH_BODY_FILE="$TMP/mcp-call.json" \
+        BENCH_EXPECT=200 BENCH_THREADS=1 wrk -t1 -c16 -d"${secs}s" -s "$LUA" "$ROT_GW/mcp" >"$TMP/rot-gateway.out" 2>&1 &
+    pids+=($!)
+    env BENCH_TOKENS_FILE="$TMP/rot-tokens" BENCH_TOOL_ID=code-search BENCH_EXPECT=200 BENCH_THREADS=1 \
+        wrk -t1 -c16 -d"${secs}s" -s "$LUA" "$ROT_TG/v1/mcp/verify" >"$TMP/rot-verify.out" 2>&1 &
+    pids+=($!)
+    env BENCH_METHOD=POST BENCH_BODY_FILE="$TMP/exchange-code-search.json" BENCH_EXPECT=200 BENCH_THREADS=1 \
+        wrk -t1 -c16 -d"${secs}s" -s "$LUA" "$ROT_TG/v1/exchange/token" >"$TMP/rot-exchange.out" 2>&1 &
+    pids+=($!)
+    if [[ $rotate == rotate ]]; then
+        sleep 1
+        body="$("$NEW_BIN" keys rotate --url "$ROT_TG" --json)" || fail "toolgate keys rotate failed"
+        [[ $body =~ \"signs_from\":\ \"([^\"]+)\" ]] || fail "no signs_from in: $body"
+        ROT_SIGNS_FROM="$(date -u -d "${BASH_REMATCH[1]}" +%s)"
+        [[ $body =~ \"kid\":\ \"([^\"]+)\" ]] || fail "no kid in: $body"
+        ROT_NEW_KID="${BASH_REMATCH[1]}"
+        log "rotation: segment $seg, new key $ROT_NEW_KID signs from $(date -u -d "@$ROT_SIGNS_FROM" +%T)"
+    fi
+    for pid in "${pids[@]}"; do wait "$pid" || fail "rotation segment $seg: wrk failed"; done
+    for name in "${names[@]}"; do
+        out="$TMP/rot-$name.out"
+        [[ "$(<"$out")" =~ BENCH_RESULT\ responses=([0-9]+)\ unexpected=([0-9]+)\ first_unexpected=([0-9]+) ]] \
+            || { cat "$out" >&2; fail "rotation segment $seg ($name): no BENCH_RESULT line"; }
+        (( BASH_REMATCH[1] > 0 )) || { cat "$out" >&2; fail "rotation segment $seg ($name): no responses"; }
+        (( BASH_REMATCH[2] == 0 )) \
+            || { cat "$out" >&2; fail "rotation segment $seg ($name): ${BASH_REMATCH[2]} responses were not 200 (first: ${BASH_REMATCH[3]})"; }
+        ! grep -q '^  Socket errors:' "$out" || { cat "$out" >&2; fail "rotation segment $seg ($name): socket errors"; }
+        ROT_RESPONSES[$name]=$(( ${ROT_RESPONSES[$name]:-0} + BASH_REMATCH[1] ))
+        log "rotation segment $seg: $name ${BASH_REMATCH[1]} responses, all 200"
+    done
+}
+# rot_mint: one more gateway token and one more verify token, from the key signing now.
+rot_mint() {
+    local gw cs
+    gw="$(token "$ROT_TG" bench-tool)"
+    cs="$(token "$ROT_TG" code-search)"
+    echo "$gw" >>"$TMP/rot-bearers"
+    echo "$cs" >>"$TMP/rot-tokens"
+    ROT_KIDS+=("$(kid_of "$cs")")
+}
+: >"$TMP/rot-bearers"
+: >"$TMP/rot-tokens"
+ROT_SECS=$(( ROT_AHEAD + 2 ))
+ROT_T0=$SECONDS
+rot_mint
+for seg in 1 2 3; do
+    if (( seg > 1 )); then
+        # The new key signs once its signs_from has passed (the daemon's clock is in seconds).
+        while (( $(date +%s) < ROT_SIGNS_FROM )); do sleep 0.2; done
+        rot_mint
+        [[ ${ROT_KIDS[-1]} == "$ROT_NEW_KID" ]] || fail "rotation: segment $seg's tokens are signed by ${ROT_KIDS[-1]}, not the new key $ROT_NEW_KID"
+        (( ${#ROT_KIDS[@]} == seg )) && [[ ${ROT_KIDS[-1]} != "${ROT_KIDS[-2]}" ]] || fail "rotation: no new kid"
+    fi
+    if (( seg < 3 )); then rot_segment "$seg" "$ROT_SECS" rotate; else rot_segment "$seg" "$ROT_SECS"; fi
+done
+ROT_WALL=$(( SECONDS - ROT_T0 ))
+"$NEW_BIN" keys list --url "$ROT_TG" >"$TMP/rot-keys.txt" || fail "toolgate keys list failed"
+log "rotation: $(grep -c ' active ' "$TMP/rot-keys.txt") active key, $(grep -c ' retiring ' "$TMP/rot-keys.txt") retiring"
+(( $(grep -c ' retiring ' "$TMP/rot-keys.txt") == 2 )) || { cat "$TMP/rot-keys.txt" >&2; fail "rotation: expected two retiring keys"; }
+
+for pid in "$BARE_PID" "${TG_PID[@]}" "${GW_PID[@]}" "$TLS_TG_PID" "$TLS_GW_PID" "$DPOP_TG_PID" "$DPOP_GW_PID" "$ROT_TG_PID" "$ROT_GW_PID"; do
     kill -0 "$pid" 2>/dev/null || fail "a server died during the run (pid $pid)"
 done
 WALL=$(( SECONDS - T_START ))
@@ -689,6 +793,12 @@ verdict() { if (( $1 )); then echo PASS; else echo FAIL; fi; }
         bound=$(( (15 * ES256_NS + 5000) / 10000 ))
         AIMS+=("${LABEL[$case]}: the proof costs $extra µs CPU/response beyond the bearer case ≤ 1.5 × one ES256 verification = $bound µs: $(verdict "$(( extra <= bound ))")")
     done
+    printf '\n## Key rotation under load (new binary only)\n\n'
+    printf -- '- `toolgate keys rotate` twice (publish-ahead %s s, gateway `--key-refresh 1`), three segments of %s s of `wrk -t1 -c16` each on the gateway (POST /mcp tools/call), verify and exchange at once, %s s in all\n' \
+        "$ROT_AHEAD" "$ROT_SECS" "$ROT_WALL"
+    printf -- '- keys signing in turn: %s\n' "${ROT_KIDS[*]}"
+    printf -- '- responses, every one 200 (tokens of every key minted so far in each segment): gateway %s, verify %s, exchange %s; non-2xx: 0\n' \
+        "${ROT_RESPONSES[gateway]}" "${ROT_RESPONSES[verify]}" "${ROT_RESPONSES[exchange]}"
     printf '\n## Aims (measurements on a shared machine: printed, never enforced)\n\n'
     for a in "${AIMS[@]}"; do printf -- '- %s\n' "$a"; done
     for side in "${SIDES[@]}"; do

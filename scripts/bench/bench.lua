@@ -6,6 +6,9 @@
 --   BENCH_TOKENS_FILE  one token per line: each request verifies the next one, as
 --                      {"token":<token>,"tool_id":BENCH_TOOL_ID}; each of the BENCH_THREADS
 --                      wrk threads starts at its own offset
+--   BENCH_BEARERS_FILE one token per line: each request carries the next one as
+--                      "Authorization: Bearer <token>" (method and body as configured); each
+--                      wrk thread starts at its own offset
 --   BENCH_DPOP_FILE    one DPoP proof per line, each used once, in order (each wrk thread takes
 --                      its own share): with BENCH_DPOP_TOKEN, every request carries the next
 --                      proof, in the verify body ({"token","tool_id":BENCH_TOOL_ID,"htm":"POST",
@@ -107,6 +110,32 @@ if dpop_file ~= "" then
   end
   -- Each proof once: past the last one the requests repeat, and the replays are refused
   -- (an unexpected status fails the run, so the file must outlast it).
+  function request()
+    pos = pos % nreqs + 1
+    return reqs[pos]
+  end
+end
+
+local bearers_file = os.getenv("BENCH_BEARERS_FILE") or ""
+if bearers_file ~= "" then
+  local base_init = init
+  function init(args)
+    base_init(args)
+    local headers = {}
+    for k, v in pairs(wrk.headers) do
+      headers[k] = v
+    end
+    reqs = {}
+    for line in io.lines(bearers_file) do
+      if line ~= "" then
+        headers["Authorization"] = "Bearer " .. line
+        reqs[#reqs + 1] = wrk.format(wrk.method, wrk.path, headers, wrk.body)
+      end
+    end
+    nreqs = #reqs
+    assert(nreqs > 0, "no tokens in " .. bearers_file)
+    pos = math.floor(id * nreqs / tonumber(os.getenv("BENCH_THREADS") or "1"))
+  end
   function request()
     pos = pos % nreqs + 1
     return reqs[pos]

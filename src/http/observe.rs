@@ -112,6 +112,9 @@ pub(super) fn issuers<B>(app: &App, req: &Request<B>) -> Result<Response> {
 /// keys (none while its keys are unavailable: its tokens are then refused). A guard that saw
 /// a token naming a `kid` it lacks names the issuer and the kid: the daemon refreshes that
 /// issuer's keys first (at once, at most every 30 s per issuer, as for exchange).
+/// The longest `GET /v1/authorization-servers` waits for key fetches it starts.
+const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn authorization_servers<B>(app: &App, req: &Request<B>) -> Result<Response> {
     require_reader(app, req.headers())?;
     let pairs = form_pairs(req.uri().query().unwrap_or("").as_bytes())?;
@@ -130,24 +133,27 @@ pub(super) async fn authorization_servers<B>(app: &App, req: &Request<B>) -> Res
             ))
         }
         (None, None) => {}
-        (Some(iss), kid) => {
-            let keys = app
-                .authorization_servers
-                .iter()
-                .find(|a| a.issuer == iss)
-                .ok_or_else(|| {
-                    ApiError::invalid_request("issuer is not one of the authorization servers")
-                })?;
-            keys.keys.prepare(kid, now).await;
-        }
+        (Some(_), _) => {}
     }
-    // Keys not fetched yet (a daemon just started) or past their grace: one attempt now (or
-    // a wait for the one under way), so a guard connecting at start gets them.
-    for a in &app.authorization_servers {
-        if a.keys.health(now) == crate::issuers::Health::Unavailable {
-            a.keys.prepare(None, now).await;
+    // The issuer a guard names (a token of it named an unknown kid) gets its keys refreshed
+    // first; an issuer that is no authorization server (any more) is ignored, and the whole
+    // list answers either way, so a guard drops what was removed. Keys not fetched yet (a
+    // daemon just started) or past their grace get one attempt. The fetches run on their own:
+    // this answer waits for them at most PREPARE_WAIT, so a provider that hangs never holds up
+    // a guard's refresh round (and with it its revocation polling).
+    let prepare = async {
+        if let (Some(iss), kid) = (issuer, kid) {
+            if let Some(a) = app.authorization_servers.iter().find(|a| a.issuer == iss) {
+                a.keys.prepare(kid, now).await;
+            }
         }
-    }
+        for a in &app.authorization_servers {
+            if a.keys.health(now) == crate::issuers::Health::Unavailable {
+                a.keys.prepare(None, now).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(PREPARE_WAIT, prepare).await;
     let list: Vec<Value> = app
         .authorization_servers
         .iter()

@@ -205,6 +205,17 @@ async fn a_token_for_server_a_is_refused_at_server_b_with_audience_mismatch() {
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["authorization_servers"][0]["issuer"], idp.url);
     assert_eq!(list["authorization_servers"][0]["state"], "fresh");
+    // A guard's hint naming an issuer that is no authorization server (any more) is ignored:
+    // the whole list answers, so the guard drops what was removed.
+    let (status, hinted) = d
+        .call(
+            Method::GET,
+            "/v1/authorization-servers?issuer=https%3A%2F%2Fremoved.example&kid=x",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{hinted}");
+    assert_eq!(hinted, list);
     let (_, issuers) = d.call(Method::GET, "/v1/issuers", None).await;
     assert!(issuers["issuers"]
         .as_array()

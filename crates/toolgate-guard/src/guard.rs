@@ -1193,10 +1193,14 @@ pub const DEFAULT_KEY_REFRESH: Duration = Duration::from_secs(60);
 
 /// Keep the guard's copies current: revocations every poll, tools every second, keys when an
 /// unknown `kid` was seen (at most every 2 s) and every `key_refresh`.
+/// The longest one refresh of the authorization servers may hold up the refresher's round.
+const AS_REFRESH_WAIT: Duration = Duration::from_secs(3);
+
 async fn refresher(guard: Weak<Guard>) {
     let mut ticks: u64 = 0;
     let mut last_keys = std::time::Instant::now();
-    let mut last_as_keys = std::time::Instant::now();
+    let mut last_as_hint = std::time::Instant::now();
+    let mut last_as_plain = std::time::Instant::now();
     let (interval, key_refresh) = match guard.upgrade() {
         Some(g) => (g.cfg.poll_interval, g.cfg.key_refresh),
         None => return,
@@ -1226,10 +1230,12 @@ async fn refresher(guard: Weak<Guard>) {
             }
         }
         // An authorization server's token naming a kid the guard lacks: toolgate is asked to
-        // refresh that issuer (it limits itself to once per 30 s per issuer); at most every
-        // two seconds from here, and with toolgate's keys every `key_refresh`.
-        let as_due = last_as_keys.elapsed() >= Duration::from_secs(2);
-        let wanted = if as_due {
+        // refresh that issuer (it limits itself to once per 30 s per issuer), at most every two
+        // seconds from here. Apart from that, the whole list every `key_refresh`, on a timer
+        // of its own: a stream of tokens with unknown kids (anyone can send them) never puts
+        // off the plain refresh that drops an authorization server toolgate no longer lists.
+        // Each refresh may take AS_REFRESH_WAIT at most, so revocation polling goes on.
+        let hinted = if last_as_hint.elapsed() >= Duration::from_secs(2) {
             g.authorization_servers
                 .wanted
                 .lock()
@@ -1238,10 +1244,23 @@ async fn refresher(guard: Weak<Guard>) {
         } else {
             None
         };
-        if wanted.is_some() || last_as_keys.elapsed() >= key_refresh {
-            last_as_keys = std::time::Instant::now();
-            if let Err(e) = g.refresh_authorization_servers(wanted).await {
-                crate::log_warn!("guard: authorization server refresh failed: {e}");
+        if let Some(hint) = hinted {
+            last_as_hint = std::time::Instant::now();
+            match tokio::time::timeout(AS_REFRESH_WAIT, g.refresh_authorization_servers(Some(hint)))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => crate::log_warn!("guard: authorization server refresh failed: {e}"),
+                Err(_) => crate::log_warn!("guard: authorization server refresh timed out"),
+            }
+        }
+        if last_as_plain.elapsed() >= key_refresh {
+            last_as_plain = std::time::Instant::now();
+            match tokio::time::timeout(AS_REFRESH_WAIT, g.refresh_authorization_servers(None)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => crate::log_warn!("guard: authorization server refresh failed: {e}"),
+                Err(_) => crate::log_warn!("guard: authorization server refresh timed out"),
             }
         }
         g.rounds.send_modify(|n| *n += 1);

@@ -260,6 +260,7 @@ impl KeyRing {
             None => Self::open_in_database(store, rows, now)?,
             Some(path) => Self::open_in_files(store, path, rows, now)?,
         };
+        let loaded = Self::keep_published_for(store, loaded, &policy, now)?;
         let ring = KeyRing {
             ring: RwLock::new(Arc::new(loaded)),
             key_file: key_file.map(Path::to_path_buf),
@@ -269,6 +270,31 @@ impl KeyRing {
         };
         ring.withdraw_unusable(store, now)?;
         Ok(ring)
+    }
+
+    /// A key that stopped (or will stop) signing stays published while tokens it signed may
+    /// be live under *this* start's token lifetime: a restart with a longer `token_ttl` than
+    /// the rotation was made with moves its `not_after` later (never earlier).
+    fn keep_published_for(
+        store: &Store,
+        mut loaded: Vec<RingKey>,
+        policy: &KeyPolicy,
+        now: i64,
+    ) -> Result<Vec<RingKey>, KeyError> {
+        for k in loaded.iter_mut() {
+            let (Some(until), Some(not_after)) = (k.signs_until, k.not_after) else {
+                continue;
+            };
+            let needed = until.saturating_add(policy.published_after_signing());
+            if own_state(k, now) == KeyState::Retired || not_after >= needed || until == not_after {
+                // Retired, long enough already, or withdrawn before it signed anything.
+                continue;
+            }
+            let kid = k.kid.clone();
+            store.call_blocking(move |c| keys::end(c, &kid, until, needed))?;
+            k.not_after = Some(needed);
+        }
+        Ok(loaded)
     }
 
     /// Keys whose private halves are in the database. A database with no key, or whose signing
@@ -281,7 +307,13 @@ impl KeyRing {
         now: i64,
     ) -> Result<Vec<RingKey>, KeyError> {
         let signing = signing_index(&rows, now).and_then(|i| rows.get(i));
-        if signing.is_none_or(|r| r.pkcs8.is_empty()) {
+        // A key with its private half that has not retired can sign (see `signer`): a clock set
+        // back behind a rotation makes the retired predecessor look like the signer, and
+        // adopting a new key then would withdraw the live one.
+        let usable = rows
+            .iter()
+            .any(|r| !r.pkcs8.is_empty() && own_state(r, now) != KeyState::Retired);
+        if signing.is_none_or(|r| r.pkcs8.is_empty()) && !usable {
             if let Some(r) = signing {
                 crate::log_warn!(
                     "signing key {} has no private half in the database (was it kept in \
@@ -494,6 +526,16 @@ impl KeyRing {
         signing_index(&snapshot, now)
             .and_then(|i| snapshot.get(i))
             .and_then(|k| k.signer.clone())
+            // The key the dates name has no private half any more (the clock was set back, or
+            // ran ahead and retired it): the newest published key that has one signs, rather
+            // than nothing.
+            .or_else(|| {
+                snapshot
+                    .iter()
+                    .filter(|k| k.signer.is_some() && own_state(*k, now) != KeyState::Retired)
+                    .max_by_key(|k| k.signs_from)
+                    .and_then(|k| k.signer.clone())
+            })
     }
 
     /// Every key, oldest first, with its state at `now`.
@@ -944,6 +986,65 @@ mod tests {
 
     fn open(store: &Store, file: Option<&Path>, clock: &Arc<ManualClock>) -> KeyRing {
         KeyRing::open(store, file, POLICY, clock.clone()).unwrap()
+    }
+
+    /// Review finding: a restart with a longer token lifetime while a rotation waits keeps
+    /// the old key published until the longer-lived tokens it still signs have expired.
+    #[tokio::test]
+    async fn a_longer_token_lifetime_after_a_restart_keeps_the_old_key_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _t) = Store::open(&dir.path().join("k.db")).unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let ring = open(&store, None, &clock); // token lifetime 300
+        let old = ring.signer(10_000).unwrap().kid().to_string();
+        ring.rotate(&store, Algorithm::ES256, 10_000).await.unwrap();
+        clock.set(10_100);
+        let longer = KeyPolicy {
+            publish_ahead: 600,
+            token_lifetime: 3600,
+        };
+        let ring = KeyRing::open(&store, None, longer, clock.clone()).unwrap();
+        assert_eq!(ring.signer(10_599).unwrap().kid(), old);
+        // Its last token (signed at 10 599) lives until 14 199, plus the leeway.
+        assert!(
+            ring.find(&old, 14_250).is_some(),
+            "old key unpublished while its tokens live"
+        );
+        assert!(ring.find(&old, 10_600 + 3600 + MAX_LEEWAY).is_none());
+    }
+
+    /// Review finding: a restart with the clock set back behind a rotation does not withdraw
+    /// the live key (the retired one, without its private half, looks like the signer then).
+    #[tokio::test]
+    async fn a_clock_set_back_at_restart_keeps_the_live_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _t) = Store::open(&dir.path().join("k.db")).unwrap();
+        let clock = Arc::new(ManualClock::new(10_000));
+        let ring = open(&store, None, &clock);
+        let live = ring
+            .rotate(&store, Algorithm::ES256, 10_000)
+            .await
+            .unwrap()
+            .key
+            .kid;
+        clock.set(11_000);
+        ring.retire_expired(&store, 11_000).await.unwrap();
+        drop(ring);
+        clock.set(9_000);
+        let ring = open(&store, None, &clock);
+        assert_eq!(
+            ring.signer(9_000).unwrap().kid(),
+            live,
+            "the live key signs"
+        );
+        drop(ring);
+        clock.set(11_100);
+        let ring = open(&store, None, &clock);
+        assert!(
+            ring.find(&live, 11_100).is_some(),
+            "live key withdrawn by a clock set back"
+        );
+        assert_eq!(ring.signer(11_100).unwrap().kid(), live);
     }
 
     #[test]

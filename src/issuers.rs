@@ -617,7 +617,7 @@ fn rfc8414_url(issuer: &str) -> Option<String> {
 
 /// A URL toolgate may fetch keys from: `https://` with a host and no user information, or
 /// `http://` to a loopback host when `allow_loopback_http` (dev mode). The error completes
-/// "<url> …".
+/// "`<url>` …".
 pub fn check_url(url: &str, allow_loopback_http: bool) -> Result<(), String> {
     let (scheme, rest) = url
         .split_once("://")

@@ -126,17 +126,9 @@ pub(super) async fn authorization_servers<B>(app: &App, req: &Request<B>) -> Res
     };
     let (issuer, kid) = (one("issuer")?, one("kid")?);
     let now = app.now();
-    match (issuer, kid) {
-        (None, Some(_)) => {
-            return Err(ApiError::invalid_request(
-                "kid needs the issuer it belongs to",
-            ))
-        }
-        (None, None) => {}
-        (Some(_), _) => {}
-    }
     // The issuer a guard names (a token of it named an unknown kid) gets its keys refreshed
-    // first; an issuer that is no authorization server (any more) is ignored, and the whole
+    // first; an issuer that is no authorization server (any more), or a kid without an
+    // issuer, is ignored: these are hints, and the whole
     // list answers either way, so a guard drops what was removed. Keys not fetched yet (a
     // daemon just started) or past their grace get one attempt. The fetches run on their own:
     // this answer waits for them at most PREPARE_WAIT, so a provider that hangs never holds up

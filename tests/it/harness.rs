@@ -41,12 +41,27 @@ impl Daemon {
         Self::boot(config, clock, dir).await
     }
 
-    async fn boot(config: Config, clock: Arc<ManualClock>, dir: Arc<tempfile::TempDir>) -> Daemon {
+    async fn boot(
+        mut config: Config,
+        clock: Arc<ManualClock>,
+        dir: Arc<tempfile::TempDir>,
+    ) -> Daemon {
         // The daemon's log goes to the captured output of the test that caused it.
         toolgate::log::capture_in_tests();
-        let running = server::start(config.clone(), clock.clone(), std::future::pending())
-            .await
-            .unwrap();
+        let running =
+            match server::start(config.clone(), clock.clone(), std::future::pending()).await {
+                // A restart asks for its old port, which another test may have taken meanwhile:
+                // then any free one (the issuer is kept, and the Host check ignores the port).
+                Err(server::ServeError::Bind(e))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && config.listen.port() != 0 =>
+                {
+                    config.listen.set_port(0);
+                    server::start(config.clone(), clock.clone(), std::future::pending())
+                        .await
+                        .unwrap()
+                }
+                other => other.unwrap(),
+            };
         let scheme = if config.tls.is_some() {
             "https"
         } else {
